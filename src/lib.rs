@@ -1,3 +1,18 @@
 //! proxyguard: a resilient local proxy gateway, a proxy-path doctor and an
 //! Alibaba Cloud request signer. The library exposes the same connection
 //! path, pool and resilience pieces the binary uses.
+//!
+//! Flow of one client connection:
+//! `inbound` (accept → admission → http | socks5) → `route` (bypass or pool)
+//! → `upstream` connectors (one per scheme, typed `ConnectError`) → `relay`.
+
+pub mod config;
+pub mod forward;
+pub mod inbound;
+pub mod logging;
+pub mod pool;
+pub mod relay;
+pub mod route;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;

@@ -1,0 +1,591 @@
+//! Loading and validating configuration once, into a typed [`Config`].
+//! Errors name the line, column and field, and say what was expected.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::env::ProxyEnv;
+use super::noproxy::NoProxy;
+use super::schema::{FileConfig, ListenConfig, Protocol};
+use crate::upstream::{Credentials, Host, Scheme, Timeouts, UpstreamSpec};
+
+/// A configuration error with its location.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    pub source_name: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        let mut s = self.source_name.clone();
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            s.push_str(&format!(":{l}:{c}"));
+        }
+        s.push_str(": ");
+        if let Some(f) = &self.field {
+            s.push_str(&format!("`{f}`: "));
+        }
+        s.push_str(&self.message);
+        s
+    }
+}
+
+/// Which traffic an upstream serves (zero-config may split http and https).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applies {
+    /// Plain-HTTP forwarding (Go: `HTTP_PROXY`).
+    pub plain: bool,
+    /// Tunnels: CONNECT and SOCKS5 (Go: `HTTPS_PROXY`).
+    pub tunnel: bool,
+}
+
+impl Applies {
+    pub const ALL: Applies = Applies {
+        plain: true,
+        tunnel: true,
+    };
+}
+
+/// One validated upstream with its pool settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamEntry {
+    pub spec: UpstreamSpec,
+    pub zone: Option<String>,
+    pub priority: i32,
+    pub weight: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub applies: Applies,
+    /// Where it came from: `config` or the environment variable name.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// Inbound admission settings shared by every listener.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    pub users: Vec<Credentials>,
+    pub allow: Vec<IpNet>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub upstreams: Vec<UpstreamEntry>,
+    pub no_proxy: NoProxy,
+    pub no_proxy_raw: Vec<String>,
+    pub timeouts: Timeouts,
+    pub client_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub admission: Admission,
+    pub resolve: HashMap<String, Vec<IpAddr>>,
+    pub via: bool,
+    /// The file as read (for `check` to print, redacted).
+    pub file: FileConfig,
+    /// `path` or `environment`.
+    pub source_name: String,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
+    (line, col)
+}
+
+/// The `[table].key` a given line belongs to, for messages.
+fn field_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let this = lines.get(line.checked_sub(1)?)?;
+    let key = this.split('=').next()?.trim();
+    let key = if this.contains('=') && !key.is_empty() {
+        Some(key.to_string())
+    } else {
+        None
+    };
+    let table = lines[..line - 1].iter().rev().find_map(|l| {
+        let t = l.trim();
+        t.starts_with('[')
+            .then(|| t.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    });
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    }
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    source: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&self, span: Option<std::ops::Range<usize>>, field: &str, msg: String) -> Result<T, ConfigError> {
+        let (line, column) = match span {
+            Some(s) if !(s.start == 0 && s.end == 0) => {
+                let (l, c) = line_col(self.text, s.start);
+                (Some(l), Some(c))
+            }
+            _ => (None, None),
+        };
+        Err(ConfigError {
+            source_name: self.source.to_string(),
+            line,
+            column,
+            field: Some(field.to_string()),
+            message: msg,
+        })
+    }
+    fn at<T>(&self, s: &Spanned<String>, field: &str, msg: String) -> Result<T, ConfigError> {
+        self.err(Some(s.span()), field, msg)
+    }
+}
+
+impl Config {
+    /// Loads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: path.display().to_string(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = match e.span() {
+                Some(s) => {
+                    let (l, c) = line_col(text, s.start);
+                    (Some(l), Some(c))
+                }
+                None => (None, None),
+            };
+            ConfigError {
+                source_name: source.to_string(),
+                line,
+                column,
+                field: line.and_then(|l| field_at(text, l)),
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        Self::validate(file, text, source)
+    }
+
+    /// The zero-config configuration: defaults plus the proxy environment.
+    pub fn from_env(env: &ProxyEnv) -> Result<Config, ConfigError> {
+        let mut cfg = Self::validate(FileConfig::default(), "", "environment")?;
+        cfg.upstreams = env_upstreams(env)?;
+        cfg.no_proxy = env.no_proxy.clone();
+        cfg.no_proxy_raw = env
+            .no_proxy_raw
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        cfg.check_loops()?;
+        Ok(cfg)
+    }
+
+    fn validate(file: FileConfig, text: &str, source: &str) -> Result<Config, ConfigError> {
+        let cx = Ctx { text, source };
+        let mut listeners = Vec::new();
+        if file.listen.is_empty() {
+            return cx.err(None, "listen", "at least one [[listen]] is required".into());
+        }
+        for l in &file.listen {
+            listeners.push(parse_listen(&cx, l)?);
+        }
+        let mut upstreams = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for u in &file.upstream {
+            if u.name.trim().is_empty() {
+                return cx.at(&u.url, "upstream.name", "must not be empty".into());
+            }
+            if !names.insert(u.name.clone()) {
+                return cx.at(&u.url, "upstream.name", format!("duplicate upstream name {:?}", u.name));
+            }
+            let spec = match UpstreamSpec::parse(&u.name, u.url.get_ref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    return cx.at(&u.url, "upstream.url", format!(
+                        "{e}; expected http://[user:pass@]host:port, https://…, socks5://…, socks5h://… or \"direct\""
+                    ))
+                }
+            };
+            if u.weight == 0 {
+                return cx.at(&u.url, "upstream.weight", "must be at least 1".into());
+            }
+            upstreams.push(UpstreamEntry {
+                spec,
+                zone: u.zone.clone(),
+                priority: u.priority,
+                weight: u.weight,
+                max_fails: u.max_fails.max(1),
+                fail_timeout: u.fail_timeout.0,
+                applies: Applies::ALL,
+                origin: "config".into(),
+            });
+        }
+        let mut resolve = HashMap::new();
+        for (name, ip) in &file.resolve {
+            match ip.get_ref().trim().parse::<IpAddr>() {
+                Ok(a) => {
+                    resolve.insert(name.to_ascii_lowercase(), vec![a]);
+                }
+                Err(_) => return cx.at(ip, &format!("resolve.{name}"), format!("{:?} is not an IP address", ip.get_ref())),
+            }
+        }
+        let mut users = Vec::new();
+        for u in &file.auth.users {
+            match u.get_ref().split_once(':') {
+                Some((name, pass)) if !name.is_empty() => users.push(Credentials {
+                    username: name.to_string(),
+                    password: pass.to_string(),
+                }),
+                _ => return cx.at(u, "auth.users", "expected \"user:password\"".into()),
+            }
+        }
+        let mut allow = Vec::new();
+        for a in &file.auth.allow {
+            let s = a.get_ref().trim();
+            let net = s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+            match net {
+                Ok(n) => allow.push(n),
+                Err(_) => return cx.at(a, "auth.allow", format!("{s:?} is not a CIDR or IP address")),
+            }
+        }
+        for np in &file.no_proxy {
+            if np.get_ref().trim().is_empty() {
+                return cx.at(np, "no_proxy", "empty entry".into());
+            }
+        }
+        let t = &file.timeouts;
+        for (name, d) in [
+            ("timeouts.connect", t.connect),
+            ("timeouts.handshake", t.handshake),
+            ("timeouts.tls", t.tls),
+            ("timeouts.client_header", t.client_header),
+            ("timeouts.idle", t.idle),
+        ] {
+            if d.0.is_zero() {
+                return cx.err(None, name, "must be greater than zero".into());
+            }
+        }
+        if file.limits.max_connections == 0 {
+            return cx.err(None, "limits.max_connections", "must be at least 1".into());
+        }
+        if file.limits.max_header_bytes < 1024 {
+            return cx.err(None, "limits.max_header_bytes", "must be at least 1024".into());
+        }
+        let p = &file.pool;
+        if p.max_attempts == 0 {
+            return cx.err(None, "pool.max_attempts", "must be at least 1".into());
+        }
+        if parse_race_after(&p.race_after).is_none() {
+            return cx.err(None, "pool.race_after", format!("{:?}: expected \"auto\", \"off\" or a duration like \"200ms\"", p.race_after));
+        }
+        if p.max_ejection_percent > 100 {
+            return cx.err(None, "pool.max_ejection_percent", "must be 0..=100".into());
+        }
+        let h = &file.health;
+        if h.rise == 0 || h.fall == 0 {
+            return cx.err(None, "health.rise/fall", "must be at least 1".into());
+        }
+        if let Some(u) = &h.url {
+            if url::Url::parse(u).map(|u| u.scheme() != "http").unwrap_or(true) {
+                return cx.err(None, "health.url", format!("{u:?}: expected an http:// URL"));
+            }
+        }
+        if !(0.0..=1.0).contains(&file.breaker.failure_ratio) {
+            return cx.err(None, "breaker.failure_ratio", "must be between 0 and 1".into());
+        }
+        if file.breaker.failure_threshold == 0 || file.breaker.half_open_trials == 0 {
+            return cx.err(None, "breaker", "failure_threshold and half_open_trials must be at least 1".into());
+        }
+        let admission = Admission { users, allow };
+        // Safety: an open listener without auth or allow-list is an open proxy.
+        for (l, lc) in listeners.iter().zip(&file.listen) {
+            if !l.addr.ip().is_loopback() && admission.users.is_empty() && admission.allow.is_empty() {
+                return cx.at(&lc.addr, "listen.addr", format!(
+                    "{} is not a loopback address and no inbound auth or allow-list is set: this would be an open proxy. \
+                     Add `[auth] users = [\"user:password\"]` and/or `[auth] allow = [\"10.0.0.0/8\"]`, or listen on 127.0.0.1",
+                    l.addr
+                ));
+            }
+        }
+        let cfg = Config {
+            listeners,
+            upstreams,
+            no_proxy: NoProxy::parse(file.no_proxy.iter().map(|s| s.get_ref().clone())),
+            no_proxy_raw: file.no_proxy.iter().map(|s| s.get_ref().clone()).collect(),
+            timeouts: Timeouts {
+                connect: t.connect.0,
+                handshake: t.handshake.0,
+                tls: t.tls.0,
+            },
+            client_header_timeout: t.client_header.0,
+            idle_timeout: t.idle.0,
+            shutdown_grace: t.shutdown_grace.0,
+            max_connections: file.limits.max_connections,
+            max_header_bytes: file.limits.max_header_bytes,
+            admission,
+            resolve,
+            via: file.http.via,
+            file,
+            source_name: source.to_string(),
+        };
+        cfg.check_loops()?;
+        Ok(cfg)
+    }
+
+    /// Replaces the listeners (CLI `--listen`), re-checking safety and loops.
+    pub fn set_listeners(&mut self, addrs: &[SocketAddr]) -> Result<(), ConfigError> {
+        self.listeners = addrs
+            .iter()
+            .map(|a| Listener {
+                addr: *a,
+                protocol: Protocol::Mixed,
+            })
+            .collect();
+        for l in &self.listeners {
+            if !l.addr.ip().is_loopback() && self.admission.users.is_empty() && self.admission.allow.is_empty() {
+                return Err(ConfigError {
+                    source_name: "--listen".into(),
+                    line: None,
+                    column: None,
+                    field: Some("listen".into()),
+                    message: format!("{} is not loopback and no inbound auth or allow-list is configured (set [auth] users/allow in a config file)", l.addr),
+                });
+            }
+        }
+        self.check_loops()
+    }
+
+    /// Refuses an upstream that points back at one of our own listeners: a
+    /// forwarding loop (zero-config picks up `HTTP_PROXY`, which users may
+    /// have pointed at proxyguard itself).
+    pub fn check_loops(&self) -> Result<(), ConfigError> {
+        for u in &self.upstreams {
+            if u.spec.is_direct() {
+                continue;
+            }
+            let ips: Vec<IpAddr> = match &u.spec.host {
+                Host::Ip(ip) => vec![*ip],
+                Host::Name(n) if n == "localhost" => vec!["127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])],
+                Host::Name(n) => self.resolve.get(n).cloned().unwrap_or_default(),
+            };
+            for l in &self.listeners {
+                let same_port = l.addr.port() == u.spec.port;
+                let same_ip = ips.iter().any(|ip| *ip == l.addr.ip() || (l.addr.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())));
+                if same_port && same_ip {
+                    return Err(ConfigError {
+                        source_name: self.source_name.clone(),
+                        line: None,
+                        column: None,
+                        field: Some(format!("upstream {:?} ({})", u.spec.name, u.origin)),
+                        message: format!(
+                            "{} points at proxyguard's own listener {}: this would forward in a loop. \
+                             Point it at the real proxy, or unset it when starting proxyguard",
+                            u.spec.redacted_url(),
+                            l.addr
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn effective_toml(&self) -> String {
+        let mut f = self.file.clone();
+        f.listen = self
+            .listeners
+            .iter()
+            .map(|l| ListenConfig {
+                addr: Spanned::new(0..0, l.addr.to_string()),
+                protocol: l.protocol,
+            })
+            .collect();
+        f.upstream = self
+            .upstreams
+            .iter()
+            .map(|u| super::schema::UpstreamConfig {
+                name: u.spec.name.clone(),
+                url: Spanned::new(0..0, u.spec.redacted_url()),
+                zone: u.zone.clone(),
+                priority: u.priority,
+                weight: u.weight,
+                max_fails: u.max_fails,
+                fail_timeout: super::duration::Dur(u.fail_timeout),
+            })
+            .collect();
+        f.no_proxy = self.no_proxy_raw.iter().map(|s| Spanned::new(0..0, s.clone())).collect();
+        f.auth.users = f
+            .auth
+            .users
+            .iter()
+            .map(|u| {
+                let name = u.get_ref().split(':').next().unwrap_or("").to_string();
+                Spanned::new(0..0, format!("{name}:***"))
+            })
+            .collect();
+        toml::to_string_pretty(&f).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// `race_after`: None = invalid, Some(None) = off, Some(Some(None)) = auto.
+pub fn parse_race_after(s: &str) -> Option<Option<Option<Duration>>> {
+    match s.trim() {
+        "auto" => Some(Some(None)),
+        "off" => Some(None),
+        d => humantime::parse_duration(d).ok().map(|d| Some(Some(d))),
+    }
+}
+
+fn parse_listen(cx: &Ctx<'_>, l: &ListenConfig) -> Result<Listener, ConfigError> {
+    match l.addr.get_ref().trim().parse::<SocketAddr>() {
+        Ok(addr) => Ok(Listener {
+            addr,
+            protocol: l.protocol,
+        }),
+        Err(_) => cx.at(&l.addr, "listen.addr", format!(
+            "{:?} is not a socket address; expected IP:port like \"127.0.0.1:3128\" or \"[::1]:3128\"",
+            l.addr.get_ref()
+        )),
+    }
+}
+
+fn env_upstreams(env: &ProxyEnv) -> Result<Vec<UpstreamEntry>, ConfigError> {
+    let mk = |p: &super::env::EnvProxy, applies: Applies| -> Result<UpstreamEntry, ConfigError> {
+        let spec = UpstreamSpec::parse(p.var, &p.url).map_err(|e| ConfigError {
+            source_name: "environment".into(),
+            line: None,
+            column: None,
+            field: Some(p.var.to_string()),
+            message: format!("{e} (value {})", super::redact::redact(&p.raw)),
+        })?;
+        Ok(UpstreamEntry {
+            spec,
+            zone: None,
+            priority: 0,
+            weight: 1,
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+            applies,
+            origin: p.var.to_string(),
+        })
+    };
+    let mut out = Vec::new();
+    match (&env.http, &env.https) {
+        (Some(h), Some(s)) if h.url == s.url => out.push(mk(s, Applies::ALL)?),
+        (h, s) => {
+            if let Some(s) = s {
+                out.push(mk(s, Applies { plain: false, tunnel: true })?);
+            }
+            if let Some(h) = h {
+                out.push(mk(h, Applies { plain: true, tunnel: false })?);
+            }
+        }
+    }
+    // Traffic a variable does not cover goes direct, as in Go.
+    let plain = out.iter().any(|u| u.applies.plain);
+    let tunnel = out.iter().any(|u| u.applies.tunnel);
+    if !(plain && tunnel) {
+        let mut d = UpstreamEntry {
+            spec: UpstreamSpec::direct("direct"),
+            zone: None,
+            priority: 0,
+            weight: 1,
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+            applies: Applies { plain: !plain, tunnel: !tunnel },
+            origin: "default".into(),
+        };
+        d.spec.name = "direct".into();
+        out.push(d);
+    }
+    let _ = Scheme::Direct;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml("", "t").unwrap();
+        assert_eq!(c.listeners[0].addr.to_string(), "127.0.0.1:3128");
+        assert_eq!(c.listeners[0].protocol, Protocol::Mixed);
+        assert!(c.upstreams.is_empty());
+    }
+
+    #[test]
+    fn errors_name_line_column_field() {
+        let e = Config::from_toml("[timeouts]\nconnect = 5\n", "f.toml").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.field.as_deref(), Some("timeouts.connect"));
+        assert!(e.to_string().starts_with("f.toml:2:"), "{e}");
+        let e = Config::from_toml("[timeouts]\nconnect = \"5 parsecs\"\n", "f").unwrap_err();
+        assert!(e.message.contains("invalid duration"), "{e}");
+        let e = Config::from_toml("[[upstream]]\nname = \"a\"\nurl = \"ftp://x:1\"\n", "f").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("upstream.url")));
+        assert!(e.message.contains("unsupported scheme"), "{e}");
+        let e = Config::from_toml("[[listen]]\naddr = \"0.0.0.0:3128\"\n", "f").unwrap_err();
+        assert!(e.message.contains("open proxy"), "{e}");
+        let e = Config::from_toml("bogus = 1\n", "f").unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = Config::from_toml("[[listen]]\naddr = \"127.0.0.1:3128\"\n[[upstream]]\nname = \"me\"\nurl = \"http://127.0.0.1:3128\"\n", "f").unwrap_err();
+        assert!(e.message.contains("loop"), "{e}");
+    }
+
+    #[test]
+    fn effective_config_redacts() {
+        let c = Config::from_toml("[[upstream]]\nname = \"a\"\nurl = \"http://bob:s3cret@p.example:8080\"\n[auth]\nusers = [\"al:pw1\"]\n", "f").unwrap();
+        let out = c.effective_toml();
+        assert!(!out.contains("s3cret") && !out.contains("pw1"), "{out}");
+        assert!(out.contains("bob:***@p.example:8080"), "{out}");
+        Config::from_toml(&out, "roundtrip").unwrap();
+    }
+
+    #[test]
+    fn env_split_http_https() {
+        let env = ProxyEnv::from_lookup(|k| match k {
+            "HTTP_PROXY" => Some("http://h.example:1".into()),
+            _ => None,
+        });
+        let c = Config::from_env(&env).unwrap();
+        assert_eq!(c.upstreams.len(), 2);
+        assert!(c.upstreams[0].applies.plain && !c.upstreams[0].applies.tunnel);
+        assert!(c.upstreams[1].spec.is_direct() && c.upstreams[1].applies.tunnel);
+    }
+}

@@ -1,0 +1,12 @@
+//! Configuration: the file schema, loading and validation, and the proxy
+//! environment with Go's semantics.
+
+pub mod duration;
+pub mod env;
+pub mod load;
+pub mod noproxy;
+pub mod redact;
+pub mod schema;
+pub mod windows;
+
+pub use load::{Admission, Applies, Config, ConfigError, Listener, UpstreamEntry};

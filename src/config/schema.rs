@@ -1,0 +1,304 @@
+//! The configuration file as plain serde structs. Every key here is part of
+//! the user interface: see docs/configuration.md.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::duration::Dur;
+
+/// The whole file. Unknown keys are errors, so typos are caught at load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub listen: Vec<ListenConfig>,
+    pub upstream: Vec<UpstreamConfig>,
+    pub no_proxy: Vec<Spanned<String>>,
+    pub timeouts: TimeoutsConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    /// Static name overrides, like curl's `--resolve`: `"origin.test" = "127.0.0.1"`.
+    pub resolve: BTreeMap<String, Spanned<String>>,
+    pub pool: PoolConfig,
+    pub health: HealthConfig,
+    pub breaker: BreakerConfig,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            listen: vec![ListenConfig::default()],
+            upstream: Vec::new(),
+            no_proxy: Vec::new(),
+            timeouts: TimeoutsConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            resolve: BTreeMap::new(),
+            pool: PoolConfig::default(),
+            health: HealthConfig::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Socks5,
+    #[default]
+    Mixed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub addr: Spanned<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            addr: Spanned::new(0..0, "127.0.0.1:3128".to_string()),
+            protocol: Protocol::Mixed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: Spanned<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Lower is preferred by the `failover` strategy.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Passive failures within `fail_timeout` that eject the upstream.
+    #[serde(default = "three")]
+    pub max_fails: u32,
+    #[serde(default = "ten_s")]
+    pub fail_timeout: Dur,
+}
+
+fn one() -> u32 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+fn ten_s() -> Dur {
+    Dur::secs(10)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// DNS + TCP connect to the upstream (or target when direct).
+    pub connect: Dur,
+    /// Proxy handshake: CONNECT reply or SOCKS5 negotiation.
+    pub handshake: Dur,
+    /// TLS handshake with an `https://` proxy.
+    pub tls: Dur,
+    /// Reading a client's request head or SOCKS5 greeting (slowloris guard).
+    pub client_header: Dur,
+    /// A tunnel or keep-alive connection with no traffic either way is closed.
+    pub idle: Dur,
+    /// On SIGINT/SIGTERM, how long live tunnels may continue.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: Dur::secs(3),
+            handshake: Dur::secs(5),
+            tls: Dur::secs(5),
+            client_header: Dur::secs(10),
+            idle: Dur::secs(300),
+            shutdown_grace: Dur::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Concurrent client connections across all listeners; more wait in the
+    /// kernel's accept queue rather than being dropped.
+    pub max_connections: usize,
+    /// Largest request head accepted from a client (431 beyond).
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4096,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Inbound admission: who may use the listeners.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `user:password` pairs accepted as HTTP `Proxy-Authorization: Basic` and
+    /// SOCKS5 username/password.
+    pub users: Vec<Spanned<String>>,
+    /// Client networks allowed to connect (CIDR or IP). Empty: any client that
+    /// can reach the listener.
+    pub allow: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Add `Via: 1.1 proxyguard` to forwarded requests and responses.
+    pub via: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Failover,
+    RoundRobin,
+    Weighted,
+    LeastLatency,
+    Sticky,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    #[default]
+    Fail,
+    Direct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Checks {
+    #[default]
+    All,
+    Active,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub strategy: Strategy,
+    pub max_attempts: u32,
+    pub connect_deadline: Dur,
+    /// `"auto"`, `"off"` or a duration.
+    pub race_after: String,
+    pub fallback: Fallback,
+    pub checks: Checks,
+    /// Retry backoff between rounds: full jitter in [0, min(cap, base·2^n)].
+    pub backoff_base: Dur,
+    pub backoff_cap: Dur,
+    /// Largest share of the pool that passive ejection may remove (percent).
+    pub max_ejection_percent: u32,
+    /// Base ejection time; grows with each consecutive ejection.
+    pub base_ejection: Dur,
+    /// least_latency: an upstream must be this much faster to take traffic.
+    pub latency_tolerance: Dur,
+    /// Close established tunnels through an upstream when it is ejected.
+    pub drain_on_eject: bool,
+    /// Idle keep-alive connections kept per upstream and target.
+    pub idle_per_host: usize,
+    pub idle_timeout: Dur,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            strategy: Strategy::Failover,
+            max_attempts: 3,
+            connect_deadline: Dur::secs(5),
+            race_after: "auto".into(),
+            fallback: Fallback::Fail,
+            checks: Checks::All,
+            backoff_base: Dur::millis(20),
+            backoff_cap: Dur::millis(500),
+            max_ejection_percent: 100,
+            base_ejection: Dur::secs(10),
+            latency_tolerance: Dur::millis(20),
+            drain_on_eject: false,
+            idle_per_host: 32,
+            idle_timeout: Dur::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    pub interval: Dur,
+    pub timeout: Dur,
+    /// Optional URL fetched through the upstream; without it the check stops
+    /// after the proxy handshake (to a target given by `target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `host:port` the handshake-only check tunnels to (default: the proxy itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub expect_status: Vec<u16>,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            interval: Dur::secs(5),
+            timeout: Dur::secs(2),
+            url: None,
+            target: None,
+            expect_status: Vec::new(),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker (gobreaker: ReadyToTrip).
+    pub failure_threshold: u32,
+    /// Alternatively open when the failure ratio over `window` exceeds this
+    /// (0 disables), once at least `min_requests` were seen.
+    pub failure_ratio: f64,
+    pub window: Dur,
+    pub min_requests: u32,
+    /// How long the breaker stays open (gobreaker: Timeout).
+    pub open_for: Dur,
+    /// Trial connections allowed while half-open (gobreaker: MaxRequests).
+    pub half_open_trials: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            failure_ratio: 0.0,
+            window: Dur::secs(10),
+            min_requests: 20,
+            open_for: Dur::secs(30),
+            half_open_trials: 1,
+        }
+    }
+}

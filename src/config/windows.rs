@@ -1,0 +1,1 @@
+//! TEMPORARY stub, replaced by the envcfg branch.

@@ -1,0 +1,275 @@
+//! Plain-HTTP forwarding (absolute-form requests) with per-upstream
+//! connection reuse: a bounded set of idle keep-alive connections per
+//! upstream (and per target when the upstream is a tunnel).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::route::{Route, Router};
+use crate::upstream::{ConnectError, Target};
+
+pub type OutBody = Either<Incoming, Empty<Bytes>>;
+
+/// Why a forwarded request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("upstream failed before answering: {0}")]
+    Upstream(String),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    upstream: String,
+    /// None when the upstream is an HTTP proxy (one connection serves any host).
+    target: Option<String>,
+}
+
+struct Idle {
+    tx: SendRequest<OutBody>,
+    since: Instant,
+}
+
+pub struct Forwarder {
+    idle: Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
+    per_host: usize,
+    idle_timeout: Duration,
+    via: bool,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy credentials, which
+/// must never travel further.
+const HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .chain(h.get_all("proxy-connection").iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP {
+        h.remove(*n);
+    }
+}
+
+fn idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+impl Forwarder {
+    pub fn new(per_host: usize, idle_timeout: Duration, via: bool) -> Self {
+        Forwarder {
+            idle: Arc::new(Mutex::new(HashMap::new())),
+            per_host,
+            idle_timeout,
+            via,
+        }
+    }
+
+    fn checkout(&self, key: &Key) -> Option<SendRequest<OutBody>> {
+        let mut map = self.idle.lock().ok()?;
+        let list = map.get_mut(key)?;
+        while let Some(i) = list.pop() {
+            if i.since.elapsed() < self.idle_timeout && i.tx.is_ready() && !i.tx.is_closed() {
+                return Some(i.tx);
+            }
+        }
+        None
+    }
+
+    /// Closes idle connections to an upstream (on ejection).
+    pub fn evict_upstream(&self, name: &str) {
+        if let Ok(mut map) = self.idle.lock() {
+            map.retain(|k, _| k.upstream != name);
+        }
+    }
+
+    fn checkin_later(&self, key: Key, mut tx: SendRequest<OutBody>) {
+        let idle = self.idle.clone();
+        let cap = self.per_host;
+        tokio::spawn(async move {
+            if tx.ready().await.is_err() {
+                return;
+            }
+            if let Ok(mut map) = idle.lock() {
+                let list = map.entry(key).or_default();
+                if list.len() < cap {
+                    list.push(Idle {
+                        tx,
+                        since: Instant::now(),
+                    });
+                }
+            }
+        });
+    }
+
+    fn key_for(route: &Route, target: &Target) -> Key {
+        match route {
+            Route::Upstream(m)
+                if matches!(
+                    m.spec().scheme,
+                    crate::upstream::Scheme::Http | crate::upstream::Scheme::Https
+                ) =>
+            {
+                Key {
+                    upstream: m.name().to_string(),
+                    target: None,
+                }
+            }
+            r => Key {
+                upstream: r.name().to_string(),
+                target: Some(target.to_string()),
+            },
+        }
+    }
+
+    /// Forwards `req` (already stripped of hop-by-hop headers) to `target`.
+    pub async fn forward(
+        &self,
+        router: &Router,
+        target: &Target,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Route), ForwardError> {
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if self.via {
+            parts
+                .headers
+                .append(header::VIA, HeaderValue::from_static("1.1 proxyguard"));
+        }
+        let empty = body.is_end_stream();
+        let retry_safe = empty && idempotent(&parts.method);
+        let mut body = if empty {
+            Either::Right(Empty::new())
+        } else {
+            Either::Left(body)
+        };
+        // A reused connection may have been closed by the server just now;
+        // only bodiless idempotent requests are retried on a fresh one.
+        let route_hint = router.preferred_route(target, crate::pool::Traffic::Plain);
+        if let Some(route) = route_hint {
+            let key = Self::key_for(&route, target);
+            if let Some(mut tx) = self.checkout(&key) {
+                let absolute = key.target.is_none();
+                let auth = match &route {
+                    Route::Upstream(m) => m
+                        .spec()
+                        .credentials
+                        .as_ref()
+                        .map(crate::upstream::http_connect::basic_auth),
+                    Route::Bypass => None,
+                };
+                let req = build(&parts, target, absolute, auth.as_deref(), body);
+                match tx.send_request(req).await {
+                    Ok(resp) => {
+                        self.checkin_later(key, tx);
+                        return Ok((resp, route));
+                    }
+                    Err(e) if retry_safe => {
+                        tracing::debug!(error = %e, "reused connection failed; retrying on a new one");
+                        body = Either::Right(Empty::new());
+                    }
+                    Err(e) => return Err(ForwardError::Upstream(e.to_string())),
+                }
+            }
+        }
+        let (hc, route) = router.http_conn(target).await?;
+        let key = Self::key_for(&route, target);
+        let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, OutBody>(TokioIo::new(hc.conn))
+            .await
+            .map_err(|e| ForwardError::Upstream(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = build(
+            &parts,
+            target,
+            hc.absolute_form,
+            hc.proxy_authorization.as_deref(),
+            body,
+        );
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| ForwardError::Upstream(e.to_string()))?;
+        self.checkin_later(key, tx);
+        Ok((resp, route))
+    }
+}
+
+fn build(
+    parts: &http::request::Parts,
+    target: &Target,
+    absolute: bool,
+    proxy_auth: Option<&str>,
+    body: OutBody,
+) -> Request<OutBody> {
+    let uri = if absolute {
+        parts.uri.clone()
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/")
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_11;
+    *req.headers_mut() = parts.headers.clone();
+    if !req.headers().contains_key(header::HOST) {
+        let host = if target.port == 80 {
+            target.host.to_string()
+        } else {
+            target.to_string()
+        };
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    if let Some(a) = proxy_auth {
+        if let Ok(v) = HeaderValue::from_str(a) {
+            req.headers_mut().insert(header::PROXY_AUTHORIZATION, v);
+        }
+    }
+    req
+}

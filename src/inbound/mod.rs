@@ -1,0 +1,140 @@
+//! Inbound listeners: accept, admission, protocol detection, dispatch.
+
+pub mod admission;
+pub mod http;
+pub mod socks5;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::schema::Protocol;
+use crate::config::Config;
+use crate::forward::Forwarder;
+use crate::relay::RelayStats;
+use crate::route::{Route, Router};
+use crate::shutdown::Shutdown;
+use crate::upstream::Target;
+
+pub use admission::Admission;
+
+/// Everything a client connection needs, shared by all listeners.
+pub struct State {
+    pub router: Arc<Router>,
+    pub admission: Admission,
+    pub forwarder: Forwarder,
+    pub shutdown: Shutdown,
+    pub client_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl State {
+    pub fn new(cfg: &Config, router: Arc<Router>, shutdown: Shutdown) -> Self {
+        State {
+            router,
+            admission: Admission::new(&cfg.admission, cfg.max_connections),
+            forwarder: Forwarder::new(
+                cfg.file.pool.idle_per_host,
+                cfg.file.pool.idle_timeout.0,
+                cfg.via,
+            ),
+            shutdown,
+            client_header_timeout: cfg.client_header_timeout,
+            idle_timeout: cfg.idle_timeout,
+            max_header_bytes: cfg.max_header_bytes,
+        }
+    }
+}
+
+/// Binds a listener (errors name the address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+/// Accepts connections until shutdown.
+pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
+    loop {
+        let Some(permit) = state.admission.slot().await else {
+            return;
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = state.shutdown.triggered() => return,
+        };
+        if !state.admission.peer_allowed(peer.ip()) {
+            tracing::warn!(client = %peer, "client not in allow-list; closed");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let live = state.shutdown.live();
+        tokio::spawn(async move {
+            handle(stream, peer, protocol, state).await;
+            drop(live);
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, protocol: Protocol, state: Arc<State>) {
+    let proto = match protocol {
+        Protocol::Http => Protocol::Http,
+        Protocol::Socks5 => Protocol::Socks5,
+        Protocol::Mixed => {
+            let mut b = [0u8; 1];
+            match tokio::time::timeout(state.client_header_timeout, stream.peek(&mut b)).await {
+                Ok(Ok(1)) if b[0] == 0x05 => Protocol::Socks5,
+                Ok(Ok(1)) => Protocol::Http,
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::info!(target: "access", client = %peer, outcome = "client_header_timeout", "no request");
+                    return;
+                }
+            }
+        }
+    };
+    match proto {
+        Protocol::Socks5 => socks5::serve(stream, peer, state).await,
+        _ => http::serve(stream, peer, state).await,
+    }
+}
+
+/// Writes the access-log line for a tunnel.
+pub fn log_tunnel(
+    kind: &str,
+    peer: SocketAddr,
+    target: &Target,
+    route: &Route,
+    started: Instant,
+    stats: &RelayStats,
+) {
+    tracing::info!(
+        target: "access",
+        kind,
+        client = %peer,
+        target = %target,
+        upstream = route.name(),
+        bytes_up = stats.up,
+        bytes_down = stats.down,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome = stats.end.as_str(),
+        "tunnel"
+    );
+}

@@ -1,0 +1,267 @@
+//! One classification of connection failures, shared by serve (502 text and
+//! SOCKS reply codes), passive health (what counts against an upstream) and
+//! doctor (cause codes). Classify once, at the place the failure happens.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The phase of establishing a connection, named like curl's `-w` timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Resolving a host name (proxy host, or target when going direct).
+    Dns,
+    /// TCP connect (to the proxy, or to the target when direct).
+    Tcp,
+    /// TLS handshake with an `https://` proxy itself.
+    ProxyTls,
+    /// CONNECT request / SOCKS5 negotiation with the proxy.
+    ProxyHandshake,
+    /// TLS handshake with the target, through the tunnel.
+    Tls,
+    /// Waiting for the first byte of the response.
+    FirstByte,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Dns => "dns",
+            Phase::Tcp => "tcp",
+            Phase::ProxyTls => "proxy_tls",
+            Phase::ProxyHandshake => "proxy_handshake",
+            Phase::Tls => "tls",
+            Phase::FirstByte => "first_byte",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whose fault a failure is: decides whether passive health counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultClass {
+    /// The upstream proxy is dead, unreachable or misbehaving.
+    Upstream,
+    /// The upstream rejected us for credentials (407) — a configuration fault.
+    Auth,
+    /// The upstream refused by policy (403, SOCKS "not allowed").
+    Policy,
+    /// The target itself failed (reported by a working proxy, or going direct).
+    Target,
+    /// Our own limits or the client's deadline.
+    Local,
+}
+
+/// TLS failure kinds worth telling apart for a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsKind {
+    Protocol,
+    UnknownIssuer,
+    Expired,
+    NotYetValid,
+    HostnameMismatch,
+    Other,
+}
+
+/// Why a connection through an upstream (or direct) could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    #[error("DNS lookup of {host} failed: {detail}")]
+    Dns {
+        host: String,
+        detail: String,
+        /// True when the name that failed is the proxy's own host.
+        proxy: bool,
+    },
+    #[error("connection to {addr} refused")]
+    Refused { addr: String, proxy: bool },
+    #[error("{phase} timed out after {}ms", after.as_millis())]
+    Timeout {
+        phase: Phase,
+        after: Duration,
+        proxy: bool,
+    },
+    #[error("{addr} unreachable: {detail}")]
+    Unreachable {
+        addr: String,
+        detail: String,
+        proxy: bool,
+    },
+    #[error("connection reset during {phase}")]
+    Reset { phase: Phase, proxy: bool },
+    #[error("i/o error during {phase}: {detail}")]
+    Io {
+        phase: Phase,
+        detail: String,
+        proxy: bool,
+    },
+    #[error("proxy requires authentication ({scheme})")]
+    ProxyAuthRequired { scheme: String },
+    #[error("proxy rejected our credentials ({scheme})")]
+    ProxyAuthRejected { scheme: String },
+    #[error("proxy refused the request by policy (status {status})")]
+    ProxyForbidden { status: u16 },
+    #[error("proxy answered {status} {reason}")]
+    ProxyStatus { status: u16, reason: String },
+    #[error("SOCKS5 proxy replied {code:#04x} ({})", socks_reply_text(*code))]
+    SocksReply { code: u8 },
+    #[error("proxy protocol error: {detail}")]
+    ProxyProtocol { detail: String },
+    #[error("TLS handshake with {server} failed: {detail}")]
+    Tls {
+        kind: TlsKind,
+        server: String,
+        detail: String,
+        proxy: bool,
+    },
+    #[error("no route: {0}")]
+    NoRoute(String),
+}
+
+/// RFC 1928 reply texts.
+pub fn socks_reply_text(code: u8) -> &'static str {
+    match code {
+        0x00 => "succeeded",
+        0x01 => "general SOCKS server failure",
+        0x02 => "connection not allowed by ruleset",
+        0x03 => "network unreachable",
+        0x04 => "host unreachable",
+        0x05 => "connection refused",
+        0x06 => "TTL expired",
+        0x07 => "command not supported",
+        0x08 => "address type not supported",
+        _ => "unassigned",
+    }
+}
+
+impl ConnectError {
+    /// Maps an I/O error seen in `phase` to a classified error.
+    pub fn from_io(err: &std::io::Error, phase: Phase, addr: &str, proxy: bool) -> Self {
+        use std::io::ErrorKind as K;
+        match err.kind() {
+            K::ConnectionRefused => ConnectError::Refused {
+                addr: addr.to_string(),
+                proxy,
+            },
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+                ConnectError::Reset { phase, proxy }
+            }
+            K::UnexpectedEof => ConnectError::Reset { phase, proxy },
+            K::TimedOut => ConnectError::Timeout {
+                phase,
+                after: Duration::ZERO,
+                proxy,
+            },
+            K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+                ConnectError::Unreachable {
+                    addr: addr.to_string(),
+                    detail: err.to_string(),
+                    proxy,
+                }
+            }
+            _ => ConnectError::Io {
+                phase,
+                detail: err.to_string(),
+                proxy,
+            },
+        }
+    }
+
+    /// Whose fault this is, for passive health accounting.
+    pub fn fault(&self) -> FaultClass {
+        match self {
+            ConnectError::Dns { proxy, .. }
+            | ConnectError::Refused { proxy, .. }
+            | ConnectError::Timeout { proxy, .. }
+            | ConnectError::Unreachable { proxy, .. }
+            | ConnectError::Reset { proxy, .. }
+            | ConnectError::Io { proxy, .. }
+            | ConnectError::Tls { proxy, .. } => {
+                if *proxy {
+                    FaultClass::Upstream
+                } else {
+                    FaultClass::Target
+                }
+            }
+            ConnectError::ProxyAuthRequired { .. } | ConnectError::ProxyAuthRejected { .. } => {
+                FaultClass::Auth
+            }
+            ConnectError::ProxyForbidden { .. } => FaultClass::Policy,
+            ConnectError::SocksReply { code: 0x02 } => FaultClass::Policy,
+            // A proxy 5xx / SOCKS failure: the proxy could not serve this; count it
+            // against the proxy (another upstream may reach the target).
+            ConnectError::ProxyStatus { .. }
+            | ConnectError::SocksReply { .. }
+            | ConnectError::ProxyProtocol { .. } => FaultClass::Upstream,
+            ConnectError::NoRoute(_) => FaultClass::Local,
+        }
+    }
+
+    /// True when the failure concerns the upstream proxy (not the target).
+    pub fn is_proxy_side(&self) -> bool {
+        !matches!(self.fault(), FaultClass::Target | FaultClass::Local)
+    }
+
+    /// RFC 9209 `Proxy-Status` error type.
+    pub fn proxy_status_error(&self) -> &'static str {
+        match self {
+            ConnectError::Dns { .. } => "dns_error",
+            ConnectError::Refused { .. } => "connection_refused",
+            ConnectError::Timeout { .. } => "connection_timeout",
+            ConnectError::Unreachable { .. } => "destination_unavailable",
+            ConnectError::Reset { .. } => "connection_terminated",
+            ConnectError::Io { .. } => "proxy_internal_error",
+            ConnectError::ProxyAuthRequired { .. } | ConnectError::ProxyAuthRejected { .. } => {
+                "proxy_auth_required"
+            }
+            ConnectError::ProxyForbidden { .. } => "connection_refused",
+            ConnectError::ProxyStatus { .. } => "proxy_next_hop_error",
+            ConnectError::SocksReply { code } => match code {
+                0x05 => "connection_refused",
+                0x03 | 0x04 => "destination_unavailable",
+                0x06 => "connection_timeout",
+                0x02 => "connection_refused",
+                _ => "proxy_next_hop_error",
+            },
+            ConnectError::ProxyProtocol { .. } => "http_protocol_error",
+            ConnectError::Tls { .. } => "tls_protocol_error",
+            ConnectError::NoRoute(_) => "destination_not_found",
+        }
+    }
+
+    /// HTTP status for a client of the HTTP listener.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ConnectError::Timeout { .. } => 504,
+            ConnectError::SocksReply { code: 0x06 } => 504,
+            ConnectError::ProxyStatus { status: 504, .. } => 504,
+            _ => 502,
+        }
+    }
+
+    /// RFC 1928 reply code for a client of the SOCKS5 listener.
+    pub fn socks_reply(&self) -> u8 {
+        match self {
+            ConnectError::Refused { .. } => 0x05,
+            ConnectError::Dns { .. } | ConnectError::Unreachable { .. } => 0x04,
+            ConnectError::Timeout { .. } => 0x06,
+            ConnectError::ProxyForbidden { .. } => 0x02,
+            ConnectError::SocksReply { code } => *code,
+            ConnectError::NoRoute(_) => 0x03,
+            _ => 0x01,
+        }
+    }
+
+    /// Adds the elapsed deadline to a timeout error.
+    pub fn timeout(phase: Phase, after: Duration, proxy: bool) -> Self {
+        ConnectError::Timeout {
+            phase,
+            after,
+            proxy,
+        }
+    }
+}
