@@ -16,6 +16,9 @@ use std::process::{Command, Stdio};
 use proxyguard::config::env::ProxyEnv;
 use proxyguard::config::noproxy::NoProxy;
 
+/// An environment: variable name and value pairs.
+type EnvVars = Vec<(&'static str, &'static str)>;
+
 const HTTP_PROXY: &str = "http://proxy.test:3128";
 const HTTPS_PROXY: &str = "http://sproxy.test:3129";
 
@@ -244,7 +247,7 @@ fn cases() -> Vec<Case> {
 }
 
 impl Case {
-    fn env(&self) -> Vec<(&'static str, &'static str)> {
+    fn env(&self) -> EnvVars {
         match self.no_proxy {
             Some(no_proxy) => vec![
                 ("HTTP_PROXY", HTTP_PROXY),
@@ -401,7 +404,7 @@ fn rust_agrees_with_go() {
 
     // Group cases by environment: one Go process per group.
     let cases = cases();
-    let mut groups: Vec<(Vec<(&str, &str)>, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(EnvVars, Vec<usize>)> = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let env = case.env();
         match groups.iter_mut().find(|(e, _)| *e == env) {

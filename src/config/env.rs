@@ -192,7 +192,7 @@ impl ProxyEnv {
         if https.is_none() {
             if let Some((http_var, _)) = &http {
                 findings.push(Finding::HttpsProxyMissing {
-                    http_var: *http_var,
+                    http_var,
                     all_proxy_fallback: all.is_some(),
                 });
             }
