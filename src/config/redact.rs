@@ -1,8 +1,120 @@
-//! TEMPORARY stub, replaced by the envcfg branch.
+//! Credential redaction for proxy URLs, used whenever a proxy value is
+//! logged or shown in a finding.
+//!
+//! Proxy URLs routinely carry `user:password@`, and users frequently get the
+//! escaping wrong (a raw `@` or `/` in the password). A parser-based
+//! redactor would give up on exactly those malformed values and then log the
+//! secret verbatim, so this works on the raw text and errs on the side of
+//! hiding too much.
+
+/// Replaces the credentials in `url` with `***`.
+///
+/// * `http://user:pass@host:3128` → `http://user:***@host:3128`
+/// * `http://token@host` → `http://***@host` (a lone user part is often a
+///   token, so it is hidden too)
+/// * malformed credentials (a raw `@`, `/`, `?` or `#` inside them) →
+///   `http://***:***@host:3128`
+/// * values without credentials, including non-URLs, are returned as is.
+///
+/// Never panics, whatever the input.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(a)) if a > s => format!("{}***:***@{}", &url[..s + 3], &url[a + 1..]),
-        (None, Some(a)) => format!("***:***@{}", &url[a + 1..]),
-        _ => url.to_string(),
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let Some(at) = userinfo_end(rest) else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    if userinfo.is_empty() {
+        return url.to_owned();
+    }
+    let masked = if is_well_formed_userinfo(userinfo) {
+        match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***"),
+            None => "***".to_owned(),
+        }
+    } else {
+        "***:***".to_owned()
+    };
+    format!("{}{masked}{}", &url[..start], &rest[at..])
+}
+
+/// Position of the `@` that ends the userinfo in `rest` (the text after
+/// `scheme://`), if there are credentials at all.
+///
+/// First the RFC 3986 way: the authority ends at the first `/`, `?` or `#`,
+/// and the userinfo at its last `@`. If that finds nothing but there is an
+/// `@` later whose right-hand side looks like a bare `host[:port][/]`, the
+/// password contains an unescaped delimiter, and everything before that `@`
+/// is treated as credentials.
+pub(crate) fn userinfo_end(rest: &str) -> Option<usize> {
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if let Some(at) = rest[..authority_end].rfind('@') {
+        return Some(at);
+    }
+    let at = rest.rfind('@')?;
+    let after = &rest[at + 1..];
+    let after = after.strip_suffix('/').unwrap_or(after);
+    let looks_like_host = !after.is_empty() && !after.contains(['/', '?', '#']);
+    looks_like_host.then_some(at)
+}
+
+/// True when the userinfo contains no characters that break URL parsing.
+fn is_well_formed_userinfo(userinfo: &str) -> bool {
+    !userinfo.contains(['@', '/', '?', '#'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_password_keeps_user() {
+        assert_eq!(
+            redact("http://alice:s3cret@proxy:3128"),
+            "http://alice:***@proxy:3128"
+        );
+        assert_eq!(redact("alice:s3cret@proxy:3128"), "alice:***@proxy:3128");
+        assert_eq!(redact("socks5://tok@proxy"), "socks5://***@proxy");
+    }
+
+    #[test]
+    fn malformed_credentials_are_fully_hidden() {
+        assert_eq!(
+            redact("http://alice:p@ss@proxy:3128"),
+            "http://***:***@proxy:3128"
+        );
+        assert_eq!(
+            redact("http://alice:pa/ss@proxy:3128/"),
+            "http://***:***@proxy:3128/"
+        );
+        assert_eq!(
+            redact("http://alice:pa#ss@proxy:3128"),
+            "http://***:***@proxy:3128"
+        );
+        assert_eq!(redact("http://a:b?c@proxy"), "http://***:***@proxy");
+    }
+
+    #[test]
+    fn leaves_other_values_alone() {
+        for v in [
+            "",
+            "http://proxy:3128",
+            "proxy:3128",
+            "http://proxy/path?mail=a@b/c",
+            "://",
+            "@",
+            "é@ü:ß",
+        ] {
+            let r = redact(v);
+            assert!(!r.is_empty() || v.is_empty(), "{v:?} -> {r:?}");
+        }
+        assert_eq!(redact("http://proxy:3128"), "http://proxy:3128");
+        assert_eq!(
+            redact("http://proxy/path?mail=a@b/c"),
+            "http://proxy/path?mail=a@b/c"
+        );
+        assert_eq!(redact("@"), "@");
+        assert_eq!(redact("http://@proxy"), "http://@proxy");
+        assert_eq!(redact("é:ü@ß"), "é:***@ß");
     }
 }
