@@ -225,7 +225,7 @@ fn python_reference(case: &Case, secret: &str, params: &ApigwParams) -> serde_js
 #[test]
 fn apigw_matches_python_reference() {
     let form = "application/x-www-form-urlencoded; charset=UTF-8";
-    let cases = vec![
+    let cases = [
         Case {
             name: "notes vector",
             method: "GET",

@@ -380,24 +380,20 @@ pub fn run(args: &SignArgs) -> Result<String, SignError> {
                 security_token: None,
             };
             let signed = acs3::sign_detailed(&req, &secret, &params)?;
-            let mut add = signed.headers.clone();
-            // The Host header is sent by any client from the URL.
-            if target.origin.is_some() {
-                add.retain(|(k, _)| k != "host");
-            }
+            let add = &signed.headers;
             if args.curl {
                 let url = out.full_url(&req.url)?;
-                Ok(out.curl(&url, &add, false))
+                Ok(out.curl(&url, add, false))
             } else if args.explain {
                 Ok(format!(
                     "Scheme: acs3 (ACS3-HMAC-SHA256)\nCanonicalRequest (each line end shown as \\n):\n{}\n\nStringToSign (each line end shown as \\n):\n{}\n\nSignature: {}\n\nHeaders to add:\n{}",
                     visible_newlines(&signed.canonical_request),
                     visible_newlines(&signed.string_to_sign),
                     signed.signature,
-                    header_lines(&add)
+                    header_lines(add)
                 ))
             } else {
-                Ok(header_lines(&add))
+                Ok(header_lines(add))
             }
         }
     }
