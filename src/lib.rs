@@ -15,4 +15,5 @@ pub mod relay;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod signer;
 pub mod upstream;
