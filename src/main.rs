@@ -11,7 +11,11 @@ use proxyguard::config::Config;
 use proxyguard::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "proxyguard", version, about = "Resilient proxy gateway, proxy-path doctor and API signer")]
+#[command(
+    name = "proxyguard",
+    version,
+    about = "Resilient proxy gateway, proxy-path doctor and API signer"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -30,6 +34,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
     },
+    /// Sign an Alibaba Cloud request (API Gateway X-Ca-*, OpenAPI RPC or ACS3).
+    Sign(Box<proxyguard::signer::cli::SignArgs>),
     /// Validate a configuration and print the effective one (secrets redacted).
     Check {
         #[arg(long, short)]
@@ -67,7 +73,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("proxyguard: cannot start runtime: {e}");
@@ -83,6 +92,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Sign(args) => match proxyguard::signer::cli::run(&args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("proxyguard sign: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Check { config } => match load(config.as_ref()) {
             Ok(cfg) => {
                 println!("# configuration OK ({})", cfg.source_name);

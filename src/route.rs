@@ -11,7 +11,7 @@ use crate::config::noproxy::NoProxy;
 use crate::config::Config;
 use crate::pool::{Member, Pool, Traffic};
 use crate::upstream::{
-    ConnectContext, ConnectError, Conn, HttpConn, NoopObserver, PhaseObserver, Resolver, Target,
+    Conn, ConnectContext, ConnectError, HttpConn, NoopObserver, PhaseObserver, Resolver, Target,
     UpstreamSpec,
 };
 

@@ -80,7 +80,10 @@ impl Running {
         }
         let left = sd.drain(self.grace).await;
         if left > 0 {
-            tracing::warn!(connections = left, "grace period over; closing remaining connections");
+            tracing::warn!(
+                connections = left,
+                "grace period over; closing remaining connections"
+            );
         } else {
             tracing::info!("all connections finished");
         }
@@ -114,7 +117,10 @@ pub async fn wait_for_signal() {
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let running = start(&cfg, Shutdown::new()).await?;
     wait_for_signal().await;
-    tracing::info!("shutting down: no new connections; live tunnels have {:?}", cfg.shutdown_grace);
+    tracing::info!(
+        "shutting down: no new connections; live tunnels have {:?}",
+        cfg.shutdown_grace
+    );
     running.stop().await;
     Ok(())
 }

@@ -40,13 +40,11 @@ impl From<Dur> for Duration {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {s:?}: {e} (expected e.g. \"300ms\", \"5s\", \"1m\")"
-                ))
-            })
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (expected e.g. \"300ms\", \"5s\", \"1m\")"
+            ))
+        })
     }
 }
 

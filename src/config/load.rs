@@ -142,7 +142,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err<T>(&self, span: Option<std::ops::Range<usize>>, field: &str, msg: String) -> Result<T, ConfigError> {
+    fn err<T>(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        field: &str,
+        msg: String,
+    ) -> Result<T, ConfigError> {
         let (line, column) = match span {
             Some(s) if !(s.start == 0 && s.end == 0) => {
                 let (l, c) = line_col(self.text, s.start);
@@ -191,7 +196,14 @@ impl Config {
                 line,
                 column,
                 field: line.and_then(|l| field_at(text, l)),
-                message: e.message().trim().to_string(),
+                message: {
+                    let m = e.message().trim().to_string();
+                    if m.contains("unknown field `no_proxy`") || m.contains("unknown field `resolve`") {
+                        format!("{m} (top-level keys such as `no_proxy` must come before the first [table] in TOML)")
+                    } else {
+                        m
+                    }
+                },
             }
         })?;
         Self::validate(file, text, source)
@@ -228,7 +240,11 @@ impl Config {
                 return cx.at(&u.url, "upstream.name", "must not be empty".into());
             }
             if !names.insert(u.name.clone()) {
-                return cx.at(&u.url, "upstream.name", format!("duplicate upstream name {:?}", u.name));
+                return cx.at(
+                    &u.url,
+                    "upstream.name",
+                    format!("duplicate upstream name {:?}", u.name),
+                );
             }
             let spec = match UpstreamSpec::parse(&u.name, u.url.get_ref()) {
                 Ok(s) => s,
@@ -258,7 +274,13 @@ impl Config {
                 Ok(a) => {
                     resolve.insert(name.to_ascii_lowercase(), vec![a]);
                 }
-                Err(_) => return cx.at(ip, &format!("resolve.{name}"), format!("{:?} is not an IP address", ip.get_ref())),
+                Err(_) => {
+                    return cx.at(
+                        ip,
+                        &format!("resolve.{name}"),
+                        format!("{:?} is not an IP address", ip.get_ref()),
+                    )
+                }
             }
         }
         let mut users = Vec::new();
@@ -279,7 +301,13 @@ impl Config {
                 .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
             match net {
                 Ok(n) => allow.push(n),
-                Err(_) => return cx.at(a, "auth.allow", format!("{s:?} is not a CIDR or IP address")),
+                Err(_) => {
+                    return cx.at(
+                        a,
+                        "auth.allow",
+                        format!("{s:?} is not a CIDR or IP address"),
+                    )
+                }
             }
         }
         for np in &file.no_proxy {
@@ -303,14 +331,25 @@ impl Config {
             return cx.err(None, "limits.max_connections", "must be at least 1".into());
         }
         if file.limits.max_header_bytes < 1024 {
-            return cx.err(None, "limits.max_header_bytes", "must be at least 1024".into());
+            return cx.err(
+                None,
+                "limits.max_header_bytes",
+                "must be at least 1024".into(),
+            );
         }
         let p = &file.pool;
         if p.max_attempts == 0 {
             return cx.err(None, "pool.max_attempts", "must be at least 1".into());
         }
         if parse_race_after(&p.race_after).is_none() {
-            return cx.err(None, "pool.race_after", format!("{:?}: expected \"auto\", \"off\" or a duration like \"200ms\"", p.race_after));
+            return cx.err(
+                None,
+                "pool.race_after",
+                format!(
+                    "{:?}: expected \"auto\", \"off\" or a duration like \"200ms\"",
+                    p.race_after
+                ),
+            );
         }
         if p.max_ejection_percent > 100 {
             return cx.err(None, "pool.max_ejection_percent", "must be 0..=100".into());
@@ -320,20 +359,38 @@ impl Config {
             return cx.err(None, "health.rise/fall", "must be at least 1".into());
         }
         if let Some(u) = &h.url {
-            if url::Url::parse(u).map(|u| u.scheme() != "http").unwrap_or(true) {
-                return cx.err(None, "health.url", format!("{u:?}: expected an http:// URL"));
+            if url::Url::parse(u)
+                .map(|u| u.scheme() != "http")
+                .unwrap_or(true)
+            {
+                return cx.err(
+                    None,
+                    "health.url",
+                    format!("{u:?}: expected an http:// URL"),
+                );
             }
         }
         if !(0.0..=1.0).contains(&file.breaker.failure_ratio) {
-            return cx.err(None, "breaker.failure_ratio", "must be between 0 and 1".into());
+            return cx.err(
+                None,
+                "breaker.failure_ratio",
+                "must be between 0 and 1".into(),
+            );
         }
         if file.breaker.failure_threshold == 0 || file.breaker.half_open_trials == 0 {
-            return cx.err(None, "breaker", "failure_threshold and half_open_trials must be at least 1".into());
+            return cx.err(
+                None,
+                "breaker",
+                "failure_threshold and half_open_trials must be at least 1".into(),
+            );
         }
         let admission = Admission { users, allow };
         // Safety: an open listener without auth or allow-list is an open proxy.
         for (l, lc) in listeners.iter().zip(&file.listen) {
-            if !l.addr.ip().is_loopback() && admission.users.is_empty() && admission.allow.is_empty() {
+            if !l.addr.ip().is_loopback()
+                && admission.users.is_empty()
+                && admission.allow.is_empty()
+            {
                 return cx.at(&lc.addr, "listen.addr", format!(
                     "{} is not a loopback address and no inbound auth or allow-list is set: this would be an open proxy. \
                      Add `[auth] users = [\"user:password\"]` and/or `[auth] allow = [\"10.0.0.0/8\"]`, or listen on 127.0.0.1",
@@ -376,7 +433,10 @@ impl Config {
             })
             .collect();
         for l in &self.listeners {
-            if !l.addr.ip().is_loopback() && self.admission.users.is_empty() && self.admission.allow.is_empty() {
+            if !l.addr.ip().is_loopback()
+                && self.admission.users.is_empty()
+                && self.admission.allow.is_empty()
+            {
                 return Err(ConfigError {
                     source_name: "--listen".into(),
                     line: None,
@@ -399,12 +459,19 @@ impl Config {
             }
             let ips: Vec<IpAddr> = match &u.spec.host {
                 Host::Ip(ip) => vec![*ip],
-                Host::Name(n) if n == "localhost" => vec!["127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])],
+                Host::Name(n) if n == "localhost" => vec![
+                    "127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                    IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                ],
                 Host::Name(n) => self.resolve.get(n).cloned().unwrap_or_default(),
             };
             for l in &self.listeners {
                 let same_port = l.addr.port() == u.spec.port;
-                let same_ip = ips.iter().any(|ip| *ip == l.addr.ip() || (l.addr.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())));
+                let same_ip = ips.iter().any(|ip| {
+                    *ip == l.addr.ip()
+                        || (l.addr.ip().is_unspecified()
+                            && (ip.is_loopback() || ip.is_unspecified()))
+                });
                 if same_port && same_ip {
                     return Err(ConfigError {
                         source_name: self.source_name.clone(),
@@ -448,7 +515,11 @@ impl Config {
                 fail_timeout: super::duration::Dur(u.fail_timeout),
             })
             .collect();
-        f.no_proxy = self.no_proxy_raw.iter().map(|s| Spanned::new(0..0, s.clone())).collect();
+        f.no_proxy = self
+            .no_proxy_raw
+            .iter()
+            .map(|s| Spanned::new(0..0, s.clone()))
+            .collect();
         f.auth.users = f
             .auth
             .users
@@ -509,10 +580,22 @@ fn env_upstreams(env: &ProxyEnv) -> Result<Vec<UpstreamEntry>, ConfigError> {
         (Some(h), Some(s)) if h.url == s.url => out.push(mk(s, Applies::ALL)?),
         (h, s) => {
             if let Some(s) = s {
-                out.push(mk(s, Applies { plain: false, tunnel: true })?);
+                out.push(mk(
+                    s,
+                    Applies {
+                        plain: false,
+                        tunnel: true,
+                    },
+                )?);
             }
             if let Some(h) = h {
-                out.push(mk(h, Applies { plain: true, tunnel: false })?);
+                out.push(mk(
+                    h,
+                    Applies {
+                        plain: true,
+                        tunnel: false,
+                    },
+                )?);
             }
         }
     }
@@ -527,7 +610,10 @@ fn env_upstreams(env: &ProxyEnv) -> Result<Vec<UpstreamEntry>, ConfigError> {
             weight: 1,
             max_fails: 3,
             fail_timeout: Duration::from_secs(10),
-            applies: Applies { plain: !plain, tunnel: !tunnel },
+            applies: Applies {
+                plain: !plain,
+                tunnel: !tunnel,
+            },
             origin: "default".into(),
         };
         d.spec.name = "direct".into();
@@ -557,8 +643,12 @@ mod tests {
         assert!(e.to_string().starts_with("f.toml:2:"), "{e}");
         let e = Config::from_toml("[timeouts]\nconnect = \"5 parsecs\"\n", "f").unwrap_err();
         assert!(e.message.contains("invalid duration"), "{e}");
-        let e = Config::from_toml("[[upstream]]\nname = \"a\"\nurl = \"ftp://x:1\"\n", "f").unwrap_err();
-        assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("upstream.url")));
+        let e = Config::from_toml("[[upstream]]\nname = \"a\"\nurl = \"ftp://x:1\"\n", "f")
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(3), Some("upstream.url"))
+        );
         assert!(e.message.contains("unsupported scheme"), "{e}");
         let e = Config::from_toml("[[listen]]\naddr = \"0.0.0.0:3128\"\n", "f").unwrap_err();
         assert!(e.message.contains("open proxy"), "{e}");

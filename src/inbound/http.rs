@@ -62,7 +62,13 @@ pub fn text(status: StatusCode, msg: &str) -> Response<RespBody> {
 fn quote(s: &str) -> String {
     let cleaned: String = s
         .chars()
-        .map(|c| if c == '"' || c == '\\' || c.is_control() { '\'' } else { c })
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '\''
+            } else {
+                c
+            }
+        })
         .collect();
     format!("\"{cleaned}\"")
 }
@@ -92,7 +98,15 @@ pub fn error_response(err: &ConnectError, upstream: Option<&str>) -> Response<Re
     r
 }
 
-fn access(peer: SocketAddr, method: &Method, target: &str, upstream: &str, status: u16, started: Instant, outcome: &str) {
+fn access(
+    peer: SocketAddr,
+    method: &Method,
+    target: &str,
+    upstream: &str,
+    status: u16,
+    started: Instant,
+    outcome: &str,
+) {
     tracing::info!(
         target: "access",
         kind = "http",
@@ -126,7 +140,15 @@ async fn handle(
             header::PROXY_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"proxyguard\""),
         );
-        access(peer, req.method(), &req.uri().to_string(), "-", 407, started, "auth_required");
+        access(
+            peer,
+            req.method(),
+            &req.uri().to_string(),
+            "-",
+            407,
+            started,
+            "auth_required",
+        );
         return Ok(r);
     }
 
@@ -136,7 +158,15 @@ async fn handle(
             .authority()
             .and_then(|a| Target::parse_authority(a.as_str(), None))
         else {
-            access(peer, req.method(), &req.uri().to_string(), "-", 400, started, "bad_target");
+            access(
+                peer,
+                req.method(),
+                &req.uri().to_string(),
+                "-",
+                400,
+                started,
+                "bad_target",
+            );
             return Ok(text(
                 StatusCode::BAD_REQUEST,
                 "proxyguard: CONNECT needs host:port",
@@ -149,14 +179,32 @@ async fn handle(
     let target = match (uri.scheme_str(), uri.authority()) {
         (Some("http"), Some(a)) => Target::parse_authority(a.as_str(), Some(80)),
         (Some(s), _) => {
-            access(peer, req.method(), &uri.to_string(), "-", 400, started, "bad_scheme");
+            access(
+                peer,
+                req.method(),
+                &uri.to_string(),
+                "-",
+                400,
+                started,
+                "bad_scheme",
+            );
             return Ok(text(
                 StatusCode::BAD_REQUEST,
-                &format!("proxyguard: cannot forward {s}:// in absolute-form; use CONNECT for https"),
+                &format!(
+                    "proxyguard: cannot forward {s}:// in absolute-form; use CONNECT for https"
+                ),
             ));
         }
         _ => {
-            access(peer, req.method(), &uri.to_string(), "-", 400, started, "not_proxy_request");
+            access(
+                peer,
+                req.method(),
+                &uri.to_string(),
+                "-",
+                400,
+                started,
+                "not_proxy_request",
+            );
             return Ok(text(
                 StatusCode::BAD_REQUEST,
                 "proxyguard: this is a forward proxy; send absolute-form requests (http://host/path) or CONNECT",
@@ -171,16 +219,43 @@ async fn handle(
         Ok((resp, route)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            access(peer, &method, &uri.to_string(), route.name(), parts.status.as_u16(), started, "ok");
+            access(
+                peer,
+                &method,
+                &uri.to_string(),
+                route.name(),
+                parts.status.as_u16(),
+                started,
+                "ok",
+            );
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
         Err(ForwardError::Connect(e)) => {
-            access(peer, &method, &uri.to_string(), "-", e.http_status(), started, e.proxy_status_error());
+            access(
+                peer,
+                &method,
+                &uri.to_string(),
+                "-",
+                e.http_status(),
+                started,
+                e.proxy_status_error(),
+            );
             Ok(error_response(&e, None))
         }
         Err(ForwardError::Upstream(msg)) => {
-            access(peer, &method, &uri.to_string(), "-", 502, started, "upstream_error");
-            let mut r = text(StatusCode::BAD_GATEWAY, &format!("proxyguard: 502 Bad Gateway: {msg}"));
+            access(
+                peer,
+                &method,
+                &uri.to_string(),
+                "-",
+                502,
+                started,
+                "upstream_error",
+            );
+            let mut r = text(
+                StatusCode::BAD_GATEWAY,
+                &format!("proxyguard: 502 Bad Gateway: {msg}"),
+            );
             if let Ok(v) = HeaderValue::from_str(&format!(
                 "proxyguard; error=http_response_incomplete; details={}",
                 quote(&msg)
@@ -206,7 +281,15 @@ async fn connect(
     let (mut conn, route) = match state.router.tunnel(&target).await {
         Ok(x) => x,
         Err(e) => {
-            access(peer, &Method::CONNECT, &target.to_string(), "-", e.http_status(), started, e.proxy_status_error());
+            access(
+                peer,
+                &Method::CONNECT,
+                &target.to_string(),
+                "-",
+                e.http_status(),
+                started,
+                e.proxy_status_error(),
+            );
             return error_response(&e, None);
         }
     };

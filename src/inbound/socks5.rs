@@ -59,7 +59,11 @@ async fn negotiate(s: &mut TcpStream, state: &State) -> Result<Target, Socks5Err
     }
     let mut methods = vec![0u8; head[1] as usize];
     s.read_exact(&mut methods).await?;
-    let want = if state.admission.auth_required() { 0x02 } else { 0x00 };
+    let want = if state.admission.auth_required() {
+        0x02
+    } else {
+        0x00
+    };
     if !methods.contains(&want) {
         s.write_all(&[0x05, 0xFF]).await?;
         return Err(Socks5Error::NoMethod);
@@ -125,10 +129,13 @@ async fn negotiate(s: &mut TcpStream, state: &State) -> Result<Target, Socks5Err
 
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     let started = Instant::now();
-    let negotiated = match tokio::time::timeout(state.client_header_timeout, negotiate(&mut stream, &state)).await {
-        Ok(r) => r,
-        Err(_) => Err(Socks5Error::Timeout),
-    };
+    let negotiated =
+        match tokio::time::timeout(state.client_header_timeout, negotiate(&mut stream, &state))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Socks5Error::Timeout),
+        };
     let target = match negotiated {
         Ok(t) => t,
         Err(e) => {

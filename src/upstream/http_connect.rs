@@ -206,10 +206,7 @@ mod tests {
             reply(b"\x05\x00").await,
             Err(ConnectError::ProxyProtocol { .. })
         ));
-        assert!(matches!(
-            reply(b"").await,
-            Err(ConnectError::Reset { .. })
-        ));
+        assert!(matches!(reply(b"").await, Err(ConnectError::Reset { .. })));
         assert!(matches!(
             reply(b"SSH-2.0-OpenSSH\r\n").await,
             Err(ConnectError::ProxyProtocol { .. })

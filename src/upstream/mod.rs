@@ -143,7 +143,11 @@ impl UpstreamSpec {
         let credentials = if url.username().is_empty() && url.password().is_none() {
             None
         } else {
-            let dec = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             Some(Credentials {
                 username: dec(url.username()),
                 password: dec(url.password().unwrap_or("")),
@@ -168,10 +172,22 @@ impl UpstreamSpec {
             return "direct".into();
         }
         let cred = match &self.credentials {
-            Some(c) => format!("{}:***@", percent_encoding::utf8_percent_encode(&c.username, percent_encoding::NON_ALPHANUMERIC)),
+            Some(c) => format!(
+                "{}:***@",
+                percent_encoding::utf8_percent_encode(
+                    &c.username,
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            ),
             None => String::new(),
         };
-        format!("{}://{}{}:{}", self.scheme.as_str(), cred, self.host, self.port)
+        format!(
+            "{}://{}{}:{}",
+            self.scheme.as_str(),
+            cred,
+            self.host,
+            self.port
+        )
     }
 
     /// The proxy's own `host:port` (for loop detection and display).
@@ -268,7 +284,14 @@ pub async fn tcp_connect(
                 obs.phase(Phase::Tcp, tcp_start.elapsed(), &addr.to_string());
                 return Ok(s);
             }
-            Ok(Err(e)) => last_err = Some(ConnectError::from_io(&e, Phase::Tcp, &addr.to_string(), proxy)),
+            Ok(Err(e)) => {
+                last_err = Some(ConnectError::from_io(
+                    &e,
+                    Phase::Tcp,
+                    &addr.to_string(),
+                    proxy,
+                ))
+            }
             Err(_) => {
                 last_err = Some(ConnectError::timeout(Phase::Tcp, budget, proxy));
                 break;
@@ -303,9 +326,11 @@ impl UpstreamSpec {
             return Ok(Conn::tcp(tcp));
         }
         let start = Instant::now();
-        let server_name = rustls_pki_types::ServerName::try_from(self.host.bare())
-            .map_err(|e| ConnectError::ProxyProtocol {
-                detail: format!("bad TLS server name {}: {e}", self.host),
+        let server_name =
+            rustls_pki_types::ServerName::try_from(self.host.bare()).map_err(|e| {
+                ConnectError::ProxyProtocol {
+                    detail: format!("bad TLS server name {}: {e}", self.host),
+                }
             })?;
         let connector = tokio_rustls::TlsConnector::from(ctx.tls.clone());
         let tls = within(ctx.timeouts.tls, Phase::ProxyTls, true, async {
@@ -411,7 +436,10 @@ mod tests {
         let u = UpstreamSpec::parse("c", "socks5h://[::1]").unwrap();
         assert_eq!(u.scheme, Scheme::Socks5h);
         assert_eq!(u.port, 1080);
-        assert_eq!(UpstreamSpec::parse("d", "https://p.example").unwrap().port, 443);
+        assert_eq!(
+            UpstreamSpec::parse("d", "https://p.example").unwrap().port,
+            443
+        );
         assert!(UpstreamSpec::parse("e", "direct").unwrap().is_direct());
         assert!(matches!(
             UpstreamSpec::parse("f", "ftp://x:1"),

@@ -36,7 +36,8 @@ pub fn encode_addr(target: &Target, out: &mut Vec<u8>) -> Result<(), ConnectErro
             out.extend_from_slice(&ip.octets());
         }
         Host::Name(n) => {
-            let len = u8::try_from(n.len()).map_err(|_| ConnectError::NoRoute(format!("host name too long: {n}")))?;
+            let len = u8::try_from(n.len())
+                .map_err(|_| ConnectError::NoRoute(format!("host name too long: {n}")))?;
             out.push(0x03);
             out.push(len);
             out.extend_from_slice(n.as_bytes());

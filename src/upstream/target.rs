@@ -117,7 +117,9 @@ mod tests {
         assert_eq!(t.host, Host::Ip("::1".parse().unwrap()));
         assert_eq!(t.to_string(), "[::1]:8080");
         assert_eq!(
-            Target::parse_authority("example.com", Some(80)).unwrap().port,
+            Target::parse_authority("example.com", Some(80))
+                .unwrap()
+                .port,
             80
         );
         assert!(Target::parse_authority("example.com", None).is_none());

@@ -93,14 +93,13 @@ pub fn classify(err: &std::io::Error, server: &str, proxy: bool) -> ConnectError
             rustls::CertificateError::UnknownIssuer
             | rustls::CertificateError::BadSignature
             | rustls::CertificateError::BadEncoding => TlsKind::UnknownIssuer,
-            rustls::CertificateError::Expired
-            | rustls::CertificateError::ExpiredContext { .. } => TlsKind::Expired,
+            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+                TlsKind::Expired
+            }
             rustls::CertificateError::NotValidYet
             | rustls::CertificateError::NotValidYetContext { .. } => TlsKind::NotYetValid,
             rustls::CertificateError::NotValidForName
-            | rustls::CertificateError::NotValidForNameContext { .. } => {
-                TlsKind::HostnameMismatch
-            }
+            | rustls::CertificateError::NotValidForNameContext { .. } => TlsKind::HostnameMismatch,
             rustls::CertificateError::Other(o) => {
                 let s = format!("{o:?}").to_ascii_lowercase();
                 if s.contains("unknown") || s.contains("issuer") || s.contains("trust") {
