@@ -35,6 +35,7 @@ impl Route {
 /// Settings a reload may replace together.
 pub struct RouteTable {
     pub no_proxy: NoProxy,
+    pub bypass_loopback: bool,
     pub max_attempts: u32,
     pub connect_deadline: Duration,
 }
@@ -54,6 +55,7 @@ impl Router {
             pool: Pool::new(cfg.upstreams.clone()),
             table: ArcSwap::from_pointee(RouteTable {
                 no_proxy: cfg.no_proxy.clone(),
+                bypass_loopback: cfg.bypass_loopback,
                 max_attempts: cfg.file.pool.max_attempts,
                 connect_deadline: cfg.file.pool.connect_deadline.0,
             }),
@@ -63,7 +65,15 @@ impl Router {
 
     fn plan(&self, target: &Target, traffic: Traffic) -> Option<Vec<Arc<Member>>> {
         let table = self.table.load();
-        if table.no_proxy.bypass(&target.host.bare(), target.port) {
+        let loopback = match &target.host {
+            crate::upstream::Host::Ip(ip) => ip.is_loopback(),
+            crate::upstream::Host::Name(n) => n == "localhost",
+        };
+        if loopback {
+            if table.bypass_loopback {
+                return None;
+            }
+        } else if table.no_proxy.bypass(&target.host.bare(), target.port) {
             return None;
         }
         let c = self.pool.candidates(traffic);

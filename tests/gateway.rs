@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn config(listen: &str, protocol: &str, upstreams: &[&str], extra: &str) -> String {
-    let mut s = format!("[[listen]]\naddr = \"{listen}\"\nprotocol = \"{protocol}\"\n\n");
+    // Top-level keys of `extra` must precede every table, so it goes first.
+    // Targets are loopback servers: let them go through the upstreams.
+    let mut s = format!("bypass_loopback = false\n{extra}\n[[listen]]\naddr = \"{listen}\"\nprotocol = \"{protocol}\"\n\n");
     for (i, u) in upstreams.iter().enumerate() {
         s.push_str(&format!("[[upstream]]\nname = \"u{i}\"\nurl = \"{u}\"\n\n"));
     }
-    s.push_str(extra);
     s
 }
 
@@ -34,7 +35,12 @@ fn proxy_socks(pg: &Proxyguard) -> String {
 /// curl through `proxy` to nginx: plain HTTP and CONNECT + TLS.
 fn assert_both(proxy: &str, nginx: &Nginx, pg: &Proxyguard) {
     let r = curl(&["-x", proxy, &format!("{}/small", nginx.url())]);
-    assert_eq!((r.status, r.body_len), (200, SMALL_BYTES), "{r:?}\n{}", pg.logs());
+    assert_eq!(
+        (r.status, r.body_len),
+        (200, SMALL_BYTES),
+        "{r:?}\n{}",
+        pg.logs()
+    );
     let ca = nginx.ca().ca_path();
     let r = curl(&[
         "-x",
@@ -43,7 +49,12 @@ fn assert_both(proxy: &str, nginx: &Nginx, pg: &Proxyguard) {
         ca.to_str().unwrap(),
         &format!("{}/small", nginx.https_url()),
     ]);
-    assert_eq!((r.status, r.body_len), (200, SMALL_BYTES), "{r:?}\n{}", pg.logs());
+    assert_eq!(
+        (r.status, r.body_len),
+        (200, SMALL_BYTES),
+        "{r:?}\n{}",
+        pg.logs()
+    );
 }
 
 #[test]
@@ -64,7 +75,8 @@ fn curl_through_http_socks5_and_mixed_listeners() {
     // One access line per request with bytes and outcome, JSON logs.
     let logs = mixed.json_logs();
     assert!(
-        logs.iter().any(|l| l["kind"] == "connect" && l["bytes_down"].as_u64().unwrap_or(0) > 0),
+        logs.iter()
+            .any(|l| l["kind"] == "connect" && l["bytes_down"].as_u64().unwrap_or(0) > 0),
         "{}",
         mixed.logs()
     );
@@ -147,7 +159,10 @@ fn squid_with_basic_auth_right_and_wrong_credentials() {
     let good = format!("http://pguser:pa%3Ass%40word@{}", squid.addr());
     let pg = start("mixed", &[&good], "");
     assert_both(&proxy_http(&pg), &nginx, &pg);
-    assert!(!pg.logs().contains("pa:ss@word") && !pg.logs().contains("pa%3Ass"), "secret in logs");
+    assert!(
+        !pg.logs().contains("pa:ss@word") && !pg.logs().contains("pa%3Ass"),
+        "secret in logs"
+    );
 
     // Wrong credentials: CONNECT gets a 502 naming proxy auth, plain HTTP too.
     let bad = format!("http://pguser:wrong@{}", squid.addr());
@@ -161,7 +176,12 @@ fn squid_with_basic_auth_right_and_wrong_credentials() {
         &format!("{}/small", nginx.https_url()),
     ]);
     assert_eq!(r.connect_status, 502, "{r:?}");
-    assert!(r.headers.to_ascii_lowercase().contains("proxy-status: proxyguard; error=proxy_auth_required"), "{r:?}");
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("proxy-status: proxyguard; error=proxy_auth_required"),
+        "{r:?}"
+    );
     assert!(!pg.logs().contains("wrong"), "secret in logs");
     // Plain HTTP: squid's own 407 comes back through us.
     let r = curl(&["-x", &proxy_http(&pg), &format!("{}/small", nginx.url())]);
@@ -172,7 +192,11 @@ fn squid_with_basic_auth_right_and_wrong_credentials() {
 fn chains_through_dante_and_microsocks_with_and_without_auth() {
     let nginx = Nginx::start();
     let dante = Dante::start(None);
-    let pg = start("mixed", &[&dante.url().replace("socks5://", "socks5h://")], "");
+    let pg = start(
+        "mixed",
+        &[&dante.url().replace("socks5://", "socks5h://")],
+        "",
+    );
     assert_both(&proxy_http(&pg), &nginx, &pg);
     let dante_auth = Dante::start(Some(("pgtest", "pgtest-pass")));
     let pg = start("mixed", &[&dante_auth.url()], "");
@@ -202,15 +226,28 @@ fn no_proxy_bypass_goes_direct_and_upstream_sees_nothing() {
     let extra = "no_proxy = [\"bypass.test\"]\n[resolve]\n\"bypass.test\" = \"127.0.0.1\"\n\"via.test\" = \"127.0.0.1\"\n";
     let pg = start("mixed", &[&tiny.url()], extra);
     // Go semantics: 127.x is never proxied, so the bypass case is by name.
-    let r = curl(&["-x", &proxy_http(&pg), &format!("http://bypass.test:{}/x", echo.port())]);
+    let r = curl(&[
+        "-x",
+        &proxy_http(&pg),
+        &format!("http://bypass.test:{}/x", echo.port()),
+    ]);
     assert_eq!(r.status, 200, "{r:?}\n{}", pg.logs());
-    let r = curl(&["-x", &proxy_http(&pg), &format!("http://sub.bypass.test:{}/x", echo.port())]);
+    let r = curl(&[
+        "-x",
+        &proxy_http(&pg),
+        &format!("http://sub.bypass.test:{}/x", echo.port()),
+    ]);
     // sub.bypass.test has no resolve override and no DNS: it must fail as a
     // direct DNS error, proving it was not sent to tinyproxy either.
     assert_eq!(r.status, 502, "{r:?}");
     assert!(r.headers.contains("error=dns_error"), "{r:?}");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(tiny.requests(), 0, "tinyproxy saw a bypassed request\n{}", tiny.log());
+    assert_eq!(
+        tiny.requests(),
+        0,
+        "tinyproxy saw a bypassed request\n{}",
+        tiny.log()
+    );
     assert_eq!(echo.requests(), 1);
 }
 
@@ -239,10 +276,18 @@ fn headers_hop_by_hop_removed_credentials_not_leaked_via_added() {
     ]);
     assert_eq!(r.status, 200, "{r:?}\n{}", pg.logs());
     let b = r.body.to_ascii_lowercase();
-    assert!(b.contains("get /echo http/1.1"), "origin-form upstream: {b}");
+    assert!(
+        b.contains("get /echo http/1.1"),
+        "origin-form upstream: {b}"
+    );
     assert!(b.contains("x-keep: yes"), "{b}");
     assert!(b.contains("via: 1.1 proxyguard"), "{b}");
-    for h in ["proxy-authorization", "x-drop-me", "keep-alive", "proxy-connection"] {
+    for h in [
+        "proxy-authorization",
+        "x-drop-me",
+        "keep-alive",
+        "proxy-connection",
+    ] {
         assert!(!b.contains(&format!("{h}:")), "{h} leaked: {b}");
     }
     // Without credentials: 407 with a Basic challenge.
@@ -251,9 +296,17 @@ fn headers_hop_by_hop_removed_credentials_not_leaked_via_added() {
     assert!(r.headers.contains("Basic realm"), "{r:?}");
     // SOCKS5 with RFC 1929 credentials.
     let pg = start("socks5", &[], "[auth]\nusers = [\"alice:s3cret\"]\n");
-    let r = curl(&["-x", &format!("socks5h://alice:s3cret@{}", pg.addr()), &format!("{}/x", echo.url())]);
+    let r = curl(&[
+        "-x",
+        &format!("socks5h://alice:s3cret@{}", pg.addr()),
+        &format!("{}/x", echo.url()),
+    ]);
     assert_eq!(r.status, 200, "{r:?}");
-    let r = curl(&["-x", &format!("socks5h://alice:bad@{}", pg.addr()), &format!("{}/x", echo.url())]);
+    let r = curl(&[
+        "-x",
+        &format!("socks5h://alice:bad@{}", pg.addr()),
+        &format!("{}/x", echo.url()),
+    ]);
     assert_ne!(r.exit_code, 0, "{r:?}");
     assert!(!pg.logs().contains("s3cret"));
 }
@@ -277,7 +330,12 @@ fn unreachable_upstream_gets_prompt_502_with_proxy_status() {
     let t = Instant::now();
     let r = curl(&["-x", &proxy_http(&pg), "http://127.0.0.2:9/x"]);
     assert_eq!(r.status, 502, "{r:?}");
-    assert!(r.headers.contains("Proxy-Status: proxyguard; error=connection_refused"), "{r:?}");
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("proxy-status: proxyguard; error=connection_refused"),
+        "{r:?}"
+    );
     assert!(r.body.contains("refused"), "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(3));
     // SOCKS5 client gets reply code 5 (connection refused).
@@ -286,7 +344,10 @@ fn unreachable_upstream_gets_prompt_502_with_proxy_status() {
     s.write_all(&[5, 1, 0]).unwrap();
     let mut b = [0u8; 2];
     s.read_exact(&mut b).unwrap();
-    s.write_all(&[5, 1, 0, 3, 7, b'x', b'.', b'e', b'x', b'a', b'm', b'p', 0, 80]).unwrap();
+    s.write_all(&[
+        5, 1, 0, 3, 7, b'x', b'.', b'e', b'x', b'a', b'm', b'p', 0, 80,
+    ])
+    .unwrap();
     let mut head = [0u8; 4];
     s.read_exact(&mut head).unwrap();
     assert_eq!(head[..2], [5, 5]);
@@ -320,10 +381,21 @@ fn bad_input_gets_errors_and_service_continues() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
     ok();
     let out = raw(pg.addr(), b"GET /relative HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(out.starts_with("HTTP/1.1 400") && out.contains("forward proxy"), "{out:?}");
-    let big = format!("GET http://127.0.0.1:{}/ HTTP/1.1\r\nX-Big: {}\r\n\r\n", echo.port(), "a".repeat(100_000));
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("forward proxy"),
+        "{out:?}"
+    );
+    let big = format!(
+        "GET http://127.0.0.1:{}/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        echo.port(),
+        "a".repeat(100_000)
+    );
     let out = raw(pg.addr(), big.as_bytes());
-    assert!(out.starts_with("HTTP/1.1 431"), "{:?}", &out[..out.len().min(100)]);
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &out[..out.len().min(100)]
+    );
     ok();
     let out = raw(pg.addr(), b"CONNECT nohost HTTP/1.1\r\n\r\n");
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
@@ -346,7 +418,11 @@ fn bad_input_gets_errors_and_service_continues() {
     s.write_all(b"GET http://x/ HTTP/1.1\r\n").unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    assert!(t.elapsed() < Duration::from_secs(5), "slow client held {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "slow client held {:?}",
+        t.elapsed()
+    );
     // Silent client on the mixed port.
     let t = Instant::now();
     let mut s = TcpStream::connect(pg.addr()).unwrap();
@@ -369,10 +445,21 @@ fn zero_config_uses_environment_and_refuses_loops() {
         &[("HTTP_PROXY", &tiny.url()), ("NO_PROXY", "")],
     );
     pg.wait_listening(listen);
-    let r = curl(&["-x", &format!("http://{listen}"), &format!("http://echo.invalid-for-test:{}/", echo.port())]);
+    let r = curl(&[
+        "-x",
+        &format!("http://{listen}"),
+        &format!("http://echo.invalid-for-test:{}/", echo.port()),
+    ]);
     // tinyproxy receives it (and fails DNS for the .invalid name itself).
-    assert!(r.status == 500 || r.status == 502 || r.status == 404, "{r:?}");
-    assert!(wait_until(Duration::from_secs(3), || tiny.requests() >= 1), "{}", tiny.log());
+    assert!(
+        r.status == 500 || r.status == 502 || r.status == 404,
+        "{r:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || tiny.requests() >= 1),
+        "{}",
+        tiny.log()
+    );
     drop(pg);
     // HTTP_PROXY pointing at our own listener: refused at start.
     let own = free_addr();
@@ -391,17 +478,33 @@ fn check_accepts_example_and_reports_bad_config_location() {
     let out = proxyguard_run(&["check", "--config", ex], &[], Duration::from_secs(10));
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("configuration OK"));
-    assert!(!out.stdout.contains("s3cret"), "secret printed: {}", out.stdout);
+    assert!(
+        !out.stdout.contains("s3cret"),
+        "secret printed: {}",
+        out.stdout
+    );
     let dir = temp_dir("badcfg", false);
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "[[listen]]\naddr = \"127.0.0.1:3128\"\n\n[timeouts]\nconnect = 3\n").unwrap();
-    let out = proxyguard_run(&["check", "--config", p.to_str().unwrap()], &[], Duration::from_secs(10));
+    std::fs::write(
+        &p,
+        "[[listen]]\naddr = \"127.0.0.1:3128\"\n\n[timeouts]\nconnect = 3\n",
+    )
+    .unwrap();
+    let out = proxyguard_run(
+        &["check", "--config", p.to_str().unwrap()],
+        &[],
+        Duration::from_secs(10),
+    );
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("bad.toml:5:"), "{out:?}");
     assert!(out.stderr.contains("timeouts.connect"), "{out:?}");
     // Non-loopback listener without auth refuses to start.
     std::fs::write(&p, "[[listen]]\naddr = \"0.0.0.0:0\"\n").unwrap();
-    let out = proxyguard_run(&["serve", "--config", p.to_str().unwrap()], &[], Duration::from_secs(10));
+    let out = proxyguard_run(
+        &["serve", "--config", p.to_str().unwrap()],
+        &[],
+        Duration::from_secs(10),
+    );
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("[auth]"), "{out:?}");
 }
@@ -418,7 +521,10 @@ fn graceful_shutdown_lets_live_tunnel_finish() {
     pg.child.signal(15);
     let r = h.join().unwrap();
     assert_eq!(r.status, 200, "tunnel cut by shutdown: {r:?}");
-    assert!(pg.child.wait_exit(Duration::from_secs(8)).is_some(), "did not exit");
+    assert!(
+        pg.child.wait_exit(Duration::from_secs(8)).is_some(),
+        "did not exit"
+    );
     // And no longer accepting.
     assert!(TcpStream::connect(addr).is_err());
 }

@@ -90,6 +90,7 @@ pub struct Config {
     pub upstreams: Vec<UpstreamEntry>,
     pub no_proxy: NoProxy,
     pub no_proxy_raw: Vec<String>,
+    pub bypass_loopback: bool,
     pub timeouts: Timeouts,
     pub client_header_timeout: Duration,
     pub idle_timeout: Duration,
@@ -198,7 +199,7 @@ impl Config {
                 field: line.and_then(|l| field_at(text, l)),
                 message: {
                     let m = e.message().trim().to_string();
-                    if m.contains("unknown field `no_proxy`") || m.contains("unknown field `resolve`") {
+                    if m.contains("unknown field `no_proxy`") || m.contains("unknown field `bypass_loopback`") {
                         format!("{m} (top-level keys such as `no_proxy` must come before the first [table] in TOML)")
                     } else {
                         m
@@ -403,6 +404,7 @@ impl Config {
             upstreams,
             no_proxy: NoProxy::parse(file.no_proxy.iter().map(|s| s.get_ref().clone())),
             no_proxy_raw: file.no_proxy.iter().map(|s| s.get_ref().clone()).collect(),
+            bypass_loopback: file.bypass_loopback,
             timeouts: Timeouts {
                 connect: t.connect.0,
                 handshake: t.handshake.0,

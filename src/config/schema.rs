@@ -15,6 +15,9 @@ pub struct FileConfig {
     pub listen: Vec<ListenConfig>,
     pub upstream: Vec<UpstreamConfig>,
     pub no_proxy: Vec<Spanned<String>>,
+    /// Loopback targets (`localhost`, 127.0.0.0/8, ::1) always go direct, as
+    /// in Go. Set false to send them through the upstreams too.
+    pub bypass_loopback: bool,
     pub timeouts: TimeoutsConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
@@ -32,6 +35,7 @@ impl Default for FileConfig {
             listen: vec![ListenConfig::default()],
             upstream: Vec::new(),
             no_proxy: Vec::new(),
+            bypass_loopback: true,
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),

@@ -127,6 +127,32 @@ async fn handle(
     state: Arc<State>,
 ) -> Result<Response<RespBody>, Infallible> {
     let started = Instant::now();
+    // hyper's buffer limit is soft when a whole head arrives in one read;
+    // enforce the configured limit on the parsed head as well.
+    let head_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    if head_bytes > state.max_header_bytes {
+        access(
+            peer,
+            req.method(),
+            "-",
+            "-",
+            431,
+            started,
+            "header_too_large",
+        );
+        return Ok(text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!(
+                "proxyguard: request head of {head_bytes} bytes exceeds limits.max_header_bytes ({})",
+                state.max_header_bytes
+            ),
+        ));
+    }
     if !state.admission.check_proxy_authorization(
         req.headers()
             .get(header::PROXY_AUTHORIZATION)
