@@ -192,7 +192,7 @@ impl Forwarder {
                         .credentials
                         .as_ref()
                         .map(crate::upstream::http_connect::basic_auth),
-                    Route::Bypass => None,
+                    Route::Bypass | Route::Degraded => None,
                 };
                 let req = build(&parts, target, absolute, auth.as_deref(), body);
                 match tx.send_request(req).await {

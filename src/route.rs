@@ -1,18 +1,26 @@
 //! Routing one connection: bypass (`no_proxy`) goes direct, everything else
-//! goes through the pool, trying the next candidate when one fails before
-//! any client byte was sent.
+//! goes through the pool: candidates in strategy order, a slow handshake
+//! raced against the next candidate after `race_after`, failed attempts
+//! retried on the next upstream with exponential backoff and full jitter
+//! between rounds, all inside one `connect_deadline`. Connecting happens
+//! before any client byte is sent upstream, so these retries never duplicate
+//! a request.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::noproxy::NoProxy;
 use crate::config::Config;
 use crate::pool::{Member, Pool, Traffic};
 use crate::upstream::{
-    Conn, ConnectContext, ConnectError, HttpConn, NoopObserver, PhaseObserver, Resolver, Target,
-    UpstreamSpec,
+    Conn, ConnectContext, ConnectError, Host, HttpConn, NoopObserver, Phase, PhaseObserver,
+    Resolver, Target, UpstreamSpec,
 };
 
 /// Where a connection went.
@@ -20,6 +28,8 @@ use crate::upstream::{
 pub enum Route {
     /// `no_proxy` matched (or no upstreams configured).
     Bypass,
+    /// Every upstream was out and `fallback = "direct"` applied.
+    Degraded,
     Upstream(Arc<Member>),
 }
 
@@ -27,6 +37,7 @@ impl Route {
     pub fn name(&self) -> &str {
         match self {
             Route::Bypass => "direct(bypass)",
+            Route::Degraded => "direct(degraded)",
             Route::Upstream(m) => m.name(),
         }
     }
@@ -36,8 +47,6 @@ impl Route {
 pub struct RouteTable {
     pub no_proxy: NoProxy,
     pub bypass_loopback: bool,
-    pub max_attempts: u32,
-    pub connect_deadline: Duration,
 }
 
 pub struct Router {
@@ -47,155 +56,9 @@ pub struct Router {
     direct: UpstreamSpec,
 }
 
-impl Router {
-    pub fn new(cfg: &Config) -> Self {
-        let ctx = ConnectContext::new(Resolver::new(cfg.resolve.clone()), cfg.timeouts);
-        Router {
-            ctx,
-            pool: Pool::new(cfg.upstreams.clone()),
-            table: ArcSwap::from_pointee(RouteTable {
-                no_proxy: cfg.no_proxy.clone(),
-                bypass_loopback: cfg.bypass_loopback,
-                max_attempts: cfg.file.pool.max_attempts,
-                connect_deadline: cfg.file.pool.connect_deadline.0,
-            }),
-            direct: UpstreamSpec::direct("direct"),
-        }
-    }
-
-    fn plan(&self, target: &Target, traffic: Traffic) -> Option<Vec<Arc<Member>>> {
-        let table = self.table.load();
-        let loopback = match &target.host {
-            crate::upstream::Host::Ip(ip) => ip.is_loopback(),
-            crate::upstream::Host::Name(n) => n == "localhost",
-        };
-        if loopback {
-            if table.bypass_loopback {
-                return None;
-            }
-        } else if table.no_proxy.bypass(&target.host.bare(), target.port) {
-            return None;
-        }
-        let c = self.pool.candidates(traffic);
-        if c.is_empty() {
-            None
-        } else {
-            Some(c)
-        }
-    }
-
-    /// The route a new connection would most likely take (for reusing an
-    /// idle connection before opening one).
-    pub fn preferred_route(&self, target: &Target, traffic: Traffic) -> Option<Route> {
-        match self.plan(target, traffic) {
-            None => Some(Route::Bypass),
-            Some(c) => c.into_iter().next().map(Route::Upstream),
-        }
-    }
-
-    /// Opens a tunnel to `target`.
-    pub async fn tunnel(&self, target: &Target) -> Result<(Conn, Route), ConnectError> {
-        self.tunnel_observed(target, &mut NoopObserver).await
-    }
-
-    pub async fn tunnel_observed(
-        &self,
-        target: &Target,
-        obs: &mut dyn PhaseObserver,
-    ) -> Result<(Conn, Route), ConnectError> {
-        let Some(cands) = self.plan(target, Traffic::Tunnel) else {
-            let c = self.direct.connect_tunnel(target, &self.ctx, obs).await?;
-            return Ok((c, Route::Bypass));
-        };
-        match self.attempt(&cands, target, Op::Tunnel, obs).await? {
-            (Established::Tunnel(c), r) => Ok((c, r)),
-            (Established::Http(h), r) => Ok((h.conn, r)),
-        }
-    }
-
-    /// Opens a connection for plain-HTTP forwarding to `target`.
-    pub async fn http_conn(&self, target: &Target) -> Result<(HttpConn, Route), ConnectError> {
-        let mut obs = NoopObserver;
-        let Some(cands) = self.plan(target, Traffic::Plain) else {
-            let c = self
-                .direct
-                .connect_for_http(target, &self.ctx, &mut obs)
-                .await?;
-            return Ok((c, Route::Bypass));
-        };
-        match self.attempt(&cands, target, Op::Http, &mut obs).await? {
-            (Established::Http(h), r) => Ok((h, r)),
-            (Established::Tunnel(c), r) => Ok((
-                HttpConn {
-                    conn: c,
-                    absolute_form: false,
-                    proxy_authorization: None,
-                },
-                r,
-            )),
-        }
-    }
-
-    async fn attempt(
-        &self,
-        cands: &[Arc<Member>],
-        target: &Target,
-        op: Op,
-        obs: &mut dyn PhaseObserver,
-    ) -> Result<(Established, Route), ConnectError> {
-        let table = self.table.load();
-        let deadline = Instant::now() + table.connect_deadline;
-        let mut last = None;
-        for m in cands.iter().take(table.max_attempts.max(1) as usize) {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            let start = Instant::now();
-            let fut = async {
-                match op {
-                    Op::Tunnel => m
-                        .spec()
-                        .connect_tunnel(target, &self.ctx, obs)
-                        .await
-                        .map(Established::Tunnel),
-                    Op::Http => m
-                        .spec()
-                        .connect_for_http(target, &self.ctx, obs)
-                        .await
-                        .map(Established::Http),
-                }
-            };
-            match tokio::time::timeout(remaining, fut).await {
-                Ok(Ok(c)) => {
-                    m.health.record_success(start.elapsed());
-                    return Ok((c, Route::Upstream(m.clone())));
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(upstream = m.name(), error = %e, "upstream attempt failed");
-                    let retry = e.is_proxy_side();
-                    if retry {
-                        m.health.record_failure(&e);
-                    }
-                    last = Some(e);
-                    if !retry {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let e = ConnectError::timeout(
-                        crate::upstream::Phase::Tcp,
-                        table.connect_deadline,
-                        true,
-                    );
-                    m.health.record_failure(&e);
-                    last = Some(e);
-                    break;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| ConnectError::NoRoute("no upstream available".into())))
-    }
+enum Decision {
+    Direct(Route),
+    Pool(Vec<Arc<Member>>),
 }
 
 #[derive(Clone, Copy)]
@@ -207,4 +70,297 @@ enum Op {
 enum Established {
     Tunnel(Conn),
     Http(HttpConn),
+}
+
+type Attempt<'a> = Pin<
+    Box<
+        dyn Future<Output = (Arc<Member>, Duration, Result<Established, ConnectError>)> + Send + 'a,
+    >,
+>;
+
+impl Router {
+    pub fn new(cfg: &Config) -> Self {
+        let ctx = ConnectContext::new(Resolver::new(cfg.resolve.clone()), cfg.timeouts);
+        Router {
+            ctx,
+            pool: Pool::new(
+                cfg.upstreams.clone(),
+                cfg.file.pool.clone(),
+                cfg.file.breaker.clone(),
+            ),
+            table: ArcSwap::from_pointee(RouteTable {
+                no_proxy: cfg.no_proxy.clone(),
+                bypass_loopback: cfg.bypass_loopback,
+            }),
+            direct: UpstreamSpec::direct("direct"),
+        }
+    }
+
+    fn decide(&self, target: &Target, traffic: Traffic) -> Decision {
+        let table = self.table.load();
+        let loopback = match &target.host {
+            Host::Ip(ip) => ip.is_loopback(),
+            Host::Name(n) => n == "localhost",
+        };
+        if loopback {
+            if table.bypass_loopback {
+                return Decision::Direct(Route::Bypass);
+            }
+        } else if table.no_proxy.bypass(&target.host.bare(), target.port) {
+            return Decision::Direct(Route::Bypass);
+        }
+        let plan = self.pool.plan(target, traffic);
+        if plan.degrade_direct {
+            tracing::warn!(target = %target, "all upstreams unavailable: degraded to direct");
+            return Decision::Direct(Route::Degraded);
+        }
+        if plan.members.is_empty() {
+            Decision::Direct(Route::Bypass)
+        } else {
+            Decision::Pool(plan.members)
+        }
+    }
+
+    /// The route a new connection would most likely take (for reusing an
+    /// idle connection before opening one).
+    pub fn preferred_route(&self, target: &Target, traffic: Traffic) -> Option<Route> {
+        match self.decide(target, traffic) {
+            Decision::Direct(r) => Some(r),
+            Decision::Pool(c) => c.into_iter().next().map(Route::Upstream),
+        }
+    }
+
+    /// Opens a tunnel to `target`.
+    pub async fn tunnel(&self, target: &Target) -> Result<(Conn, Route), ConnectError> {
+        match self.decide(target, Traffic::Tunnel) {
+            Decision::Direct(r) => {
+                let c = self
+                    .direct
+                    .connect_tunnel(target, &self.ctx, &mut NoopObserver)
+                    .await?;
+                Ok((c, r))
+            }
+            Decision::Pool(cands) => match self.attempt(&cands, target, Op::Tunnel).await? {
+                (Established::Tunnel(c), r) => Ok((c, r)),
+                (Established::Http(h), r) => Ok((h.conn, r)),
+            },
+        }
+    }
+
+    /// Opens a tunnel with a phase observer, through one given upstream (doctor).
+    pub async fn tunnel_via(
+        &self,
+        spec: &UpstreamSpec,
+        target: &Target,
+        obs: &mut dyn PhaseObserver,
+    ) -> Result<Conn, ConnectError> {
+        spec.connect_tunnel(target, &self.ctx, obs).await
+    }
+
+    /// Opens a connection for plain-HTTP forwarding to `target`.
+    pub async fn http_conn(&self, target: &Target) -> Result<(HttpConn, Route), ConnectError> {
+        match self.decide(target, Traffic::Plain) {
+            Decision::Direct(r) => {
+                let c = self
+                    .direct
+                    .connect_for_http(target, &self.ctx, &mut NoopObserver)
+                    .await?;
+                Ok((c, r))
+            }
+            Decision::Pool(cands) => match self.attempt(&cands, target, Op::Http).await? {
+                (Established::Http(h), r) => Ok((h, r)),
+                (Established::Tunnel(c), r) => Ok((
+                    HttpConn {
+                        conn: c,
+                        absolute_form: false,
+                        proxy_authorization: None,
+                    },
+                    r,
+                )),
+            },
+        }
+    }
+
+    fn start<'a>(
+        &'a self,
+        m: Arc<Member>,
+        target: &'a Target,
+        op: Op,
+        limit: Duration,
+    ) -> Attempt<'a> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let mut obs = NoopObserver;
+            let fut = async {
+                match op {
+                    Op::Tunnel => m
+                        .spec()
+                        .connect_tunnel(target, &self.ctx, &mut obs)
+                        .await
+                        .map(Established::Tunnel),
+                    Op::Http => m
+                        .spec()
+                        .connect_for_http(target, &self.ctx, &mut obs)
+                        .await
+                        .map(Established::Http),
+                }
+            };
+            let r = match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(ConnectError::timeout(Phase::Tcp, limit, true)),
+            };
+            (m, start.elapsed(), r)
+        })
+    }
+
+    async fn attempt<'a>(
+        &'a self,
+        cands: &[Arc<Member>],
+        target: &'a Target,
+        op: Op,
+    ) -> Result<(Established, Route), ConnectError> {
+        let cfg = self.pool.config();
+        let started = Instant::now();
+        let deadline = started + cfg.connect_deadline.0;
+        let max_attempts = cfg.max_attempts.max(1) as usize;
+        let race_after = self.pool.race_after();
+        // When everything is out of service, the plan holds the least bad
+        // members: use them without asking admission.
+        let all_out = cands.iter().all(|m| !m.health.eligible());
+        let mut inflight: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
+        let mut inflight_names: Vec<Arc<Member>> = Vec::new();
+        let mut started_n = 0usize;
+        let mut next = 0usize;
+        let mut round = 0u32;
+        let mut last: Option<ConnectError> = None;
+        let mut first_failed = false;
+
+        // Starts the next admissible candidate; false when none is left.
+        let launch = |inflight: &mut FuturesUnordered<Attempt<'a>>,
+                      names: &mut Vec<Arc<Member>>,
+                      started_n: &mut usize,
+                      next: &mut usize,
+                      only_first_round: bool|
+         -> bool {
+            while *started_n < max_attempts {
+                if only_first_round && *next >= cands.len() {
+                    return false;
+                }
+                let m = &cands[*next % cands.len()];
+                if *next % cands.len() == 0 && *next > 0 && only_first_round {
+                    return false;
+                }
+                *next += 1;
+                if !all_out && !m.health.try_admit().0 {
+                    if *next >= cands.len() * 2 {
+                        return false;
+                    }
+                    continue;
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return false;
+                }
+                inflight.push(self.start(m.clone(), target, op, remaining));
+                names.push(m.clone());
+                *started_n += 1;
+                return true;
+            }
+            false
+        };
+
+        if !launch(
+            &mut inflight,
+            &mut inflight_names,
+            &mut started_n,
+            &mut next,
+            false,
+        ) {
+            return Err(ConnectError::NoRoute(
+                "no upstream admitted a connection".into(),
+            ));
+        }
+        loop {
+            let race_timer = async {
+                match race_after {
+                    Some(d) if next < cands.len() && started_n < max_attempts => {
+                        tokio::time::sleep(d).await
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                done = inflight.next() => {
+                    let Some((m, took, r)) = done else {
+                        // Nothing in flight: start the next round after a backoff.
+                        if started_n >= max_attempts || Instant::now() >= deadline {
+                            break;
+                        }
+                        if next > 0 && next % cands.len() == 0 {
+                            let pause = crate::pool::backoff::full_jitter(round, cfg.backoff_base.0, cfg.backoff_cap.0);
+                            round += 1;
+                            let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+                            tokio::time::sleep(pause).await;
+                        }
+                        if !launch(&mut inflight, &mut inflight_names, &mut started_n, &mut next, false) {
+                            break;
+                        }
+                        continue;
+                    };
+                    inflight_names.retain(|x| !Arc::ptr_eq(x, &m));
+                    match r {
+                        Ok(c) => {
+                            self.pool.report_success(&m, took);
+                            for other in &inflight_names {
+                                other.health.release_trial();
+                            }
+                            if !Arc::ptr_eq(&m, &cands[0]) || first_failed {
+                                self.pool.stats.failovers.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if !first_failed && !Arc::ptr_eq(&m, &cands[0]) {
+                                self.pool.stats.races_won_by_later.fetch_add(1, Ordering::Relaxed);
+                            }
+                            return Ok((c, Route::Upstream(m)));
+                        }
+                        Err(e) => {
+                            tracing::debug!(upstream = m.name(), error = %e, "upstream attempt failed");
+                            self.pool.report_failure(&m, &e);
+                            first_failed = true;
+                            let retry = e.is_proxy_side();
+                            last = Some(e);
+                            if !retry {
+                                if inflight.is_empty() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            if inflight.is_empty() {
+                                self.pool.stats.retries.fetch_add(1, Ordering::Relaxed);
+                                if next > 0 && next % cands.len() == 0 {
+                                    let pause = crate::pool::backoff::full_jitter(round, cfg.backoff_base.0, cfg.backoff_cap.0);
+                                    round += 1;
+                                    let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+                                    tokio::time::sleep(pause).await;
+                                }
+                                if !launch(&mut inflight, &mut inflight_names, &mut started_n, &mut next, false) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = race_timer => {
+                    // The chosen upstream is slow: race the next one.
+                    if launch(&mut inflight, &mut inflight_names, &mut started_n, &mut next, true) {
+                        self.pool.stats.races_started.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(target = %target, "racing the next upstream");
+                    }
+                }
+            }
+        }
+        for other in &inflight_names {
+            other.health.release_trial();
+        }
+        Err(last.unwrap_or_else(|| ConnectError::timeout(Phase::Tcp, cfg.connect_deadline.0, true)))
+    }
 }

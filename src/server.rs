@@ -30,7 +30,13 @@ pub struct Running {
 pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeError> {
     crate::upstream::tls::ensure_provider();
     let router = Arc::new(Router::new(cfg));
-    let state = Arc::new(State::new(cfg, router, shutdown));
+    let state = Arc::new(State::new(cfg, router.clone(), shutdown.clone()));
+    crate::pool::checker::spawn(
+        router,
+        cfg.file.health.clone(),
+        cfg.file.pool.checks,
+        shutdown,
+    );
     let mut tasks = Vec::new();
     let mut addrs = Vec::new();
     for l in &cfg.listeners {

@@ -1,37 +1,547 @@
-//! Per-upstream health: counters and the last error. Updated with atomics or
-//! short locks never held across `.await`.
+//! Per-upstream health: passive outlier detection (nginx `max_fails` within
+//! `fail_timeout`, Envoy-style growing ejection), a circuit breaker
+//! (gobreaker-like closed → open → half-open), active check state (rise/fall)
+//! and latency (EWMA and recent samples for adaptive racing).
+//!
+//! All state sits behind one short `Mutex` that is never held across `.await`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::schema::BreakerConfig;
 use crate::config::UpstreamEntry;
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, FaultClass};
 
-#[derive(Debug, Default)]
-pub struct Health {
-    pub successes: AtomicU64,
-    pub failures: AtomicU64,
-    last_error: Mutex<Option<(SystemTime, String)>>,
+/// Circuit breaker state, as reported on the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
 }
 
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Overall state of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Healthy,
+    /// Passively ejected (failures of real connections) until a time.
+    Ejected,
+    /// Active checks say it is down (`fall` consecutive failures).
+    Down,
+    BreakerOpen,
+    HalfOpen,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Ejected => "ejected",
+            State::Down => "down",
+            State::BreakerOpen => "breaker_open",
+            State::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A health transition worth logging, alerting and showing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Ejected { until_ms: u64, reason: String },
+    Reinstated,
+    BreakerOpened,
+    BreakerHalfOpen,
+    BreakerClosed,
+    CheckDown,
+    CheckUp,
+}
+
+#[derive(Debug)]
+struct Inner {
+    fails: VecDeque<Instant>,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+    breaker: BreakerState,
+    breaker_since: Instant,
+    consecutive_fails: u32,
+    half_open_in_flight: u32,
+    window: VecDeque<(Instant, bool)>,
+    check_up: bool,
+    check_ok_streak: u32,
+    check_fail_streak: u32,
+    last_check: Option<(SystemTime, bool, String)>,
+    last_error: Option<(SystemTime, String, FaultClass)>,
+    samples: VecDeque<Duration>,
+    last_used: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Health {
+    inner: Mutex<Inner>,
+    max_fails: u32,
+    fail_timeout: Duration,
+    breaker_cfg: BreakerConfig,
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+    /// EWMA of connect+handshake latency in microseconds (0 = no data).
+    ewma_us: AtomicU64,
+}
+
+const SAMPLES: usize = 64;
+
 impl Health {
-    pub fn new(_entry: &UpstreamEntry) -> Self {
-        Health::default()
-    }
-
-    pub fn record_success(&self, _took: Duration) {
-        self.successes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn record_failure(&self, err: &ConnectError) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut g) = self.last_error.lock() {
-            *g = Some((SystemTime::now(), err.to_string()));
+    pub fn new(entry: &UpstreamEntry, breaker: &BreakerConfig) -> Self {
+        Health {
+            inner: Mutex::new(Inner {
+                fails: VecDeque::new(),
+                ejected_until: None,
+                ejections: 0,
+                breaker: BreakerState::Closed,
+                breaker_since: Instant::now(),
+                consecutive_fails: 0,
+                half_open_in_flight: 0,
+                window: VecDeque::new(),
+                check_up: true,
+                check_ok_streak: 0,
+                check_fail_streak: 0,
+                last_check: None,
+                last_error: None,
+                samples: VecDeque::with_capacity(SAMPLES),
+                last_used: None,
+            }),
+            max_fails: entry.max_fails.max(1),
+            fail_timeout: entry.fail_timeout,
+            breaker_cfg: breaker.clone(),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            ewma_us: AtomicU64::new(0),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere; the data is plain counters.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Advances time-based transitions (ejection expiry, breaker open → half-open).
+    fn tick(&self, g: &mut Inner, now: Instant, out: &mut Vec<Transition>) {
+        if let Some(until) = g.ejected_until {
+            if now >= until {
+                g.ejected_until = None;
+                g.fails.clear();
+                out.push(Transition::Reinstated);
+            }
+        }
+        if g.breaker == BreakerState::Open
+            && now.duration_since(g.breaker_since) >= self.breaker_cfg.open_for.0
+        {
+            g.breaker = BreakerState::HalfOpen;
+            g.breaker_since = now;
+            g.half_open_in_flight = 0;
+            out.push(Transition::BreakerHalfOpen);
+        }
+    }
+
+    pub fn state(&self) -> State {
+        let mut g = self.lock();
+        let mut t = Vec::new();
+        self.tick(&mut g, Instant::now(), &mut t);
+        Self::state_of(&g)
+    }
+
+    fn state_of(g: &Inner) -> State {
+        if g.breaker == BreakerState::Open {
+            State::BreakerOpen
+        } else if g.ejected_until.is_some() {
+            State::Ejected
+        } else if !g.check_up {
+            State::Down
+        } else if g.breaker == BreakerState::HalfOpen {
+            State::HalfOpen
+        } else {
+            State::Healthy
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        let mut g = self.lock();
+        let mut t = Vec::new();
+        self.tick(&mut g, Instant::now(), &mut t);
+        g.breaker
+    }
+
+    /// True when new connections may use this upstream now. In half-open, it
+    /// takes one of the limited trial slots (release with a report).
+    pub fn try_admit(&self) -> (bool, Vec<Transition>) {
+        let mut g = self.lock();
+        let mut t = Vec::new();
+        let now = Instant::now();
+        self.tick(&mut g, now, &mut t);
+        let ok = match Self::state_of(&g) {
+            State::Healthy => true,
+            State::HalfOpen => {
+                if g.half_open_in_flight < self.breaker_cfg.half_open_trials {
+                    g.half_open_in_flight += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        };
+        if ok {
+            g.last_used = Some(now);
+        }
+        (ok, t)
+    }
+
+    /// Whether the upstream is eligible without taking a trial slot.
+    pub fn eligible(&self) -> bool {
+        matches!(self.state(), State::Healthy | State::HalfOpen)
+    }
+
+    /// When the upstream becomes eligible again (for choosing the least bad).
+    pub fn available_at(&self) -> Instant {
+        let g = self.lock();
+        let mut at = Instant::now();
+        if let Some(u) = g.ejected_until {
+            at = at.max(u);
+        }
+        if g.breaker == BreakerState::Open {
+            at = at.max(g.breaker_since + self.breaker_cfg.open_for.0);
+        }
+        at
+    }
+
+    pub fn record_success(&self, took: Duration) -> Vec<Transition> {
+        self.successes.fetch_add(1, Ordering::Relaxed);
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        // EWMA with alpha 0.3: reacts within a few connections, smooths noise.
+        let new = if old == 0 {
+            us
+        } else {
+            (old * 7 + us * 3) / 10
+        };
+        self.ewma_us.store(new.max(1), Ordering::Relaxed);
+        let mut g = self.lock();
+        let now = Instant::now();
+        let mut t = Vec::new();
+        self.tick(&mut g, now, &mut t);
+        if g.samples.len() == SAMPLES {
+            g.samples.pop_front();
+        }
+        g.samples.push_back(took);
+        g.consecutive_fails = 0;
+        g.ejections = 0;
+        self.push_window(&mut g, now, true);
+        if g.breaker == BreakerState::HalfOpen {
+            g.breaker = BreakerState::Closed;
+            g.breaker_since = now;
+            g.half_open_in_flight = 0;
+            g.window.clear();
+            t.push(Transition::BreakerClosed);
+        }
+        t
+    }
+
+    fn push_window(&self, g: &mut Inner, now: Instant, ok: bool) {
+        g.window.push_back((now, ok));
+        let w = self.breaker_cfg.window.0;
+        while g
+            .window
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > w)
+        {
+            g.window.pop_front();
+        }
+    }
+
+    /// Records a failure of a real connection. `may_eject` is false when the
+    /// pool's ejection cap is reached.
+    pub fn record_failure(
+        &self,
+        err: &ConnectError,
+        may_eject: bool,
+        base_ejection: Duration,
+    ) -> Vec<Transition> {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut g = self.lock();
+        let mut t = Vec::new();
+        self.tick(&mut g, now, &mut t);
+        g.last_error = Some((SystemTime::now(), err.to_string(), err.fault()));
+        g.consecutive_fails += 1;
+        self.push_window(&mut g, now, false);
+        // Breaker.
+        match g.breaker {
+            BreakerState::HalfOpen => {
+                g.breaker = BreakerState::Open;
+                g.breaker_since = now;
+                g.half_open_in_flight = 0;
+                t.push(Transition::BreakerOpened);
+            }
+            BreakerState::Closed => {
+                let by_count = g.consecutive_fails >= self.breaker_cfg.failure_threshold;
+                let total = g.window.len() as u32;
+                let failed = g.window.iter().filter(|(_, ok)| !ok).count() as f64;
+                let by_ratio = self.breaker_cfg.failure_ratio > 0.0
+                    && total >= self.breaker_cfg.min_requests
+                    && failed / f64::from(total.max(1)) >= self.breaker_cfg.failure_ratio;
+                if by_count || by_ratio {
+                    g.breaker = BreakerState::Open;
+                    g.breaker_since = now;
+                    t.push(Transition::BreakerOpened);
+                }
+            }
+            BreakerState::Open => {}
+        }
+        // Passive ejection: max_fails within fail_timeout (nginx semantics).
+        g.fails.push_back(now);
+        let ft = self.fail_timeout;
+        while g.fails.front().is_some_and(|f| now.duration_since(*f) > ft) {
+            g.fails.pop_front();
+        }
+        // Auth/policy faults are configuration errors: eject at once.
+        let immediate = matches!(err.fault(), FaultClass::Auth | FaultClass::Policy);
+        if g.ejected_until.is_none()
+            && may_eject
+            && (immediate || g.fails.len() as u32 >= self.max_fails)
+        {
+            g.ejections = g.ejections.saturating_add(1);
+            // Envoy style: base × consecutive ejections, capped at 10 minutes.
+            let d = (base_ejection * g.ejections.min(60)).min(Duration::from_secs(600));
+            g.ejected_until = Some(now + d);
+            t.push(Transition::Ejected {
+                until_ms: d.as_millis() as u64,
+                reason: reason_label(err).to_string(),
+            });
+        }
+        t
+    }
+
+    /// Releases a half-open trial slot without a verdict (attempt cancelled).
+    pub fn release_trial(&self) {
+        let mut g = self.lock();
+        if g.breaker == BreakerState::HalfOpen && g.half_open_in_flight > 0 {
+            g.half_open_in_flight -= 1;
+        }
+    }
+
+    /// Records an active check result; `rise` successes bring it up (and lift
+    /// an ejection), `fall` failures take it down.
+    pub fn record_check(&self, ok: bool, detail: &str, rise: u32, fall: u32) -> Vec<Transition> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        let mut t = Vec::new();
+        self.tick(&mut g, now, &mut t);
+        g.last_check = Some((SystemTime::now(), ok, detail.to_string()));
+        if ok {
+            g.check_fail_streak = 0;
+            g.check_ok_streak += 1;
+            if g.check_ok_streak >= rise {
+                if !g.check_up {
+                    g.check_up = true;
+                    t.push(Transition::CheckUp);
+                }
+                if g.ejected_until.take().is_some() {
+                    g.fails.clear();
+                    t.push(Transition::Reinstated);
+                }
+                if g.breaker == BreakerState::Open {
+                    g.breaker = BreakerState::HalfOpen;
+                    g.breaker_since = now;
+                    g.half_open_in_flight = 0;
+                    t.push(Transition::BreakerHalfOpen);
+                }
+            }
+        } else {
+            g.check_ok_streak = 0;
+            g.check_fail_streak += 1;
+            if g.check_fail_streak >= fall && g.check_up {
+                g.check_up = false;
+                t.push(Transition::CheckDown);
+            }
+        }
+        t
+    }
+
+    /// EWMA latency, if any connection succeeded yet.
+    pub fn ewma(&self) -> Option<Duration> {
+        match self.ewma_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Recent latency samples (for the pool's adaptive `race_after`).
+    pub fn samples(&self) -> Vec<Duration> {
+        self.lock().samples.iter().copied().collect()
+    }
+
     pub fn last_error(&self) -> Option<(SystemTime, String)> {
-        self.last_error.lock().ok().and_then(|g| g.clone())
+        self.lock()
+            .last_error
+            .as_ref()
+            .map(|(t, e, _)| (*t, e.clone()))
+    }
+
+    pub fn last_check(&self) -> Option<(SystemTime, bool, String)> {
+        self.lock().last_check.clone()
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.state() == State::Ejected
+    }
+
+    /// Used recently (for lazy checks).
+    pub fn used_within(&self, d: Duration) -> bool {
+        self.lock().last_used.is_some_and(|u| u.elapsed() <= d)
+    }
+}
+
+/// A short reason label: dead vs auth vs policy, distinct in logs and alerts.
+pub fn reason_label(err: &ConnectError) -> &'static str {
+    match err.fault() {
+        FaultClass::Auth => "auth",
+        FaultClass::Policy => "acl",
+        _ => match err {
+            ConnectError::Timeout { .. } => "timeout",
+            ConnectError::Refused { .. } => "refused",
+            ConnectError::Reset { .. } => "reset",
+            ConnectError::ProxyStatus { .. } | ConnectError::SocksReply { .. } => "proxy_error",
+            ConnectError::ProxyProtocol { .. } => "protocol",
+            ConnectError::Dns { .. } => "dns",
+            ConnectError::Tls { .. } => "tls",
+            _ => "error",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::duration::Dur;
+    use crate::upstream::{Phase, UpstreamSpec};
+
+    fn entry(max_fails: u32) -> UpstreamEntry {
+        UpstreamEntry {
+            spec: UpstreamSpec::direct("t"),
+            zone: None,
+            priority: 0,
+            weight: 1,
+            max_fails,
+            fail_timeout: Duration::from_secs(10),
+            applies: crate::config::Applies::ALL,
+            origin: "test".into(),
+        }
+    }
+
+    fn refused() -> ConnectError {
+        ConnectError::Refused {
+            addr: "x".into(),
+            proxy: true,
+        }
+    }
+
+    #[test]
+    fn ejects_after_max_fails_and_grows() {
+        let h = Health::new(&entry(2), &BreakerConfig::default());
+        let base = Duration::from_millis(50);
+        assert!(h.record_failure(&refused(), true, base).is_empty());
+        let t = h.record_failure(&refused(), true, base);
+        assert!(
+            matches!(t[0], Transition::Ejected { until_ms: 50, .. }),
+            "{t:?}"
+        );
+        assert_eq!(h.state(), State::Ejected);
+        std::thread::sleep(Duration::from_millis(70));
+        assert_eq!(h.state(), State::Healthy);
+        h.record_failure(&refused(), true, base);
+        let t = h.record_failure(&refused(), true, base);
+        assert!(
+            matches!(t[0], Transition::Ejected { until_ms: 100, .. }),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn auth_fault_ejects_at_once_with_its_reason() {
+        let h = Health::new(&entry(5), &BreakerConfig::default());
+        let t = h.record_failure(
+            &ConnectError::ProxyAuthRejected {
+                scheme: "Basic".into(),
+            },
+            true,
+            Duration::from_secs(1),
+        );
+        assert!(matches!(&t[0], Transition::Ejected { reason, .. } if reason == "auth"));
+        assert!(!h.eligible());
+    }
+
+    #[test]
+    fn ejection_cap_respected() {
+        let h = Health::new(&entry(1), &BreakerConfig::default());
+        h.record_failure(&refused(), false, Duration::from_secs(1));
+        assert!(h.eligible());
+    }
+
+    #[test]
+    fn breaker_opens_half_opens_and_closes() {
+        let cfg = BreakerConfig {
+            failure_threshold: 3,
+            open_for: Dur::millis(60),
+            half_open_trials: 1,
+            ..BreakerConfig::default()
+        };
+        let h = Health::new(&entry(100), &cfg);
+        let err = ConnectError::Timeout {
+            phase: Phase::Tcp,
+            after: Duration::from_secs(1),
+            proxy: true,
+        };
+        for _ in 0..2 {
+            h.record_failure(&err, true, Duration::from_secs(1));
+        }
+        assert_eq!(h.breaker_state(), BreakerState::Closed);
+        let t = h.record_failure(&err, true, Duration::from_secs(1));
+        assert!(t.contains(&Transition::BreakerOpened));
+        assert_eq!(h.state(), State::BreakerOpen);
+        assert!(!h.try_admit().0);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(h.breaker_state(), BreakerState::HalfOpen);
+        assert!(h.try_admit().0, "one trial allowed");
+        assert!(!h.try_admit().0, "only one trial");
+        let t = h.record_success(Duration::from_millis(1));
+        assert!(t.contains(&Transition::BreakerClosed));
+        assert_eq!(h.state(), State::Healthy);
+    }
+
+    #[test]
+    fn checks_rise_and_fall() {
+        let h = Health::new(&entry(1), &BreakerConfig::default());
+        h.record_check(false, "x", 2, 2);
+        assert_eq!(h.state(), State::Healthy);
+        assert_eq!(
+            h.record_check(false, "x", 2, 2),
+            vec![Transition::CheckDown]
+        );
+        assert_eq!(h.state(), State::Down);
+        h.record_check(true, "", 2, 2);
+        assert_eq!(h.state(), State::Down);
+        assert_eq!(h.record_check(true, "", 2, 2), vec![Transition::CheckUp]);
+        assert!(h.eligible());
     }
 }

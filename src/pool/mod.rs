@@ -1,16 +1,24 @@
 //! The upstream pool: the set of upstreams (replaceable at run time, for
-//! reload and discovery), their health, and the choice of candidates.
+//! reload and discovery), their health, the strategy that orders candidates,
+//! and the reporting of outcomes back into health.
 
+pub mod backoff;
+pub mod checker;
 pub mod health;
 
-use std::sync::Arc;
+pub mod strategy;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::config::schema::{BreakerConfig, PoolConfig};
 use crate::config::{Applies, UpstreamEntry};
-use crate::upstream::UpstreamSpec;
+use crate::upstream::{ConnectError, FaultClass, Target, UpstreamSpec};
 
-pub use health::Health;
+pub use health::{Health, State, Transition};
 
 /// One upstream in the pool with its health state.
 #[derive(Debug)]
@@ -44,24 +52,53 @@ impl Traffic {
     }
 }
 
+/// Counters the pool keeps (metrics read them).
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub retries: AtomicU64,
+    pub failovers: AtomicU64,
+    pub races_started: AtomicU64,
+    pub races_won_by_later: AtomicU64,
+    pub degraded_direct: AtomicU64,
+    pub ejections: AtomicU64,
+}
+
+/// The candidates for one connection.
+pub struct Plan {
+    /// Eligible upstreams, best first.
+    pub members: Vec<Arc<Member>>,
+    /// True when nothing was eligible and `fallback = "direct"` applies.
+    pub degrade_direct: bool,
+}
+
 /// The upstream set. Cheap to read from any task.
 pub struct Pool {
     members: ArcSwap<Vec<Arc<Member>>>,
+    cfg: ArcSwap<PoolConfig>,
+    breaker: ArcSwap<BreakerConfig>,
+    rr: AtomicUsize,
+    leader: Mutex<Option<String>>,
+    pub stats: PoolStats,
 }
 
 impl Pool {
-    pub fn new(entries: Vec<UpstreamEntry>) -> Self {
+    pub fn new(entries: Vec<UpstreamEntry>, cfg: PoolConfig, breaker: BreakerConfig) -> Self {
         let members = entries
             .into_iter()
             .map(|entry| {
                 Arc::new(Member {
-                    health: Health::new(&entry),
+                    health: Health::new(&entry, &breaker),
                     entry,
                 })
             })
             .collect();
         Pool {
             members: ArcSwap::from_pointee(members),
+            cfg: ArcSwap::from_pointee(cfg),
+            breaker: ArcSwap::from_pointee(breaker),
+            rr: AtomicUsize::new(0),
+            leader: Mutex::new(None),
+            stats: PoolStats::default(),
         }
     }
 
@@ -70,38 +107,157 @@ impl Pool {
         self.members.load_full()
     }
 
-    /// Replaces the upstream set, keeping health of unchanged members.
-    pub fn replace(&self, entries: Vec<UpstreamEntry>) {
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.cfg.load_full()
+    }
+
+    /// Replaces the upstream set (reload, discovery), keeping the health of
+    /// members whose name and URL did not change.
+    pub fn replace(&self, entries: Vec<UpstreamEntry>, cfg: PoolConfig, breaker: BreakerConfig) {
         let old = self.members();
         let members = entries
             .into_iter()
             .map(|entry| {
-                if let Some(m) = old.iter().find(|m| {
+                match old.iter().find(|m| {
                     m.entry.spec.name == entry.spec.name
                         && m.entry.spec.redacted_url() == entry.spec.redacted_url()
                         && m.entry.spec.credentials == entry.spec.credentials
                 }) {
-                    m.clone()
-                } else {
-                    Arc::new(Member {
-                        health: Health::new(&entry),
+                    Some(m) => m.clone(),
+                    None => Arc::new(Member {
+                        health: Health::new(&entry, &breaker),
                         entry,
-                    })
+                    }),
                 }
             })
             .collect();
         self.members.store(Arc::new(members));
+        self.cfg.store(Arc::new(cfg));
+        self.breaker.store(Arc::new(breaker));
     }
 
-    /// Candidates for one connection, best first.
-    pub fn candidates(&self, traffic: Traffic) -> Vec<Arc<Member>> {
-        let members = self.members();
-        let mut v: Vec<Arc<Member>> = members
+    /// Orders the candidates for one connection to `target`.
+    pub fn plan(&self, target: &Target, traffic: Traffic) -> Plan {
+        let cfg = self.cfg.load();
+        let all = self.members();
+        let serving: Vec<Arc<Member>> = all
             .iter()
             .filter(|m| traffic.applies(m.entry.applies))
             .cloned()
             .collect();
-        v.sort_by_key(|m| m.entry.priority);
-        v
+        let mut eligible: Vec<Arc<Member>> = serving
+            .iter()
+            .filter(|m| m.health.eligible())
+            .cloned()
+            .collect();
+        if eligible.is_empty() {
+            if serving.is_empty() {
+                return Plan {
+                    members: Vec::new(),
+                    degrade_direct: false,
+                };
+            }
+            if cfg.fallback == crate::config::schema::Fallback::Direct {
+                self.stats.degraded_direct.fetch_add(1, Ordering::Relaxed);
+                return Plan {
+                    members: Vec::new(),
+                    degrade_direct: true,
+                };
+            }
+            // Everything is out: keep trying the least bad rather than failing
+            // fast (the one that comes back soonest, then by priority).
+            let mut v = serving;
+            v.sort_by_key(|m| (m.health.available_at(), m.entry.priority));
+            return Plan {
+                members: v,
+                degrade_direct: false,
+            };
+        }
+        let leader = self.leader.lock().ok().and_then(|g| g.clone());
+        let new_leader = strategy::order(
+            cfg.strategy,
+            &mut eligible,
+            target,
+            self.rr.fetch_add(1, Ordering::Relaxed),
+            cfg.latency_tolerance.0,
+            leader.as_deref(),
+        );
+        if let Some(l) = new_leader {
+            if let Ok(mut g) = self.leader.lock() {
+                *g = Some(l);
+            }
+        }
+        Plan {
+            members: eligible,
+            degrade_direct: false,
+        }
+    }
+
+    /// Records a successful connect through `m`.
+    pub fn report_success(&self, m: &Member, took: Duration) {
+        log_transitions(m, m.health.record_success(took));
+    }
+
+    /// Records a failed connect through `m`. Target faults (the target itself
+    /// refused, reported through a working proxy) do not count.
+    pub fn report_failure(&self, m: &Member, err: &ConnectError) {
+        if matches!(err.fault(), FaultClass::Target | FaultClass::Local) {
+            m.health.release_trial();
+            return;
+        }
+        let cfg = self.cfg.load();
+        let all = self.members();
+        let ejected = all.iter().filter(|x| x.health.is_ejected()).count();
+        let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
+        let may_eject = ejected < cap.max(if cfg.max_ejection_percent > 0 { 1 } else { 0 });
+        let t = m.health.record_failure(err, may_eject, cfg.base_ejection.0);
+        if t.iter().any(|t| matches!(t, Transition::Ejected { .. })) {
+            self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+        log_transitions(m, t);
+    }
+
+    /// The delay before racing the next candidate: configured, or adaptive
+    /// (3 × p90 of recent connect latencies, clamped to [50 ms, 1 s]).
+    pub fn race_after(&self) -> Option<Duration> {
+        let cfg = self.cfg.load();
+        match crate::config::load::parse_race_after(&cfg.race_after) {
+            Some(Some(Some(d))) => Some(d),
+            Some(None) | None => None,
+            Some(Some(None)) => {
+                let mut s: Vec<Duration> = self
+                    .members()
+                    .iter()
+                    .flat_map(|m| m.health.samples())
+                    .collect();
+                if s.len() < 5 {
+                    return Some(Duration::from_millis(250));
+                }
+                s.sort();
+                let p90 = s[(s.len() * 9 / 10).min(s.len() - 1)];
+                Some((p90 * 3).clamp(Duration::from_millis(50), Duration::from_secs(1)))
+            }
+        }
+    }
+}
+
+/// Logs health transitions (the event bus of the observability work hooks here).
+pub fn log_transitions(m: &Member, t: Vec<Transition>) {
+    for t in t {
+        match t {
+            Transition::Ejected { until_ms, reason } => tracing::warn!(
+                upstream = m.name(),
+                reason,
+                ejected_ms = until_ms,
+                last_error = m.health.last_error().map(|e| e.1).unwrap_or_default(),
+                "upstream ejected"
+            ),
+            Transition::Reinstated => tracing::info!(upstream = m.name(), "upstream reinstated"),
+            Transition::BreakerOpened => tracing::warn!(upstream = m.name(), "breaker opened"),
+            Transition::BreakerHalfOpen => tracing::info!(upstream = m.name(), "breaker half-open"),
+            Transition::BreakerClosed => tracing::info!(upstream = m.name(), "breaker closed"),
+            Transition::CheckDown => tracing::warn!(upstream = m.name(), "health check: down"),
+            Transition::CheckUp => tracing::info!(upstream = m.name(), "health check: up"),
+        }
     }
 }

@@ -394,6 +394,27 @@ impl UpstreamSpec {
         }
     }
 
+    /// A handshake-only liveness probe: TCP (and TLS) to the proxy, plus the
+    /// SOCKS5 method negotiation (and auth) for SOCKS proxies. Used by health
+    /// checks when no check URL or target is configured.
+    pub async fn probe(
+        &self,
+        ctx: &ConnectContext,
+        obs: &mut dyn PhaseObserver,
+    ) -> Result<(), ConnectError> {
+        if self.is_direct() {
+            return Ok(());
+        }
+        let mut conn = self.connect_proxy(ctx, obs).await?;
+        if matches!(self.scheme, Scheme::Socks5 | Scheme::Socks5h) {
+            within(ctx.timeouts.handshake, Phase::ProxyHandshake, true, async {
+                socks5::negotiate_auth(&mut conn, self.credentials.as_ref()).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Opens a connection suitable for sending plain HTTP requests to `target`:
     /// to the proxy itself for HTTP(S) proxies (absolute-form), else a tunnel.
     pub async fn connect_for_http(

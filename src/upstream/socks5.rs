@@ -53,6 +53,15 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     target: &Target,
     creds: Option<&Credentials>,
 ) -> Result<(), ConnectError> {
+    negotiate_auth(io, creds).await?;
+    request(io, target).await
+}
+
+/// The method negotiation and (RFC 1929) authentication.
+pub async fn negotiate_auth<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    creds: Option<&Credentials>,
+) -> Result<(), ConnectError> {
     let greeting: &[u8] = if creds.is_some() {
         &[0x05, 0x02, 0x00, 0x02]
     } else {
@@ -105,6 +114,14 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             })
         }
     }
+    Ok(())
+}
+
+/// The CONNECT request and its reply.
+pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    target: &Target,
+) -> Result<(), ConnectError> {
     let mut req = vec![0x05, 0x01, 0x00];
     encode_addr(target, &mut req)?;
     io.write_all(&req).await.map_err(io_err)?;

@@ -1,0 +1,143 @@
+//! Active health checks: the real path (TCP + proxy handshake, optionally a
+//! request for a check URL through the upstream), on an interval with jitter,
+//! sooner for ejected or down upstreams, optionally only for upstreams in use.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+
+use super::{log_transitions, Member};
+use crate::config::schema::{Checks, HealthConfig};
+use crate::route::Router;
+use crate::shutdown::Shutdown;
+use crate::upstream::{ConnectError, NoopObserver, Target};
+
+/// Runs one check of `m`; Ok(detail) or Err(reason).
+pub async fn check_once(router: &Router, m: &Member, cfg: &HealthConfig) -> Result<String, String> {
+    let spec = m.spec();
+    let ctx = &router.ctx;
+    let mut obs = NoopObserver;
+    let fut = async {
+        if let Some(url) = &cfg.url {
+            let u = url::Url::parse(url).map_err(|e| e.to_string())?;
+            let host = u.host_str().ok_or("check URL without host")?;
+            let target = Target::parse_authority(
+                &format!("{}:{}", host, u.port_or_known_default().unwrap_or(80)),
+                None,
+            )
+            .ok_or("bad check URL host")?;
+            let hc = spec
+                .connect_for_http(&target, ctx, &mut obs)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut tx, conn) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(hc.conn))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let path = if hc.absolute_form {
+                url.clone()
+            } else {
+                let mut p = u.path().to_string();
+                if let Some(q) = u.query() {
+                    p.push('?');
+                    p.push_str(q);
+                }
+                p
+            };
+            let mut req = http::Request::get(path)
+                .header(http::header::HOST, target.to_string())
+                .header(http::header::USER_AGENT, "proxyguard-health");
+            if let Some(a) = &hc.proxy_authorization {
+                req = req.header(http::header::PROXY_AUTHORIZATION, a);
+            }
+            let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+            let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            let ok = if cfg.expect_status.is_empty() {
+                (200..400).contains(&status)
+            } else {
+                cfg.expect_status.contains(&status)
+            };
+            if ok {
+                Ok(format!("GET {url}: {status}"))
+            } else {
+                Err(format!("GET {url}: unexpected status {status}"))
+            }
+        } else if let Some(t) = &cfg.target {
+            let target = Target::parse_authority(t, None).ok_or("bad health.target")?;
+            spec.connect_tunnel(&target, ctx, &mut obs)
+                .await
+                .map(|_| format!("tunnel to {target} ok"))
+                .map_err(|e: ConnectError| e.to_string())
+        } else {
+            spec.probe(ctx, &mut obs)
+                .await
+                .map(|_| "handshake ok".to_string())
+                .map_err(|e| e.to_string())
+        }
+    };
+    match tokio::time::timeout(cfg.timeout.0, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("check timed out after {:?}", cfg.timeout.0)),
+    }
+}
+
+/// Spawns the checker loop. Each upstream has its own schedule.
+pub fn spawn(router: Arc<Router>, cfg: HealthConfig, checks: Checks, shutdown: Shutdown) {
+    if !cfg.enabled {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut next: std::collections::HashMap<String, Instant> = Default::default();
+        let tick = (cfg.interval.0 / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.triggered() => return,
+            }
+            let now = Instant::now();
+            for m in router.pool.members().iter() {
+                if m.spec().is_direct() {
+                    continue;
+                }
+                let due = next.get(m.name()).is_none_or(|t| now >= *t);
+                if !due {
+                    continue;
+                }
+                let troubled = !m.health.eligible() || m.health.state() != super::State::Healthy;
+                if checks == Checks::Active
+                    && !troubled
+                    && !m.health.used_within(cfg.interval.0 * 3)
+                {
+                    continue;
+                }
+                // Ejected/down upstreams are re-checked four times as often.
+                let base = if troubled {
+                    cfg.interval.0 / 4
+                } else {
+                    cfg.interval.0
+                };
+                let jitter = rand::thread_rng().gen_range(0.9..1.1);
+                next.insert(m.name().to_string(), now + base.mul_f64(jitter));
+                let (router, m, cfg) = (router.clone(), m.clone(), cfg.clone());
+                tokio::spawn(async move {
+                    let r = check_once(&router, &m, &cfg).await;
+                    let (ok, detail) = match &r {
+                        Ok(d) => (true, d.as_str()),
+                        Err(e) => (false, e.as_str()),
+                    };
+                    tracing::debug!(upstream = m.name(), ok, detail, "health check");
+                    log_transitions(&m, m.health.record_check(ok, detail, cfg.rise, cfg.fall));
+                });
+            }
+        }
+    });
+}
