@@ -174,62 +174,105 @@ impl Forwarder {
         }
         let empty = body.is_end_stream();
         let retry_safe = empty && idempotent(&parts.method);
-        let mut body = if empty {
+        let mut body = Some(if empty {
             Either::Right(Empty::new())
         } else {
             Either::Left(body)
-        };
-        // A reused connection may have been closed by the server just now;
-        // only bodiless idempotent requests are retried on a fresh one.
-        let route_hint = router.preferred_route(target, crate::pool::Traffic::Plain);
-        if let Some(route) = route_hint {
-            let key = Self::key_for(&route, target);
-            if let Some(mut tx) = self.checkout(&key) {
-                let absolute = key.target.is_none();
-                let auth = match &route {
-                    Route::Upstream(m) => m
-                        .spec()
-                        .credentials
-                        .as_ref()
-                        .map(crate::upstream::http_connect::basic_auth),
-                    Route::Bypass | Route::Degraded => None,
-                };
-                let req = build(&parts, target, absolute, auth.as_deref(), body);
-                match tx.send_request(req).await {
-                    Ok(resp) => {
-                        self.checkin_later(key, tx);
-                        return Ok((resp, route));
+        });
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            // Reuse an idle connection on the route a new one would take.
+            let reused = router
+                .preferred_route(target, crate::pool::Traffic::Plain)
+                .and_then(|route| {
+                    let key = Self::key_for(&route, target);
+                    self.checkout(&key).map(|tx| (tx, key, route))
+                });
+            let (mut tx, key, route, absolute, auth, was_reused) = match reused {
+                Some((tx, key, route)) => {
+                    let auth = match &route {
+                        Route::Upstream(m) => m
+                            .spec()
+                            .credentials
+                            .as_ref()
+                            .map(crate::upstream::http_connect::basic_auth),
+                        _ => None,
+                    };
+                    let absolute = key.target.is_none();
+                    (tx, key, route, absolute, auth, true)
+                }
+                None => {
+                    let (hc, route) = router.http_conn(target).await?;
+                    let key = Self::key_for(&route, target);
+                    let (tx, conn) = hyper::client::conn::http1::Builder::new()
+                        .handshake::<_, OutBody>(TokioIo::new(hc.conn))
+                        .await
+                        .map_err(|e| ForwardError::Upstream(e.to_string()))?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    (
+                        tx,
+                        key,
+                        route,
+                        hc.absolute_form,
+                        hc.proxy_authorization,
+                        false,
+                    )
+                }
+            };
+            let b = body.take().unwrap_or_else(|| Either::Right(Empty::new()));
+            let req = build(&parts, target, absolute, auth.as_deref(), b);
+            match tx.send_request(req).await {
+                Ok(resp) => {
+                    // A 407 from our upstream proxy is its own auth failure,
+                    // never meant for our client: count it and try another.
+                    if absolute && resp.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED
+                    {
+                        let scheme = resp
+                            .headers()
+                            .get(header::PROXY_AUTHENTICATE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.split_whitespace().next())
+                            .unwrap_or("unknown")
+                            .to_string();
+                        let err = if auth.is_some() {
+                            ConnectError::ProxyAuthRejected { scheme }
+                        } else {
+                            ConnectError::ProxyAuthRequired { scheme }
+                        };
+                        if let Route::Upstream(m) = &route {
+                            router.pool.report_failure(m, &err);
+                        }
+                        if retry_safe && tries < 3 {
+                            continue;
+                        }
+                        return Err(ForwardError::Connect(err));
                     }
-                    Err(e) if retry_safe => {
-                        tracing::debug!(error = %e, "reused connection failed; retrying on a new one");
-                        body = Either::Right(Empty::new());
+                    self.checkin_later(key, tx);
+                    return Ok((resp, route));
+                }
+                Err(e) => {
+                    // A reused connection closed by the server is a benign race;
+                    // a fresh one failing counts against the upstream.
+                    if let (Route::Upstream(m), false) = (&route, was_reused) {
+                        router.pool.report_failure(
+                            m,
+                            &ConnectError::Reset {
+                                phase: crate::upstream::Phase::FirstByte,
+                                proxy: true,
+                            },
+                        );
                     }
-                    Err(e) => return Err(ForwardError::Upstream(e.to_string())),
+                    if retry_safe && tries < 3 {
+                        tracing::debug!(error = %e, "request failed before an answer; retrying (idempotent, no body)");
+                        continue;
+                    }
+                    return Err(ForwardError::Upstream(e.to_string()));
                 }
             }
         }
-        let (hc, route) = router.http_conn(target).await?;
-        let key = Self::key_for(&route, target);
-        let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, OutBody>(TokioIo::new(hc.conn))
-            .await
-            .map_err(|e| ForwardError::Upstream(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = build(
-            &parts,
-            target,
-            hc.absolute_form,
-            hc.proxy_authorization.as_deref(),
-            body,
-        );
-        let resp = tx
-            .send_request(req)
-            .await
-            .map_err(|e| ForwardError::Upstream(e.to_string()))?;
-        self.checkin_later(key, tx);
-        Ok((resp, route))
     }
 }
 

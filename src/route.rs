@@ -57,6 +57,7 @@ pub struct Router {
 }
 
 enum Decision {
+    Fail(ConnectError),
     Direct(Route),
     Pool(Vec<Arc<Member>>),
 }
@@ -110,6 +111,11 @@ impl Router {
             return Decision::Direct(Route::Bypass);
         }
         let plan = self.pool.plan(target, traffic);
+        if plan.breakers_open {
+            return Decision::Fail(ConnectError::NoRoute(
+                "every upstream's circuit breaker is open".into(),
+            ));
+        }
         if plan.degrade_direct {
             tracing::warn!(target = %target, "all upstreams unavailable: degraded to direct");
             return Decision::Direct(Route::Degraded);
@@ -125,6 +131,7 @@ impl Router {
     /// idle connection before opening one).
     pub fn preferred_route(&self, target: &Target, traffic: Traffic) -> Option<Route> {
         match self.decide(target, traffic) {
+            Decision::Fail(_) => None,
             Decision::Direct(r) => Some(r),
             Decision::Pool(c) => c.into_iter().next().map(Route::Upstream),
         }
@@ -133,6 +140,7 @@ impl Router {
     /// Opens a tunnel to `target`.
     pub async fn tunnel(&self, target: &Target) -> Result<(Conn, Route), ConnectError> {
         match self.decide(target, Traffic::Tunnel) {
+            Decision::Fail(e) => Err(e),
             Decision::Direct(r) => {
                 let c = self
                     .direct
@@ -160,6 +168,7 @@ impl Router {
     /// Opens a connection for plain-HTTP forwarding to `target`.
     pub async fn http_conn(&self, target: &Target) -> Result<(HttpConn, Route), ConnectError> {
         match self.decide(target, Traffic::Plain) {
+            Decision::Fail(e) => Err(e),
             Decision::Direct(r) => {
                 let c = self
                     .direct
@@ -229,6 +238,7 @@ impl Router {
         let all_out = cands.iter().all(|m| !m.health.eligible());
         let mut inflight: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
         let mut inflight_names: Vec<Arc<Member>> = Vec::new();
+        let mut inflight_started: Vec<(Arc<Member>, Instant)> = Vec::new();
         let mut started_n = 0usize;
         let mut next = 0usize;
         let mut round = 0u32;
@@ -238,6 +248,7 @@ impl Router {
         // Starts the next admissible candidate; false when none is left.
         let launch = |inflight: &mut FuturesUnordered<Attempt<'a>>,
                       names: &mut Vec<Arc<Member>>,
+                      started_at: &mut Vec<(Arc<Member>, Instant)>,
                       started_n: &mut usize,
                       next: &mut usize,
                       only_first_round: bool|
@@ -251,7 +262,13 @@ impl Router {
                     return false;
                 }
                 *next += 1;
-                if !all_out && !m.health.try_admit().0 {
+                let (admitted, t) = if all_out {
+                    (true, Vec::new())
+                } else {
+                    m.health.try_admit()
+                };
+                crate::pool::log_transitions(m, t);
+                if !admitted {
                     if *next >= cands.len() * 2 {
                         return false;
                     }
@@ -263,6 +280,7 @@ impl Router {
                 }
                 inflight.push(self.start(m.clone(), target, op, remaining));
                 names.push(m.clone());
+                started_at.push((m.clone(), Instant::now()));
                 *started_n += 1;
                 return true;
             }
@@ -272,6 +290,7 @@ impl Router {
         if !launch(
             &mut inflight,
             &mut inflight_names,
+            &mut inflight_started,
             &mut started_n,
             &mut next,
             false,
@@ -302,7 +321,7 @@ impl Router {
                             let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
                             tokio::time::sleep(pause).await;
                         }
-                        if !launch(&mut inflight, &mut inflight_names, &mut started_n, &mut next, false) {
+                        if !launch(&mut inflight, &mut inflight_names, &mut inflight_started, &mut started_n, &mut next, false) {
                             break;
                         }
                         continue;
@@ -311,8 +330,20 @@ impl Router {
                     match r {
                         Ok(c) => {
                             self.pool.report_success(&m, took);
-                            for other in &inflight_names {
-                                other.health.release_trial();
+                            // Losers that were raced because they were slow count as
+                            // a timeout: a blackholed upstream gets ejected instead
+                            // of costing every connection `race_after`.
+                            for (other, since) in &inflight_started {
+                                if inflight_names.iter().any(|x| Arc::ptr_eq(x, other))
+                                    && race_after.is_some_and(|r| since.elapsed() >= r)
+                                {
+                                    self.pool.report_failure(
+                                        other,
+                                        &ConnectError::timeout(Phase::ProxyHandshake, since.elapsed(), true),
+                                    );
+                                } else if inflight_names.iter().any(|x| Arc::ptr_eq(x, other)) {
+                                    other.health.release_trial();
+                                }
                             }
                             if !Arc::ptr_eq(&m, &cands[0]) || first_failed {
                                 self.pool.stats.failovers.fetch_add(1, Ordering::Relaxed);
@@ -342,7 +373,7 @@ impl Router {
                                     let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
                                     tokio::time::sleep(pause).await;
                                 }
-                                if !launch(&mut inflight, &mut inflight_names, &mut started_n, &mut next, false) {
+                                if !launch(&mut inflight, &mut inflight_names, &mut inflight_started, &mut started_n, &mut next, false) {
                                     break;
                                 }
                             }
@@ -351,7 +382,7 @@ impl Router {
                 }
                 _ = race_timer => {
                     // The chosen upstream is slow: race the next one.
-                    if launch(&mut inflight, &mut inflight_names, &mut started_n, &mut next, true) {
+                    if launch(&mut inflight, &mut inflight_names, &mut inflight_started, &mut started_n, &mut next, true) {
                         self.pool.stats.races_started.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(target = %target, "racing the next upstream");
                     }

@@ -183,9 +183,11 @@ fn squid_with_basic_auth_right_and_wrong_credentials() {
         "{r:?}"
     );
     assert!(!pg.logs().contains("wrong"), "secret in logs");
-    // Plain HTTP: squid's own 407 comes back through us.
+    // Plain HTTP: squid's 407 is our upstream's auth failure, not the
+    // client's: it becomes a 502 naming proxy auth, like CONNECT.
     let r = curl(&["-x", &proxy_http(&pg), &format!("{}/small", nginx.url())]);
-    assert_eq!(r.status, 407, "{r:?}");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.headers.contains("error=proxy_auth_required"), "{r:?}");
 }
 
 #[test]

@@ -135,7 +135,11 @@ pub fn spawn(router: Arc<Router>, cfg: HealthConfig, checks: Checks, shutdown: S
                         Err(e) => (false, e.as_str()),
                     };
                     tracing::debug!(upstream = m.name(), ok, detail, "health check");
-                    log_transitions(&m, m.health.record_check(ok, detail, cfg.rise, cfg.fall));
+                    let deep = cfg.url.is_some() || cfg.target.is_some();
+                    log_transitions(
+                        &m,
+                        m.health.record_check(ok, deep, detail, cfg.rise, cfg.fall),
+                    );
                 });
             }
         }

@@ -85,6 +85,13 @@ struct Inner {
     last_error: Option<(SystemTime, String, FaultClass)>,
     samples: VecDeque<Duration>,
     last_used: Option<Instant>,
+    /// The fault behind the current ejection / open breaker: a shallow check
+    /// (TCP + greeting) may only lift connection-level faults.
+    trip_fault: Option<FaultClass>,
+    trip_shallow_ok: bool,
+    /// Time-based transitions seen by read-only calls, handed to the next
+    /// caller that reports transitions (so none goes unlogged).
+    pending: Vec<Transition>,
 }
 
 #[derive(Debug)]
@@ -120,6 +127,9 @@ impl Health {
                 last_error: None,
                 samples: VecDeque::with_capacity(SAMPLES),
                 last_used: None,
+                trip_fault: None,
+                trip_shallow_ok: true,
+                pending: Vec::new(),
             }),
             max_fails: entry.max_fails.max(1),
             fail_timeout: entry.fail_timeout,
@@ -158,6 +168,7 @@ impl Health {
         let mut g = self.lock();
         let mut t = Vec::new();
         self.tick(&mut g, Instant::now(), &mut t);
+        g.pending.extend(t);
         Self::state_of(&g)
     }
 
@@ -179,6 +190,7 @@ impl Health {
         let mut g = self.lock();
         let mut t = Vec::new();
         self.tick(&mut g, Instant::now(), &mut t);
+        g.pending.extend(t);
         g.breaker
     }
 
@@ -186,7 +198,7 @@ impl Health {
     /// takes one of the limited trial slots (release with a report).
     pub fn try_admit(&self) -> (bool, Vec<Transition>) {
         let mut g = self.lock();
-        let mut t = Vec::new();
+        let mut t = std::mem::take(&mut g.pending);
         let now = Instant::now();
         self.tick(&mut g, now, &mut t);
         let ok = match Self::state_of(&g) {
@@ -238,7 +250,7 @@ impl Health {
         self.ewma_us.store(new.max(1), Ordering::Relaxed);
         let mut g = self.lock();
         let now = Instant::now();
-        let mut t = Vec::new();
+        let mut t = std::mem::take(&mut g.pending);
         self.tick(&mut g, now, &mut t);
         if g.samples.len() == SAMPLES {
             g.samples.pop_front();
@@ -280,9 +292,11 @@ impl Health {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut g = self.lock();
-        let mut t = Vec::new();
+        let mut t = std::mem::take(&mut g.pending);
         self.tick(&mut g, now, &mut t);
         g.last_error = Some((SystemTime::now(), err.to_string(), err.fault()));
+        g.trip_fault = Some(err.fault());
+        g.trip_shallow_ok = connection_level(err);
         g.consecutive_fails += 1;
         self.push_window(&mut g, now, false);
         // Breaker.
@@ -342,10 +356,19 @@ impl Health {
 
     /// Records an active check result; `rise` successes bring it up (and lift
     /// an ejection), `fall` failures take it down.
-    pub fn record_check(&self, ok: bool, detail: &str, rise: u32, fall: u32) -> Vec<Transition> {
+    /// `deep` says the check went through the proxy handshake to a target
+    /// (or fetched a URL); a shallow one cannot vouch for auth or proxy errors.
+    pub fn record_check(
+        &self,
+        ok: bool,
+        deep: bool,
+        detail: &str,
+        rise: u32,
+        fall: u32,
+    ) -> Vec<Transition> {
         let mut g = self.lock();
         let now = Instant::now();
-        let mut t = Vec::new();
+        let mut t = std::mem::take(&mut g.pending);
         self.tick(&mut g, now, &mut t);
         g.last_check = Some((SystemTime::now(), ok, detail.to_string()));
         if ok {
@@ -356,11 +379,12 @@ impl Health {
                     g.check_up = true;
                     t.push(Transition::CheckUp);
                 }
-                if g.ejected_until.take().is_some() {
+                let vouches = deep || g.trip_shallow_ok;
+                if vouches && g.ejected_until.take().is_some() {
                     g.fails.clear();
                     t.push(Transition::Reinstated);
                 }
-                if g.breaker == BreakerState::Open {
+                if vouches && g.breaker == BreakerState::Open {
                     g.breaker = BreakerState::HalfOpen;
                     g.breaker_since = now;
                     g.half_open_in_flight = 0;
@@ -409,6 +433,26 @@ impl Health {
     /// Used recently (for lazy checks).
     pub fn used_within(&self, d: Duration) -> bool {
         self.lock().last_used.is_some_and(|u| u.elapsed() <= d)
+    }
+}
+
+/// Faults a plain TCP (+TLS, +SOCKS greeting) probe would also see.
+fn connection_level(err: &ConnectError) -> bool {
+    matches!(
+        err,
+        ConnectError::Refused { .. }
+            | ConnectError::Timeout { .. }
+            | ConnectError::Unreachable { .. }
+            | ConnectError::Reset { .. }
+            | ConnectError::Dns { .. }
+            | ConnectError::Io { .. }
+    )
+}
+
+/// Whether the breaker is open right now (callers fail fast on it).
+impl Health {
+    pub fn breaker_open(&self) -> bool {
+        self.breaker_state() == BreakerState::Open
     }
 }
 
@@ -532,16 +576,19 @@ mod tests {
     #[test]
     fn checks_rise_and_fall() {
         let h = Health::new(&entry(1), &BreakerConfig::default());
-        h.record_check(false, "x", 2, 2);
+        h.record_check(false, true, "x", 2, 2);
         assert_eq!(h.state(), State::Healthy);
         assert_eq!(
-            h.record_check(false, "x", 2, 2),
+            h.record_check(false, true, "x", 2, 2),
             vec![Transition::CheckDown]
         );
         assert_eq!(h.state(), State::Down);
-        h.record_check(true, "", 2, 2);
+        h.record_check(true, true, "", 2, 2);
         assert_eq!(h.state(), State::Down);
-        assert_eq!(h.record_check(true, "", 2, 2), vec![Transition::CheckUp]);
+        assert_eq!(
+            h.record_check(true, true, "", 2, 2),
+            vec![Transition::CheckUp]
+        );
         assert!(h.eligible());
     }
 }

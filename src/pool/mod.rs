@@ -69,6 +69,8 @@ pub struct Plan {
     pub members: Vec<Arc<Member>>,
     /// True when nothing was eligible and `fallback = "direct"` applies.
     pub degrade_direct: bool,
+    /// True when every upstream's circuit breaker is open: fail fast.
+    pub breakers_open: bool,
 }
 
 /// The upstream set. Cheap to read from any task.
@@ -155,6 +157,7 @@ impl Pool {
                 return Plan {
                     members: Vec::new(),
                     degrade_direct: false,
+                    breakers_open: false,
                 };
             }
             if cfg.fallback == crate::config::schema::Fallback::Direct {
@@ -162,15 +165,28 @@ impl Pool {
                 return Plan {
                     members: Vec::new(),
                     degrade_direct: true,
+                    breakers_open: false,
                 };
             }
             // Everything is out: keep trying the least bad rather than failing
-            // fast (the one that comes back soonest, then by priority).
-            let mut v = serving;
+            // fast (the one that comes back soonest, then by priority) — but an
+            // open breaker means "fail fast" by definition.
+            let mut v: Vec<Arc<Member>> = serving
+                .into_iter()
+                .filter(|m| !m.health.breaker_open())
+                .collect();
+            if v.is_empty() {
+                return Plan {
+                    members: Vec::new(),
+                    degrade_direct: false,
+                    breakers_open: true,
+                };
+            }
             v.sort_by_key(|m| (m.health.available_at(), m.entry.priority));
             return Plan {
                 members: v,
                 degrade_direct: false,
+                breakers_open: false,
             };
         }
         let leader = self.leader.lock().ok().and_then(|g| g.clone());
@@ -190,6 +206,7 @@ impl Pool {
         Plan {
             members: eligible,
             degrade_direct: false,
+            breakers_open: false,
         }
     }
 

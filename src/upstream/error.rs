@@ -229,7 +229,7 @@ impl ConnectError {
             },
             ConnectError::ProxyProtocol { .. } => "http_protocol_error",
             ConnectError::Tls { .. } => "tls_protocol_error",
-            ConnectError::NoRoute(_) => "destination_not_found",
+            ConnectError::NoRoute(_) => "destination_unavailable",
         }
     }
 
