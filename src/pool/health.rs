@@ -203,13 +203,9 @@ impl Health {
         self.tick(&mut g, now, &mut t);
         let ok = match Self::state_of(&g) {
             State::Healthy => true,
-            State::HalfOpen => {
-                if g.half_open_in_flight < self.breaker_cfg.half_open_trials {
-                    g.half_open_in_flight += 1;
-                    true
-                } else {
-                    false
-                }
+            State::HalfOpen if g.half_open_in_flight < self.breaker_cfg.half_open_trials => {
+                g.half_open_in_flight += 1;
+                true
             }
             _ => false,
         };
