@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
+/// Scenarios measure latency: run them one at a time on these small machines.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Debug, Default)]
 struct Hey {
     ok: u64,
@@ -264,6 +271,7 @@ impl Drop for Blackhole {
 
 #[test]
 fn scenario1_kill9_one_upstream_mid_run_no_failed_requests() {
+    let _serial = serial();
     let nginx = Nginx::start();
     let mut t = tinies(3);
     let listen = free_addr();
@@ -297,10 +305,32 @@ fn scenario1_kill9_one_upstream_mid_run_no_failed_requests() {
     // saved (bytes flowed); new tunnels must all succeed. With a fresh tunnel
     // per request, only requests in flight at the kill may fail.
     assert!(tunnel.ok >= 1990, "{}\n", tunnel.raw);
+
+    // Comparison: the same Go client talking straight to a proxy that dies
+    // mid-run (no proxyguard), measured the same way.
+    let mut lone = tinies(1);
+    let p = lone[0].url();
+    let u = url.clone();
+    let direct = std::thread::spawn(move || hey(&p, &u, 2000, 10, &["-disable-keepalive"]));
+    let before = nginx.requests();
+    assert!(wait_until(Duration::from_secs(20), || nginx.requests() >= before + 400));
+    lone[0].child.kill9();
+    let direct = direct.join().unwrap();
+    eprintln!(
+        "scenario 1 comparison (Go client straight to the dying proxy): ok={} failed={} p99={:.1}ms",
+        direct.ok,
+        direct.errors + direct.other_status,
+        direct.p99_ms
+    );
+    assert!(
+        direct.errors + direct.other_status > 0,
+        "the lone proxy's death should hurt a direct client"
+    );
 }
 
 #[test]
 fn scenario2_blackholed_upstream_costs_at_most_race_after() {
+    let _serial = serial();
     let nginx = Nginx::start();
     let t = tinies(3);
     let listen = free_addr();
@@ -311,21 +341,17 @@ fn scenario2_blackholed_upstream_costs_at_most_race_after() {
         "",
         "[pool]\nstrategy = \"round_robin\"\nrace_after = \"200ms\"\n[health]\ninterval = \"1s\"\n",
     ));
-    let _bh = Blackhole::new(t[1].port());
     let proxy = format!("http://{listen}");
-    let r = hey(
-        &proxy,
-        &format!("{}/small", nginx.https_url()),
-        2000,
-        10,
-        &["-disable-keepalive"],
-    );
+    let url = format!("{}/small", nginx.https_url());
+    // Baseline on the same machine, same moment: "added latency" is relative.
+    let base = hey(&proxy, &url, 1000, 10, &["-disable-keepalive"]);
+    assert_eq!(base.ok, 1000, "{}", base.raw);
+    let _bh = Blackhole::new(t[1].port());
+    let r = hey(&proxy, &url, 2000, 10, &["-disable-keepalive"]);
+    let added = r.p99_ms - base.p99_ms;
     eprintln!(
-        "scenario 2 (SYN blackhole): ok={} failed={} p50={:.1}ms p99={:.1}ms",
-        r.ok,
-        r.errors + r.other_status,
-        r.p50_ms,
-        r.p99_ms
+        "scenario 2 (SYN blackhole): ok={} failed={} p50={:.1}ms p99={:.1}ms (baseline p99 {:.1}ms, added {:.1}ms)",
+        r.ok, r.errors + r.other_status, r.p50_ms, r.p99_ms, base.p99_ms, added
     );
     assert_eq!(
         (r.ok, r.errors, r.other_status),
@@ -335,19 +361,37 @@ fn scenario2_blackholed_upstream_costs_at_most_race_after() {
         pg.logs()
     );
     assert!(
-        r.p99_ms <= 250.0,
-        "p99 {} ms > race_after + 50 ms\n{}",
-        r.p99_ms,
+        added <= 250.0,
+        "p99 added {added} ms > race_after + 50 ms\n{}",
         r.raw
     );
     assert!(
         pg.logs().contains("upstream ejected"),
         "blackholed upstream never ejected"
     );
+
+    // Comparison: a Go client straight to the blackholed proxy (hey -t 5 s
+    // per request).
+    let t0 = Instant::now();
+    let direct = hey(
+        &t[1].url(),
+        &format!("{}/small", nginx.url()),
+        20,
+        10,
+        &["-t", "5"],
+    );
+    eprintln!(
+        "scenario 2 comparison (Go client straight to the blackholed proxy): ok={} failed={} in {:?}",
+        direct.ok,
+        direct.errors + direct.other_status,
+        t0.elapsed()
+    );
+    assert_eq!(direct.ok, 0, "{}", direct.raw);
 }
 
 #[test]
 fn scenario3_upstream_answering_407_or_502_is_ejected_with_reason() {
+    let _serial = serial();
     let nginx = Nginx::start();
     let t = tinies(2);
     let f407 = FakeProxy::start(407, "Proxy-Authenticate: Basic realm=\"x\"\r\n");
@@ -418,6 +462,7 @@ fn scenario3_upstream_answering_407_or_502_is_ejected_with_reason() {
 
 #[test]
 fn scenario4_least_latency_moves_off_slow_upstream() {
+    let _serial = serial();
     let nginx = Nginx::start();
     let t = tinies(2);
     let slow = SlowRelay::start(t[0].addr(), Duration::from_millis(300));
@@ -454,6 +499,7 @@ fn scenario4_least_latency_moves_off_slow_upstream() {
 
 #[test]
 fn scenario5_all_down_prompt_502_then_recovery_within_one_interval() {
+    let _serial = serial();
     let nginx = Nginx::start();
     let dead1 = free_addr();
     let tiny = Tinyproxy::start(TinyOpts::default());
@@ -530,6 +576,7 @@ fn scenario5_all_down_prompt_502_then_recovery_within_one_interval() {
 
 #[test]
 fn scenario6_breaker_transitions_at_configured_times() {
+    let _serial = serial();
     let nginx = Nginx::start();
     let tiny = Tinyproxy::start(TinyOpts::default());
     let port = tiny.port();
