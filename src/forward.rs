@@ -179,6 +179,12 @@ impl Forwarder {
         } else {
             Either::Left(body)
         });
+        // Idle connections to upstreams that are out of service are closed.
+        for m in router.pool.members().iter() {
+            if !m.health.eligible() {
+                self.evict_upstream(m.name());
+            }
+        }
         let mut tries = 0;
         loop {
             tries += 1;

@@ -328,12 +328,7 @@ async fn connect(
                 return;
             }
         };
-        let shutdown = state.shutdown.clone();
-        let cancel = async move {
-            shutdown.triggered().await;
-            // Live tunnels get the grace period; the drain stops waiting after it.
-            std::future::pending::<()>().await
-        };
+        let cancel = super::tunnel_cancel(&state, &route);
         let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let mut client = parts.io.into_inner();

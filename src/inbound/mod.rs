@@ -116,6 +116,25 @@ async fn handle(stream: TcpStream, peer: SocketAddr, protocol: Protocol, state: 
     }
 }
 
+/// What ends a live tunnel early: nothing, or (with `pool.drain_on_eject`)
+/// the ejection of its upstream. Shutdown does not: tunnels get the grace
+/// period, and the process exits after it.
+pub fn tunnel_cancel(
+    state: &State,
+    route: &Route,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let drain = match route {
+        Route::Upstream(m) if state.router.pool.config().drain_on_eject => Some(m.clone()),
+        _ => None,
+    };
+    async move {
+        match drain {
+            Some(m) => m.health.ejection().await,
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// Writes the access-log line for a tunnel.
 pub fn log_tunnel(
     kind: &str,

@@ -161,11 +161,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             if reply(&mut stream, 0x00, conn.local_addr()).await.is_err() {
                 return;
             }
-            let shutdown = state.shutdown.clone();
-            let cancel = async move {
-                shutdown.triggered().await;
-                std::future::pending::<()>().await
-            };
+            let cancel = super::tunnel_cancel(&state, &route);
             let stats = crate::relay::relay(stream, conn, state.idle_timeout, cancel).await;
             super::log_tunnel("socks5", peer, &target, &route, started, &stats);
         }

@@ -104,6 +104,8 @@ pub struct Health {
     pub failures: AtomicU64,
     /// EWMA of connect+handshake latency in microseconds (0 = no data).
     ewma_us: AtomicU64,
+    /// Woken on ejection (tunnels drain on it with `drain_on_eject`).
+    ejected: tokio::sync::Notify,
 }
 
 const SAMPLES: usize = 64;
@@ -137,6 +139,7 @@ impl Health {
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             ewma_us: AtomicU64::new(0),
+            ejected: tokio::sync::Notify::new(),
         }
     }
 
@@ -338,8 +341,15 @@ impl Health {
                 until_ms: d.as_millis() as u64,
                 reason: reason_label(err).to_string(),
             });
+            drop(g);
+            self.ejected.notify_waiters();
         }
         t
+    }
+
+    /// Resolves when this upstream is next ejected.
+    pub async fn ejection(&self) {
+        self.ejected.notified().await
     }
 
     /// Releases a half-open trial slot without a verdict (attempt cancelled).

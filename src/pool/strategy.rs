@@ -78,3 +78,153 @@ pub fn order(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schema::BreakerConfig;
+    use crate::config::{Applies, UpstreamEntry};
+    use crate::pool::Health;
+    use crate::upstream::{Host, UpstreamSpec};
+
+    fn members(weights: &[u32]) -> Vec<Arc<Member>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let entry = UpstreamEntry {
+                    spec: UpstreamSpec::parse(
+                        &format!("u{i}"),
+                        &format!("http://127.0.0.1:{}", 1000 + i),
+                    )
+                    .unwrap(),
+                    zone: None,
+                    priority: 0,
+                    weight: *w,
+                    max_fails: 3,
+                    fail_timeout: Duration::from_secs(10),
+                    applies: Applies::ALL,
+                    origin: "test".into(),
+                };
+                Arc::new(Member {
+                    health: Health::new(&entry, &BreakerConfig::default()),
+                    entry,
+                })
+            })
+            .collect()
+    }
+
+    fn target(h: &str) -> Target {
+        Target::new(Host::Name(h.into()), 443)
+    }
+
+    #[test]
+    fn sticky_is_stable_and_spreads() {
+        let base = members(&[1, 1, 1, 1]);
+        let mut firsts = std::collections::HashSet::new();
+        for i in 0..50 {
+            let host = format!("h{i}.example");
+            let mut a = base.clone();
+            order(
+                Strategy::Sticky,
+                &mut a,
+                &target(&host),
+                i,
+                Duration::ZERO,
+                None,
+            );
+            let mut b = base.clone();
+            b.reverse();
+            order(
+                Strategy::Sticky,
+                &mut b,
+                &target(&host),
+                i + 7,
+                Duration::ZERO,
+                None,
+            );
+            assert_eq!(a[0].name(), b[0].name(), "same host, same upstream");
+            firsts.insert(a[0].name().to_string());
+            // Removing another upstream does not move this host.
+            let other = if a[0].name() == "u0" { "u1" } else { "u0" };
+            let mut c: Vec<_> = base.iter().filter(|m| m.name() != other).cloned().collect();
+            order(
+                Strategy::Sticky,
+                &mut c,
+                &target(&host),
+                0,
+                Duration::ZERO,
+                None,
+            );
+            assert_eq!(c[0].name(), a[0].name());
+        }
+        assert_eq!(firsts.len(), 4, "hosts spread over all upstreams");
+    }
+
+    #[test]
+    fn weighted_follows_weights_and_round_robin_rotates() {
+        let base = members(&[1, 3]);
+        let mut heavy = 0;
+        for i in 0..4000 {
+            let mut v = base.clone();
+            order(
+                Strategy::Weighted,
+                &mut v,
+                &target("x"),
+                i,
+                Duration::ZERO,
+                None,
+            );
+            if v[0].name() == "u1" {
+                heavy += 1;
+            }
+            assert_eq!(v.len(), 2);
+        }
+        assert!(
+            (2700..3300).contains(&heavy),
+            "{heavy} of 4000 for weight 3:1"
+        );
+        let mut seen = Vec::new();
+        for i in 0..4 {
+            let mut v = base.clone();
+            order(
+                Strategy::RoundRobin,
+                &mut v,
+                &target("x"),
+                i,
+                Duration::ZERO,
+                None,
+            );
+            seen.push(v[0].name().to_string());
+        }
+        assert_eq!(seen, ["u0", "u1", "u0", "u1"]);
+    }
+
+    #[test]
+    fn least_latency_keeps_leader_within_tolerance() {
+        let base = members(&[1, 1]);
+        base[0].health.record_success(Duration::from_millis(30));
+        base[1].health.record_success(Duration::from_millis(25));
+        let mut v = base.clone();
+        let leader = order(
+            Strategy::LeastLatency,
+            &mut v,
+            &target("x"),
+            0,
+            Duration::from_millis(20),
+            Some("u0"),
+        );
+        assert_eq!(v[0].name(), "u0", "5 ms faster is within tolerance");
+        assert_eq!(leader.as_deref(), Some("u0"));
+        let mut v = base.clone();
+        order(
+            Strategy::LeastLatency,
+            &mut v,
+            &target("x"),
+            0,
+            Duration::from_millis(2),
+            Some("u0"),
+        );
+        assert_eq!(v[0].name(), "u1");
+    }
+}
