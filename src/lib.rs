@@ -7,6 +7,7 @@
 //! → `upstream` connectors (one per scheme, typed `ConnectError`) → `relay`.
 
 pub mod config;
+pub mod doctor;
 pub mod forward;
 pub mod inbound;
 pub mod logging;

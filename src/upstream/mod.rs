@@ -316,7 +316,7 @@ pub async fn within<T>(
 
 impl UpstreamSpec {
     /// Connects to the proxy itself: TCP, then TLS for `https://` proxies.
-    async fn connect_proxy(
+    pub async fn connect_proxy(
         &self,
         ctx: &ConnectContext,
         obs: &mut dyn PhaseObserver,
