@@ -456,12 +456,18 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> TestCa {
+        Self::with_name("proxyguard test CA")
+    }
+
+    /// A CA with the given common name (e.g. one that looks like a
+    /// TLS-inspecting proxy's).
+    pub fn with_name(common_name: &str) -> TestCa {
         let dir = temp_dir("ca", false);
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "proxyguard test CA");
+            .push(rcgen::DnType::CommonName, common_name);
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
