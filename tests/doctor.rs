@@ -522,3 +522,45 @@ fn every_cause_code_is_documented() {
         );
     }
 }
+
+#[test]
+fn config_without_url_checks_every_upstream() {
+    let nginx = Nginx::start();
+    let tiny = Tinyproxy::start(TinyOpts::default());
+    let dead = closed_port();
+    let dir = temp_dir("doccfg", false);
+    let p = dir.path().join("pg.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[[upstream]]\nname = \"good\"\nurl = \"{}\"\n\n[[upstream]]\nname = \"dead\"\nurl = \"http://{dead}\"\n\n[health]\nurl = \"{}/health\"\n",
+            tiny.url(),
+            nginx.url()
+        ),
+    )
+    .unwrap();
+    let out = proxyguard_run(
+        &["doctor", "--timeout", "2s", "--config", p.to_str().unwrap()],
+        &[("NO_COLOR", "1")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, 1, "one upstream is dead: {out:?}");
+    let good = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("good"))
+        .expect("row for good");
+    let bad = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("dead"))
+        .expect("row for dead");
+    assert!(
+        good.trim_end().ends_with("ok") && good.contains("http✓"),
+        "{good}"
+    );
+    assert!(
+        bad.trim_end().ends_with("proxy_refused") && bad.contains("tcp✗"),
+        "{bad}"
+    );
+}

@@ -114,7 +114,7 @@ struct Recorder {
 
 impl PhaseObserver for Recorder {
     fn phase(&mut self, phase: Phase, took: Duration, detail: &str) {
-        let at = self.started.elapsed().as_secs_f64() * 1000.0;
+        let at = ms(self.started.elapsed());
         self.marks.push((phase, took, at, detail.to_string()));
     }
 }
