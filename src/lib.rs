@@ -6,8 +6,10 @@
 //! `inbound` (accept → admission → http | socks5) → `route` (bypass or pool)
 //! → `upstream` connectors (one per scheme, typed `ConnectError`) → `relay`.
 
+pub mod admin;
 pub mod config;
 pub mod doctor;
+pub mod events;
 pub mod forward;
 pub mod inbound;
 pub mod logging;

@@ -267,7 +267,7 @@ impl Router {
                 } else {
                     m.health.try_admit()
                 };
-                crate::pool::log_transitions(m, t);
+                self.pool.transitions(m, t);
                 if !admitted {
                     if *next >= cands.len() * 2 {
                         return false;
@@ -347,9 +347,11 @@ impl Router {
                             }
                             if !Arc::ptr_eq(&m, &cands[0]) || first_failed {
                                 self.pool.stats.failovers.fetch_add(1, Ordering::Relaxed);
+                                metrics::counter!("proxyguard_failovers_total").increment(1);
                             }
                             if !first_failed && !Arc::ptr_eq(&m, &cands[0]) {
                                 self.pool.stats.races_won_by_later.fetch_add(1, Ordering::Relaxed);
+                                metrics::counter!("proxyguard_races_won_total").increment(1);
                             }
                             return Ok((c, Route::Upstream(m)));
                         }
@@ -367,6 +369,7 @@ impl Router {
                             }
                             if inflight.is_empty() {
                                 self.pool.stats.retries.fetch_add(1, Ordering::Relaxed);
+                                metrics::counter!("proxyguard_retries_total").increment(1);
                                 if next > 0 && next % cands.len() == 0 {
                                     let pause = crate::pool::backoff::full_jitter(round, cfg.backoff_base.0, cfg.backoff_cap.0);
                                     round += 1;
@@ -384,6 +387,7 @@ impl Router {
                     // The chosen upstream is slow: race the next one.
                     if launch(&mut inflight, &mut inflight_names, &mut inflight_started, &mut started_n, &mut next, true) {
                         self.pool.stats.races_started.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("proxyguard_races_started_total").increment(1);
                         tracing::debug!(target = %target, "racing the next upstream");
                     }
                 }

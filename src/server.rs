@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::inbound::{self, State};
 use crate::route::Router;
+
 use crate::shutdown::Shutdown;
 
 /// Errors that stop `serve` from starting.
@@ -22,6 +23,7 @@ pub enum ServeError {
 pub struct Running {
     pub state: Arc<State>,
     pub addrs: Vec<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: std::time::Duration,
 }
@@ -32,11 +34,12 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     let router = Arc::new(Router::new(cfg));
     let state = Arc::new(State::new(cfg, router.clone(), shutdown.clone()));
     crate::pool::checker::spawn(
-        router,
+        router.clone(),
         cfg.file.health.clone(),
         cfg.file.pool.checks,
-        shutdown,
+        shutdown.clone(),
     );
+    crate::admin::alerts::spawn(cfg.file.alert.clone(), router.clone(), shutdown.clone());
     let mut tasks = Vec::new();
     let mut addrs = Vec::new();
     for l in &cfg.listeners {
@@ -68,12 +71,91 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     if cfg.upstreams.is_empty() {
         tracing::info!("no upstreams configured: connecting directly");
     }
+    let mut admin_addr = None;
+    if let Some(a) = cfg.admin_addr {
+        let _ = crate::admin::metrics_handle();
+        match inbound::bind(a).await {
+            Ok(l) => {
+                let local = l.local_addr().unwrap_or(a);
+                admin_addr = Some(local);
+                let path = cfg.path.clone();
+                let r2 = router.clone();
+                let reloader: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>> =
+                    path.clone().map(|p| {
+                        Arc::new(move || reload(&r2, &p))
+                            as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
+                    });
+                let admin = Arc::new(crate::admin::Admin {
+                    router: router.clone(),
+                    history: Default::default(),
+                    started: std::time::Instant::now(),
+                    listeners: addrs.iter().map(|a| a.to_string()).collect(),
+                    token: cfg.admin_token.clone(),
+                    config_path: path,
+                    reloader,
+                });
+                tracing::info!(addr = %local, "admin API: /, /status, /metrics, /healthz");
+                tasks.push(tokio::spawn(crate::admin::serve(
+                    l,
+                    admin,
+                    state.shutdown.clone(),
+                )));
+            }
+            Err(source) => {
+                // The default admin port may be taken (several instances on one
+                // host): warn. An explicitly configured one must work.
+                if cfg.file.admin.addr.span() == (0..0) {
+                    tracing::warn!(addr = %a, error = %source, "admin API not started (default address busy); set [admin] addr");
+                } else {
+                    return Err(ServeError::Bind { addr: a, source });
+                }
+            }
+        }
+    }
     Ok(Running {
         state,
         addrs,
+        admin: admin_addr,
         tasks,
         grace: cfg.shutdown_grace,
     })
+}
+
+/// Re-reads the configuration file. An invalid file is rejected with the
+/// error logged and the old configuration kept; unchanged upstreams keep
+/// their health state and counters; live tunnels continue. Listener, admin
+/// and timeout changes need a restart.
+pub fn reload(router: &Router, path: &std::path::Path) -> Result<(), String> {
+    match Config::from_file(path) {
+        Err(e) => {
+            metrics::counter!("proxyguard_config_reloads_total", "result" => "error").increment(1);
+            tracing::error!(error = %e, "reload rejected; keeping the old configuration");
+            router
+                .pool
+                .events
+                .emit("config_reload_failed", None, e.to_string());
+            Err(e.to_string())
+        }
+        Ok(cfg) => {
+            let n = cfg.upstreams.len();
+            router.pool.replace(
+                cfg.upstreams.clone(),
+                cfg.file.pool.clone(),
+                cfg.file.breaker.clone(),
+            );
+            router.table.store(Arc::new(crate::route::RouteTable {
+                no_proxy: cfg.no_proxy.clone(),
+                bypass_loopback: cfg.bypass_loopback,
+            }));
+            metrics::counter!("proxyguard_config_reloads_total", "result" => "ok").increment(1);
+            tracing::info!(upstreams = n, "configuration reloaded");
+            router
+                .pool
+                .events
+                .emit("config_reload", None, format!("{} upstreams", n));
+            Ok(())
+        }
+    }
 }
 
 impl Running {
@@ -122,6 +204,20 @@ pub async fn wait_for_signal() {
 /// Runs the gateway until a signal arrives.
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let running = start(&cfg, Shutdown::new()).await?;
+    #[cfg(unix)]
+    if let Some(path) = cfg.path.clone() {
+        let router = running.state.router.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading {}", path.display());
+                let _ = reload(&router, &path);
+            }
+        });
+    }
     wait_for_signal().await;
     tracing::info!(
         "shutting down: no new connections; live tunnels have {:?}",

@@ -100,10 +100,14 @@ pub struct Config {
     pub admission: Admission,
     pub resolve: HashMap<String, Vec<IpAddr>>,
     pub via: bool,
+    pub admin_addr: Option<SocketAddr>,
+    pub admin_token: Option<String>,
     /// The file as read (for `check` to print, redacted).
     pub file: FileConfig,
     /// `path` or `environment`.
     pub source_name: String,
+    /// The file to re-read on reload (None for zero-config).
+    pub path: Option<std::path::PathBuf>,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -179,7 +183,9 @@ impl Config {
             field: None,
             message: format!("cannot read: {e}"),
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        let mut c = Self::from_toml(&text, &path.display().to_string())?;
+        c.path = Some(path.to_path_buf());
+        Ok(c)
     }
 
     /// Parses and validates TOML text; `source` names it in errors.
@@ -385,6 +391,71 @@ impl Config {
                 "failure_threshold and half_open_trials must be at least 1".into(),
             );
         }
+        let admin_addr: Option<SocketAddr> = if file.admin.enabled {
+            match file.admin.addr.get_ref().trim().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    return cx.at(
+                        &file.admin.addr,
+                        "admin.addr",
+                        format!("{:?} is not IP:port", file.admin.addr.get_ref()),
+                    )
+                }
+            }
+        } else {
+            None
+        };
+        let admin_token = match (&file.admin.token, &file.admin.token_env) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Some(t),
+                _ => {
+                    return cx.err(
+                        None,
+                        "admin.token_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                }
+            },
+            (None, None) => None,
+        };
+        if let Some(a) = admin_addr {
+            if !a.ip().is_loopback() && admin_token.is_none() {
+                return cx.at(&file.admin.addr, "admin.addr", format!("{a} is not loopback: set [admin] token_env (or token) so the admin API is not open to the network"));
+            }
+        }
+        for a in &file.alert {
+            if a.on.is_empty() {
+                return cx.err(None, "alert.on", "list at least one event".into());
+            }
+            for k in &a.on {
+                if !crate::events::KINDS.contains(&k.as_str()) {
+                    return cx.err(
+                        None,
+                        "alert.on",
+                        format!(
+                            "unknown event {k:?}; expected one of {}",
+                            crate::events::KINDS.join(", ")
+                        ),
+                    );
+                }
+            }
+            if let Some(w) = &a.webhook {
+                if url::Url::parse(w)
+                    .map(|u| u.scheme() != "http" && u.scheme() != "https")
+                    .unwrap_or(true)
+                {
+                    return cx.err(
+                        None,
+                        "alert.webhook",
+                        format!("{w:?}: expected an http(s):// URL"),
+                    );
+                }
+            }
+            if !(0.0..=1.0).contains(&a.threshold) {
+                return cx.err(None, "alert.threshold", "must be between 0 and 1".into());
+            }
+        }
         let admission = Admission { users, allow };
         // Safety: an open listener without auth or allow-list is an open proxy.
         for (l, lc) in listeners.iter().zip(&file.listen) {
@@ -418,8 +489,11 @@ impl Config {
             admission,
             resolve,
             via: file.http.via,
+            admin_addr,
+            admin_token,
             file,
             source_name: source.to_string(),
+            path: None,
         };
         cfg.check_loops()?;
         Ok(cfg)

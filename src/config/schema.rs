@@ -27,6 +27,63 @@ pub struct FileConfig {
     pub pool: PoolConfig,
     pub health: HealthConfig,
     pub breaker: BreakerConfig,
+    pub admin: AdminConfig,
+    pub alert: Vec<AlertConfig>,
+}
+
+/// The admin listener: /metrics, /status, /healthz, the status page, /reload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub addr: Spanned<String>,
+    /// Bearer token required for `POST /reload`, and for everything when the
+    /// admin address is not loopback. Prefer `token_env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Name of an environment variable holding the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            addr: Spanned::new(0..0, "127.0.0.1:9090".to_string()),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+/// One alert rule: on these events, run these actions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    pub on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Also write the alert to the log (always on when no other action).
+    #[serde(default)]
+    pub log: bool,
+    /// The same event (kind + upstream) fires at most once per cooldown.
+    #[serde(default = "one_min")]
+    pub cooldown: Dur,
+    /// `error_rate`: failure share over `window` that fires the event.
+    #[serde(default = "half")]
+    pub threshold: f64,
+    #[serde(default = "one_min")]
+    pub window: Dur,
+}
+
+fn one_min() -> Dur {
+    Dur::secs(60)
+}
+fn half() -> f64 {
+    0.5
 }
 
 impl Default for FileConfig {
@@ -44,6 +101,8 @@ impl Default for FileConfig {
             pool: PoolConfig::default(),
             health: HealthConfig::default(),
             breaker: BreakerConfig::default(),
+            admin: AdminConfig::default(),
+            alert: Vec::new(),
         }
     }
 }

@@ -107,6 +107,12 @@ fn access(
     started: Instant,
     outcome: &str,
 ) {
+    metrics::counter!(
+        "proxyguard_requests_total",
+        "kind" => if *method == Method::CONNECT { "connect" } else { "http" },
+        "outcome" => outcome.to_string()
+    )
+    .increment(1);
     tracing::info!(
         target: "access",
         kind = "http",
@@ -329,6 +335,7 @@ async fn connect(
             }
         };
         let cancel = super::tunnel_cancel(&state, &route);
+        let _active = super::GaugeGuard::new("proxyguard_tunnels_active");
         let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let mut client = parts.io.into_inner();

@@ -20,6 +20,22 @@ use crate::upstream::Target;
 
 pub use admission::Admission;
 
+/// Increments a gauge for as long as it lives.
+pub struct GaugeGuard(&'static str);
+
+impl GaugeGuard {
+    pub fn new(name: &'static str) -> Self {
+        metrics::gauge!(name).increment(1.0);
+        GaugeGuard(name)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
 /// Everything a client connection needs, shared by all listeners.
 pub struct State {
     pub router: Arc<Router>,
@@ -86,6 +102,8 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
         let state = state.clone();
         let live = state.shutdown.live();
         tokio::spawn(async move {
+            let _g = GaugeGuard::new("proxyguard_client_connections_active");
+            metrics::counter!("proxyguard_client_connections_total").increment(1);
             handle(stream, peer, protocol, state).await;
             drop(live);
             drop(permit);
@@ -144,6 +162,9 @@ pub fn log_tunnel(
     started: Instant,
     stats: &RelayStats,
 ) {
+    metrics::counter!("proxyguard_tunnels_total", "kind" => kind.to_string(), "outcome" => stats.end.as_str()).increment(1);
+    metrics::counter!("proxyguard_bytes_total", "direction" => "up").increment(stats.up);
+    metrics::counter!("proxyguard_bytes_total", "direction" => "down").increment(stats.down);
     tracing::info!(
         target: "access",
         kind,

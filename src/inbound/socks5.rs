@@ -145,6 +145,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     };
     match state.router.tunnel(&target).await {
         Err(e) => {
+            metrics::counter!("proxyguard_tunnels_total", "kind" => "socks5", "outcome" => e.proxy_status_error()).increment(1);
             let _ = reply(&mut stream, e.socks_reply(), None).await;
             tracing::info!(
                 target: "access",
@@ -162,6 +163,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
                 return;
             }
             let cancel = super::tunnel_cancel(&state, &route);
+            let _active = super::GaugeGuard::new("proxyguard_tunnels_active");
             let stats = crate::relay::relay(stream, conn, state.idle_timeout, cancel).await;
             super::log_tunnel("socks5", peer, &target, &route, started, &stats);
         }

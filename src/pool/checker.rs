@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use super::{log_transitions, Member};
+use super::Member;
 use crate::config::schema::{Checks, HealthConfig};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
@@ -136,7 +136,13 @@ pub fn spawn(router: Arc<Router>, cfg: HealthConfig, checks: Checks, shutdown: S
                     };
                     tracing::debug!(upstream = m.name(), ok, detail, "health check");
                     let deep = cfg.url.is_some() || cfg.target.is_some();
-                    log_transitions(
+                    metrics::counter!(
+                        "proxyguard_health_checks_total",
+                        "upstream" => m.name().to_string(),
+                        "result" => if ok { "pass" } else { "fail" }
+                    )
+                    .increment(1);
+                    router.pool.transitions(
                         &m,
                         m.health.record_check(ok, deep, detail, cfg.rise, cfg.fall),
                     );

@@ -81,6 +81,9 @@ pub struct Pool {
     rr: AtomicUsize,
     leader: Mutex<Option<String>>,
     pub stats: PoolStats,
+    pub events: Arc<crate::events::EventBus>,
+    all_down: std::sync::atomic::AtomicBool,
+    degraded: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -101,6 +104,9 @@ impl Pool {
             rr: AtomicUsize::new(0),
             leader: Mutex::new(None),
             stats: PoolStats::default(),
+            events: Arc::new(crate::events::EventBus::new()),
+            all_down: std::sync::atomic::AtomicBool::new(false),
+            degraded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -162,6 +168,14 @@ impl Pool {
             }
             if cfg.fallback == crate::config::schema::Fallback::Direct {
                 self.stats.degraded_direct.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("proxyguard_degraded_direct_total").increment(1);
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    self.events.emit(
+                        "degraded",
+                        None,
+                        "every upstream is out: connecting directly",
+                    );
+                }
                 return Plan {
                     members: Vec::new(),
                     degrade_direct: true,
@@ -189,6 +203,7 @@ impl Pool {
                 breakers_open: false,
             };
         }
+        self.degraded.store(false, Ordering::Relaxed);
         let leader = self.leader.lock().ok().and_then(|g| g.clone());
         let new_leader = strategy::order(
             cfg.strategy,
@@ -212,7 +227,67 @@ impl Pool {
 
     /// Records a successful connect through `m`.
     pub fn report_success(&self, m: &Member, took: Duration) {
-        log_transitions(m, m.health.record_success(took));
+        metrics::histogram!("proxyguard_upstream_connect_seconds", "upstream" => m.name().to_string())
+            .record(took.as_secs_f64());
+        self.transitions(m, m.health.record_success(took));
+    }
+
+    /// Logs transitions, publishes them as events and keeps gauges current.
+    pub fn transitions(&self, m: &Member, t: Vec<Transition>) {
+        if t.is_empty() {
+            return;
+        }
+        for tr in &t {
+            let (kind, detail) = match tr {
+                Transition::Ejected { until_ms, reason } => (
+                    "upstream_down",
+                    format!(
+                        "ejected for {until_ms} ms (reason {reason}): {}",
+                        m.health.last_error().map(|e| e.1).unwrap_or_default()
+                    ),
+                ),
+                Transition::CheckDown => (
+                    "upstream_down",
+                    format!(
+                        "health check failed: {}",
+                        m.health.last_check().map(|c| c.2).unwrap_or_default()
+                    ),
+                ),
+                Transition::Reinstated => ("upstream_up", "ejection ended".to_string()),
+                Transition::CheckUp => ("upstream_up", "health check passed".to_string()),
+                Transition::BreakerOpened => (
+                    "breaker_open",
+                    m.health.last_error().map(|e| e.1).unwrap_or_default(),
+                ),
+                Transition::BreakerHalfOpen => {
+                    ("breaker_half_open", "trial connections allowed".to_string())
+                }
+                Transition::BreakerClosed => ("breaker_closed", "trial succeeded".to_string()),
+            };
+            if let Transition::Ejected { reason, .. } = tr {
+                metrics::counter!("proxyguard_ejections_total", "upstream" => m.name().to_string(), "reason" => reason.clone()).increment(1);
+            }
+            self.events.emit(kind, Some(m.name()), detail);
+        }
+        let b = match m.health.breaker_state() {
+            health::BreakerState::Closed => 0.0,
+            health::BreakerState::HalfOpen => 1.0,
+            health::BreakerState::Open => 2.0,
+        };
+        metrics::gauge!("proxyguard_upstream_breaker_state", "upstream" => m.name().to_string())
+            .set(b);
+        metrics::gauge!("proxyguard_upstream_up", "upstream" => m.name().to_string())
+            .set(if m.health.eligible() { 1.0 } else { 0.0 });
+        let members = self.members();
+        let any = members.iter().any(|x| x.health.eligible());
+        if !any && !members.is_empty() {
+            if !self.all_down.swap(true, Ordering::Relaxed) {
+                self.events.emit("all_down", None, "no upstream can serve");
+            }
+        } else {
+            self.all_down.store(false, Ordering::Relaxed);
+        }
+        log_transitions(m, t);
     }
 
     /// Records a failed connect through `m`. Target faults (the target itself
@@ -228,10 +303,11 @@ impl Pool {
         let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
         let may_eject = ejected < cap.max(if cfg.max_ejection_percent > 0 { 1 } else { 0 });
         let t = m.health.record_failure(err, may_eject, cfg.base_ejection.0);
+        metrics::counter!("proxyguard_upstream_failures_total", "upstream" => m.name().to_string(), "reason" => health::reason_label(err)).increment(1);
         if t.iter().any(|t| matches!(t, Transition::Ejected { .. })) {
             self.stats.ejections.fetch_add(1, Ordering::Relaxed);
         }
-        log_transitions(m, t);
+        self.transitions(m, t);
     }
 
     /// The delay before racing the next candidate: configured, or adaptive

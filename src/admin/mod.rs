@@ -1,0 +1,206 @@
+//! The admin listener: `GET /metrics` (Prometheus), `GET /status` (JSON),
+//! `GET /healthz`, `GET /` (the status page), `POST /reload` (token).
+
+pub mod alerts;
+pub mod status;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::route::Router;
+use crate::shutdown::Shutdown;
+
+const PAGE: &str = include_str!("page.html");
+
+/// Installs the Prometheus recorder once per process.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static H: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    H.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ])
+            .ok()?
+            .install_recorder()
+            .ok()
+    })
+    .clone()
+}
+
+/// Shared admin state.
+pub struct Admin {
+    pub router: Arc<Router>,
+    pub history: status::History,
+    pub started: Instant,
+    pub listeners: Vec<String>,
+    pub token: Option<String>,
+    pub config_path: Option<PathBuf>,
+    pub reloader: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+}
+
+fn resp(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
+    let Some(tok) = &admin.token else {
+        return false;
+    };
+    let got = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    got.len() == tok.len()
+        && got
+            .bytes()
+            .zip(tok.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    admin: Arc<Admin>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Off loopback, everything needs the token.
+    if !peer.ip().is_loopback() && !authorized(&admin, &req) {
+        return Ok(resp(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "token required\n",
+        ));
+    }
+    let path = req.uri().path().to_string();
+    Ok(match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/metrics") => match metrics_handle() {
+            Some(h) => resp(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
+            None => resp(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "metrics recorder unavailable\n",
+            ),
+        },
+        (Method::GET, "/status") => {
+            let s = status::build(
+                &admin.router,
+                &admin.history,
+                admin.started,
+                &admin.listeners,
+            );
+            resp(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&s).unwrap_or_default(),
+            )
+        }
+        (Method::GET, "/healthz") => {
+            let s = status::build(
+                &admin.router,
+                &admin.history,
+                admin.started,
+                &admin.listeners,
+            );
+            if s.can_serve {
+                resp(StatusCode::OK, "text/plain", "ok\n")
+            } else {
+                resp(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no upstream can serve\n",
+                )
+            }
+        }
+        (Method::GET, "/") | (Method::GET, "/index.html") => {
+            resp(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+        }
+        (Method::POST, "/reload") => {
+            if !authorized(&admin, &req) {
+                resp(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "POST /reload needs Authorization: Bearer <[admin] token>\n",
+                )
+            } else {
+                match &admin.reloader {
+                    None => resp(
+                        StatusCode::CONFLICT,
+                        "text/plain",
+                        "no configuration file to reload (zero-config)\n",
+                    ),
+                    Some(r) => match r() {
+                        Ok(()) => resp(StatusCode::OK, "text/plain", "reloaded\n"),
+                        Err(e) => resp(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "text/plain",
+                            format!("rejected, old configuration kept: {e}\n"),
+                        ),
+                    },
+                }
+            }
+        }
+        _ => resp(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /, /status, /metrics, /healthz\n",
+        ),
+    })
+}
+
+/// Serves the admin API until shutdown; also runs the history sampler.
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, shutdown: Shutdown) {
+    let sampler = admin.clone();
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(status::SAMPLE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => sampler.history.sample(&sampler.router),
+                _ = sd.triggered() => return,
+            }
+        }
+    });
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.triggered() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, admin.clone(), peer));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
