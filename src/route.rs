@@ -197,29 +197,39 @@ impl Router {
         op: Op,
         limit: Duration,
     ) -> Attempt<'a> {
-        Box::pin(async move {
-            let start = Instant::now();
-            let mut obs = NoopObserver;
-            let fut = async {
-                match op {
-                    Op::Tunnel => m
-                        .spec()
-                        .connect_tunnel(target, &self.ctx, &mut obs)
-                        .await
-                        .map(Established::Tunnel),
-                    Op::Http => m
-                        .spec()
-                        .connect_for_http(target, &self.ctx, &mut obs)
-                        .await
-                        .map(Established::Http),
-                }
-            };
-            let r = match tokio::time::timeout(limit, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(ConnectError::timeout(Phase::Tcp, limit, true)),
-            };
-            (m, start.elapsed(), r)
-        })
+        use tracing::Instrument;
+        let span = tracing::debug_span!("attempt", upstream = m.name(), target = %target);
+        Box::pin(
+            async move {
+                let start = Instant::now();
+                let mut obs = NoopObserver;
+                let fut = async {
+                    match op {
+                        Op::Tunnel => m
+                            .spec()
+                            .connect_tunnel(target, &self.ctx, &mut obs)
+                            .await
+                            .map(Established::Tunnel),
+                        Op::Http => m
+                            .spec()
+                            .connect_for_http(target, &self.ctx, &mut obs)
+                            .await
+                            .map(Established::Http),
+                    }
+                };
+                let r = match tokio::time::timeout(limit, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ConnectError::timeout(Phase::Tcp, limit, true)),
+                };
+                tracing::debug!(
+                    ok = r.is_ok(),
+                    took_ms = start.elapsed().as_millis() as u64,
+                    "attempt finished"
+                );
+                (m, start.elapsed(), r)
+            }
+            .instrument(span),
+        )
     }
 
     async fn attempt<'a>(

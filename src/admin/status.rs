@@ -24,8 +24,8 @@ pub struct Sample {
     pub errors: u64,
 }
 
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
-const KEEP: usize = 120; // ten minutes
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+const KEEP: usize = 300; // ten minutes
 
 /// Last seen counters (ok, errors) and the samples of one upstream.
 type Series = (u64, u64, VecDeque<Sample>);

@@ -104,7 +104,10 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
         tokio::spawn(async move {
             let _g = GaugeGuard::new("proxyguard_client_connections_active");
             metrics::counter!("proxyguard_client_connections_total").increment(1);
-            handle(stream, peer, protocol, state).await;
+            use tracing::Instrument;
+            handle(stream, peer, protocol, state)
+                .instrument(tracing::info_span!("conn", client = %peer))
+                .await;
             drop(live);
             drop(permit);
         });
