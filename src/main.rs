@@ -391,8 +391,8 @@ fn status(admin: Option<String>, config: Option<PathBuf>, json: bool) -> ExitCod
                 u["state"].as_str().unwrap_or("?"),
                 u["breaker"].as_str().unwrap_or("?"),
                 lat,
-                u["successes"],
-                u["failures"],
+                u["successes"].as_u64().unwrap_or(0),
+                u["failures"].as_u64().unwrap_or(0),
                 u["last_error"]["message"].as_str().unwrap_or("")
             );
         }
