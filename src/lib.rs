@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod logging;
 pub mod pool;
 pub mod relay;
+pub mod reverse;
 pub mod route;
 pub mod server;
 pub mod shutdown;

@@ -12,6 +12,8 @@ use crate::shutdown::Shutdown;
 /// Errors that stop `serve` from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("{0}")]
+    Route(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -24,6 +26,7 @@ pub struct Running {
     pub state: Arc<State>,
     pub addrs: Vec<std::net::SocketAddr>,
     pub admin: Option<std::net::SocketAddr>,
+    pub routes: Vec<(std::net::SocketAddr, Arc<crate::reverse::ReverseRoute>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: std::time::Duration,
 }
@@ -40,6 +43,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
         shutdown.clone(),
     );
     crate::admin::alerts::spawn(cfg.file.alert.clone(), router.clone(), shutdown.clone());
+    let routes = crate::reverse::start(cfg, router.clone(), shutdown.clone()).await?;
     let mut tasks = Vec::new();
     let mut addrs = Vec::new();
     for l in &cfg.listeners {
@@ -116,6 +120,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
         state,
         addrs,
         admin: admin_addr,
+        routes,
         tasks,
         grace: cfg.shutdown_grace,
     })

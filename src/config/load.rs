@@ -456,6 +456,74 @@ impl Config {
                 return cx.err(None, "alert.threshold", "must be between 0 and 1".into());
             }
         }
+        for r in &file.route {
+            let addr = match r.listen.get_ref().trim().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    return cx.at(
+                        &r.listen,
+                        "route.listen",
+                        format!("{:?} is not IP:port", r.listen.get_ref()),
+                    )
+                }
+            };
+            if !addr.ip().is_loopback() && allow.is_empty() {
+                return cx.at(&r.listen, "route.listen", format!("{addr} is not loopback: set [auth] allow so the route is not open to everyone"));
+            }
+            if r.via != "direct" && r.via != "pool" {
+                return cx.at(
+                    &r.listen,
+                    "route.via",
+                    format!("{:?}: expected \"direct\" or \"pool\"", r.via),
+                );
+            }
+            if r.backend.is_empty() {
+                return cx.at(
+                    &r.listen,
+                    "route.backend",
+                    "a route needs at least one [[route.backend]]".into(),
+                );
+            }
+            for b in &r.backend {
+                match url::Url::parse(b.url.get_ref()) {
+                    Ok(u)
+                        if (u.scheme() == "http" || u.scheme() == "https")
+                            && u.host_str().is_some() => {}
+                    _ => {
+                        return cx.at(
+                            &b.url,
+                            "route.backend.url",
+                            format!(
+                                "{:?}: expected http://host:port or https://host:port",
+                                b.url.get_ref()
+                            ),
+                        )
+                    }
+                }
+            }
+            if let Some(sg) = &r.sign {
+                if sg.scheme != "apigw" {
+                    return cx.at(
+                        &r.listen,
+                        "route.sign.scheme",
+                        format!("{:?}: only \"apigw\" signs on the fly", sg.scheme),
+                    );
+                }
+                if std::env::var(&sg.secret_env)
+                    .map(|v| v.is_empty())
+                    .unwrap_or(true)
+                {
+                    return cx.at(
+                        &r.listen,
+                        "route.sign.secret_env",
+                        format!("environment variable {} is not set", sg.secret_env),
+                    );
+                }
+            }
+            if r.max_attempts == 0 {
+                return cx.at(&r.listen, "route.max_attempts", "must be at least 1".into());
+            }
+        }
         let admission = Admission { users, allow };
         // Safety: an open listener without auth or allow-list is an open proxy.
         for (l, lc) in listeners.iter().zip(&file.listen) {

@@ -29,6 +29,117 @@ pub struct FileConfig {
     pub breaker: BreakerConfig,
     pub admin: AdminConfig,
     pub alert: Vec<AlertConfig>,
+    pub route: Vec<RouteConfig>,
+}
+
+/// A reverse-proxy route: a local listener forwarding to backends in zones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub listen: Spanned<String>,
+    /// Backends in this zone are preferred; others take traffic only when the
+    /// local ones are out of service or all at `max_inflight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_zone: Option<String>,
+    /// `direct`, or `pool` to reach backends through the upstream-proxy pool.
+    #[serde(default = "via_direct")]
+    pub via: String,
+    /// Host header sent to backends: omitted = the backend's host, `"keep"` =
+    /// the client's, anything else = that literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub backend: Vec<BackendConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign: Option<RouteSign>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<RouteFallback>,
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    /// Request bodies up to this size are buffered, so a failed attempt can be
+    /// retried on another backend (and signed). Larger ones stream, no retry.
+    #[serde(default = "retry_body")]
+    pub retry_body_limit: usize,
+    /// Extra CA certificates (PEM) trusted for https:// backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// TLS server name override for https:// backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// In-flight requests per backend beyond which it counts as overloaded (0 = no limit).
+    #[serde(default)]
+    pub max_inflight: usize,
+    /// Time to the backend's response head.
+    #[serde(default = "ten_s")]
+    pub timeout: Dur,
+}
+
+fn via_direct() -> String {
+    "direct".into()
+}
+fn retry_body() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub url: Spanned<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default = "three")]
+    pub max_fails: u32,
+    #[serde(default = "ten_s")]
+    pub fail_timeout: Dur,
+}
+
+/// Sign every forwarded request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSign {
+    /// `apigw` (Alibaba Cloud API Gateway X-Ca-* HMAC).
+    pub scheme: String,
+    pub key: String,
+    /// Environment variable holding the app secret (never in the file).
+    pub secret_env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// `HmacSHA256` (default) or `HmacSHA1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_method: Option<String>,
+    /// Extra headers to sign besides X-Ca-*.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+/// What to answer when no backend can.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFallback {
+    /// Serve the last good response to the same GET, up to this age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_get: Option<Dur>,
+    #[serde(default = "status_503")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    /// Largest response body kept in the cache.
+    #[serde(default = "one_mib")]
+    pub max_body: usize,
+    #[serde(default = "thousand")]
+    pub max_entries: usize,
+}
+
+fn status_503() -> u16 {
+    503
+}
+fn one_mib() -> usize {
+    1024 * 1024
+}
+fn thousand() -> usize {
+    1000
 }
 
 /// The admin listener: /metrics, /status, /healthz, the status page, /reload.
@@ -103,6 +214,7 @@ impl Default for FileConfig {
             breaker: BreakerConfig::default(),
             admin: AdminConfig::default(),
             alert: Vec::new(),
+            route: Vec::new(),
         }
     }
 }
