@@ -564,3 +564,29 @@ fn config_without_url_checks_every_upstream() {
         "{bad}"
     );
 }
+
+#[test]
+fn gateway_signature_and_timestamp_causes() {
+    let bad_sig = Fake::start(Some("HTTP/1.1 400 Bad Request\r\nX-Ca-Error-Message: Invalid Signature, Server StringToSign:`GET#application/json###/demo`\r\nContent-Length: 0\r\n\r\n"));
+    let d = doctor(&[&format!("http://{}/demo", bad_sig.addr)]);
+    expect(&d, "signature_mismatch");
+    assert!(
+        d.json["summary"]
+            .as_str()
+            .unwrap()
+            .contains("GET#application/json"),
+        "{}",
+        d.json
+    );
+    let expired = Fake::start(Some("HTTP/1.1 400 Bad Request\r\nX-Ca-Error-Message: Timestamp Expired\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n"));
+    let d = doctor(&[&format!("http://{}/demo", expired.addr)]);
+    expect(&d, "timestamp_expired");
+    assert!(
+        d.json["summary"]
+            .as_str()
+            .unwrap()
+            .contains("ahead of the server"),
+        "{}",
+        d.json
+    );
+}

@@ -25,10 +25,12 @@ pub enum Cause {
     TlsHostnameMismatch,
     TlsIntercepted,
     HttpError,
+    SignatureMismatch,
+    TimestampExpired,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 19] = [
+    pub const ALL: [Cause; 21] = [
         Cause::ProxyDnsFailure,
         Cause::ProxyRefused,
         Cause::ProxyTimeout,
@@ -48,6 +50,8 @@ impl Cause {
         Cause::TlsHostnameMismatch,
         Cause::TlsIntercepted,
         Cause::HttpError,
+        Cause::SignatureMismatch,
+        Cause::TimestampExpired,
     ];
 
     pub fn code(self) -> &'static str {
@@ -71,6 +75,8 @@ impl Cause {
             Cause::TlsHostnameMismatch => "tls_hostname_mismatch",
             Cause::TlsIntercepted => "tls_intercepted",
             Cause::HttpError => "http_error",
+            Cause::SignatureMismatch => "signature_mismatch",
+            Cause::TimestampExpired => "timestamp_expired",
         }
     }
 
@@ -96,6 +102,8 @@ impl Cause {
             Cause::TlsHostnameMismatch => "The certificate is for another name: use the name it was issued for, or reissue it with this name.",
             Cause::TlsIntercepted => "A TLS-inspecting proxy replaced the certificate: install its CA in the trust store, or exempt this host from inspection.",
             Cause::HttpError => "The request reached the server, which answered with an error status: see the response.",
+            Cause::SignatureMismatch => "The API Gateway computed another signature: compare StringToSign with `proxyguard sign --explain` (Accept, Content-Type, signed headers, parameter order) and check the AppSecret.",
+            Cause::TimestampExpired => "X-Ca-Timestamp is outside the gateway's 15-minute window: fix this machine's clock (NTP).",
         }
     }
 }

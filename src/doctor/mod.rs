@@ -770,6 +770,55 @@ async fn walk(
                     || String::from_utf8_lossy(&body)
                         .to_ascii_lowercase()
                         .contains("tinyproxy"));
+            if let Some(msg) = parts
+                .headers
+                .get("x-ca-error-message")
+                .and_then(|v| v.to_str().ok())
+            {
+                use crate::signer::verify::{parse_gateway_error, GatewayError};
+                let gw = parse_gateway_error(msg);
+                let skew = parts
+                    .headers
+                    .get(http::header::DATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|d| httpdate::parse_http_date(d).ok())
+                    .map(|server| {
+                        let now = std::time::SystemTime::now();
+                        match now.duration_since(server) {
+                            Ok(ahead) => ahead.as_secs() as i64,
+                            Err(e) => -(e.duration().as_secs() as i64),
+                        }
+                    });
+                let skew_txt = skew
+                    .map(|s| {
+                        format!(
+                            " This machine's clock is {} s {} the server's Date.",
+                            s.abs(),
+                            if s >= 0 { "ahead of" } else { "behind" }
+                        )
+                    })
+                    .unwrap_or_default();
+                let (c, why) = match gw {
+                    GatewayError::InvalidSignature { server_sts } => (
+                        Cause::SignatureMismatch,
+                        format!("The API Gateway rejected the signature ({msg}).{}", server_sts.map(|s| format!(" Server StringToSign: {s}")).unwrap_or_default()),
+                    ),
+                    GatewayError::TimestampExpired | GatewayError::InvalidTimestamp => (
+                        Cause::TimestampExpired,
+                        format!("The API Gateway says the timestamp is invalid or expired ({msg}).{skew_txt}"),
+                    ),
+                    _ => (Cause::HttpError, format!("The API Gateway answered {status}: {msg}.")),
+                };
+                w.step(
+                    "http",
+                    false,
+                    http_start.elapsed(),
+                    format!("{detail}; X-Ca-Error-Message: {msg}"),
+                );
+                let mut r = w.fail(via, c, why);
+                r.status = Some(status);
+                return r;
+            }
             if status == 407 && absolute_form {
                 w.step("http", false, http_start.elapsed(), detail);
                 let scheme = parts
