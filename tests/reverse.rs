@@ -335,3 +335,62 @@ fn route_signs_requests_and_gateway_verifies() {
     let r = curl(&[&format!("http://{listen}/demo/get")]);
     assert_eq!(r.status, 400, "{r:?}");
 }
+
+#[test]
+fn sign_cli_compares_with_the_servers_string_to_sign() {
+    let base = [
+        "sign",
+        "--scheme",
+        "apigw",
+        "--key",
+        "203753830",
+        "--secret-env",
+        "PG_TEST_SECRET",
+        "-H",
+        "Accept: application/json",
+        "--timestamp",
+        "1700000000000",
+        "--nonce",
+        "c9f15cbf-f4ac-4a6c-b54d-f51abf4b5b44",
+    ];
+    let sts = "GET#application/json####x-ca-key:203753830#x-ca-nonce:c9f15cbf-f4ac-4a6c-b54d-f51abf4b5b44#x-ca-signature-method:HmacSHA256#x-ca-timestamp:1700000000000#/demo/get?a=1&b=2&empty";
+    let env = [("PG_TEST_SECRET", "testsecret")];
+    let same = format!("Invalid Signature, Server StringToSign:`{sts}`");
+    let mut a: Vec<&str> = base.to_vec();
+    a.extend([
+        "--compare-server",
+        &same,
+        "http://gw.example/demo/get?b=2&a=1&empty=",
+    ]);
+    let out = proxyguard_run(&a, &env, Duration::from_secs(10));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("matches the server's"),
+        "{}",
+        out.stdout
+    );
+    // The server signed `empty=` where the spec writes `empty`: shown exactly.
+    let differs = format!("Invalid Signature, Server StringToSign:`{sts}=`");
+    let mut a: Vec<&str> = base.to_vec();
+    a.extend([
+        "--compare-server",
+        &differs,
+        "http://gw.example/demo/get?b=2&a=1&empty=",
+    ]);
+    let out = proxyguard_run(&a, &env, Duration::from_secs(10));
+    assert!(
+        out.stdout.contains("differs at line 10") && out.stdout.contains("[=]"),
+        "{}",
+        out.stdout
+    );
+    // --explain shows the official vector's signature.
+    let mut a: Vec<&str> = base.to_vec();
+    a.extend(["--explain", "http://gw.example/demo/get?b=2&a=1&empty="]);
+    let out = proxyguard_run(&a, &env, Duration::from_secs(10));
+    assert!(
+        out.stdout
+            .contains("mylrWQPNif4Aq87MYnBRi/h5tsq1fX4QasZafcDbqjw="),
+        "{}",
+        out.stdout
+    );
+}

@@ -69,6 +69,12 @@ pub struct SignArgs {
     /// Print the StringToSign (line ends shown as \n) and the signature
     #[arg(long)]
     pub explain: bool,
+
+    /// apigw: compare our StringToSign with the one the gateway reported
+    /// (the `X-Ca-Error-Message: Invalid Signature, Server StringToSign:…`
+    /// value, newlines as `#` or dropped) and show the first difference.
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["curl", "explain"])]
+    pub compare_server: Option<String>,
     /// Request URL: http(s)://host/path?query (a bare /path?query is accepted for apigw
     /// and rpc without --curl)
     #[arg(value_name = "URL")]
@@ -331,6 +337,25 @@ pub fn run(args: &SignArgs) -> Result<String, SignError> {
                 nonce: args.nonce.clone(),
             };
             let signed = apigw::sign_detailed(&req, &secret, &params)?;
+            if let Some(server) = &args.compare_server {
+                return Ok(match crate::signer::verify::compare_string_to_sign(&signed.string_to_sign, server) {
+                    None => format!(
+                        "StringToSign matches the server's.\nOurs (newlines as #): {}\nIf the gateway still rejects the signature, the AppSecret differs.",
+                        signed.string_to_sign.replace('\n', "#")
+                    ),
+                    Some(m) => format!(
+                        "StringToSign differs at line {} (our position {}, server position {}): ours {:?}, server {:?}\n  ours:   {}\n  server: {}\nOurs in full (newlines as #): {}",
+                        m.ours_line,
+                        m.ours_position,
+                        m.server_position,
+                        m.ours_char,
+                        m.server_char,
+                        m.ours_context,
+                        m.server_context,
+                        signed.string_to_sign.replace('\n', "#")
+                    ),
+                });
+            }
             if args.curl {
                 let url = out.full_url(&req.url)?;
                 Ok(out.curl(&url, &signed.headers, true))

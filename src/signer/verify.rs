@@ -169,7 +169,10 @@ fn context(chars: &[char], pos: usize) -> String {
 /// may be shown as `#` or dropped by the gateway, so both sides are compared without
 /// newlines and `#`. Returns `None` when they agree.
 pub fn compare_string_to_sign(ours: &str, server_reported: &str) -> Option<Mismatch> {
-    let server = strip_server_prefix(server_reported).trim_start_matches(' ');
+    // Gateways quote the text in backticks: `GET#…`.
+    let server = strip_server_prefix(server_reported)
+        .trim()
+        .trim_matches('`');
     let a = significant(ours);
     let b = significant(server);
     let i = a
