@@ -121,7 +121,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(proxyguard::server::run(cfg)) {
+            let r = rt.block_on(proxyguard::server::run(cfg));
+            logging::shutdown();
+            match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -4,83 +4,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
-
-/// A real HTTP receiver for webhooks: records every POST body.
-struct Receiver {
-    addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (b, st) = (bodies.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-                let mut data = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&data).to_string();
-                    if let Some(i) = text.find("\r\n\r\n") {
-                        let len: usize = text
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if data.len() >= i + 4 + len {
-                            b.lock().unwrap().push(text[i + 4..i + 4 + len].to_string());
-                            break;
-                        }
-                    }
-                }
-                let _ = s.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
-        });
-        Receiver { addr, bodies, stop }
-    }
-    fn events(&self) -> Vec<serde_json::Value> {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|b| serde_json::from_str(b).ok())
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let r = curl(&["-s", &format!("http://{addr}{path}")]);
@@ -116,7 +44,7 @@ fn admin_endpoints_alerts_status_cli_and_page() {
     let nginx = Nginx::start();
     let tiny = Tinyproxy::start(TinyOpts::default());
     let dead = free_addr();
-    let rx = Receiver::start();
+    let rx = HttpSink::start();
     let dir = temp_dir("alerts", false);
     let cmd_out = dir.path().join("cmd.log");
     let listen = free_addr();
@@ -160,17 +88,23 @@ fn admin_endpoints_alerts_status_cli_and_page() {
     );
     assert_eq!(get(admin, "/healthz").0, 200);
     // /metrics: Prometheus text with our families.
-    let (code, m) = get(admin, "/metrics");
-    assert_eq!(code, 200);
-    for needle in [
+    let needles = [
         "proxyguard_requests_total{kind=\"http\",outcome=\"ok\"}",
         "proxyguard_upstream_connect_seconds_bucket{upstream=\"good\"",
         "proxyguard_health_checks_total{upstream=\"dead\",result=\"fail\"}",
         "proxyguard_upstream_up{upstream=\"dead\"} 0",
         "proxyguard_client_connections_total",
         "proxyguard_events_total{kind=\"upstream_down\"}",
-    ] {
-        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    ];
+    // Gauges are set just after the transition is visible in /status.
+    let mut m = String::new();
+    let all = wait_until(Duration::from_secs(5), || {
+        let (code, body) = get(admin, "/metrics");
+        m = body;
+        code == 200 && needles.iter().all(|n| m.contains(n))
+    });
+    for needle in needles {
+        assert!(all && m.contains(needle), "missing {needle} in\n{m}");
     }
     // Alerts: the webhook got JSON, the command ran with the event in its env.
     assert!(
