@@ -48,7 +48,9 @@ fn parse() -> Result<Args, String> {
             "--workers" => a.workers = v()?.parse().map_err(|e| format!("--workers: {e}"))?,
             "--seconds" => a.seconds = v()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--hold" => a.hold = v()?.parse().map_err(|e| format!("--hold: {e}"))?,
-            "--hold-seconds" => a.hold_seconds = v()?.parse().map_err(|e| format!("--hold-seconds: {e}"))?,
+            "--hold-seconds" => {
+                a.hold_seconds = v()?.parse().map_err(|e| format!("--hold-seconds: {e}"))?
+            }
             "--reuse" => a.reuse = true,
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -81,7 +83,10 @@ async fn tunnel(a: &Args) -> std::io::Result<TcpStream> {
             buf.extend_from_slice(&b[..n]);
         }
         if !buf.starts_with(b"HTTP/1.1 200") && !buf.starts_with(b"HTTP/1.0 200") {
-            return Err(std::io::Error::other(format!("CONNECT refused: {}", String::from_utf8_lossy(&buf[..buf.len().min(40)]))));
+            return Err(std::io::Error::other(format!(
+                "CONNECT refused: {}",
+                String::from_utf8_lossy(&buf[..buf.len().min(40)])
+            )));
         }
     } else {
         s.write_all(&[5, 1, 0]).await?;
@@ -111,7 +116,10 @@ async fn tunnel(a: &Args) -> std::io::Result<TcpStream> {
 
 async fn one(a: &Args) -> std::io::Result<()> {
     let mut s = tunnel(a).await?;
-    let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", a.path, a.target);
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        a.path, a.target
+    );
     s.write_all(req.as_bytes()).await?;
     let mut sink = Vec::with_capacity(1024);
     s.read_to_end(&mut sink).await?;
@@ -143,7 +151,10 @@ async fn get_keepalive(s: &mut TcpStream, a: &Args, buf: &mut Vec<u8>) -> std::i
     }
     let len: usize = head
         .lines()
-        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .find_map(|l| {
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
         .unwrap_or(0);
     let mut have = buf.len() - head_end;
     while have < len {
@@ -226,7 +237,11 @@ async fn main() {
     }
     let took = start.elapsed().as_secs_f64().max(a.seconds);
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
     println!(
         "tunnels/s {:.0} ok {} errors {} p50_ms {:.2} p99_ms {:.2}",
         all.len() as f64 / took,
