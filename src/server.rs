@@ -206,8 +206,34 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// Lifts the soft open-files limit to the hard one: every tunnel holds two
+/// descriptors, and the common soft default (1024) caps a proxy at ~500
+/// tunnels. Go's runtime does the same at start-up.
+#[cfg(unix)]
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::debug!(from = old, to = lim.rlim_max, "raised open-files limit");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_fd_limit() {}
+
 /// Runs the gateway until a signal arrives.
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
+    raise_fd_limit();
     let running = start(&cfg, Shutdown::new()).await?;
     #[cfg(unix)]
     if let Some(path) = cfg.path.clone() {

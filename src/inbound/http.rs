@@ -339,10 +339,14 @@ async fn connect(
         let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let mut client = parts.io.into_inner();
-                if !parts.read_buf.is_empty() && conn.write_all(&parts.read_buf).await.is_err() {
+                // hyper's leftover bytes may share its whole read buffer:
+                // forward them and let go, so an idle tunnel does not pin it.
+                let early = parts.read_buf;
+                if !early.is_empty() && conn.write_all(&early).await.is_err() {
                     return;
                 }
-                crate::relay::relay(&mut client, conn, state.idle_timeout, cancel).await
+                drop(early);
+                crate::relay::relay_conn(&mut client, conn, state.idle_timeout, cancel).await
             }
             Err(upgraded) => {
                 crate::relay::relay(TokioIo::new(upgraded), conn, state.idle_timeout, cancel).await

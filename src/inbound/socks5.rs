@@ -164,7 +164,8 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             }
             let cancel = super::tunnel_cancel(&state, &route);
             let _active = super::GaugeGuard::new("proxyguard_tunnels_active");
-            let stats = crate::relay::relay(stream, conn, state.idle_timeout, cancel).await;
+            let stats =
+                crate::relay::relay_conn(&mut stream, conn, state.idle_timeout, cancel).await;
             super::log_tunnel("socks5", peer, &target, &route, started, &stats);
         }
     }

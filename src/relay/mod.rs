@@ -43,15 +43,39 @@ pub struct RelayStats {
     pub end: RelayEnd,
 }
 
+mod tcp;
+pub use tcp::relay_tcp;
+
+/// Activity clock shared by both directions of one tunnel.
 struct Shared {
     start: Instant,
     last: AtomicU64,
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
     fn touch(&self) {
         self.last
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved either way for `idle`.
+    async fn idle_watch(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            let now = self.start.elapsed();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(deadline - now).await;
+        }
     }
 }
 
@@ -95,6 +119,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// First buffer per direction: small, so an idle tunnel costs little memory.
+const SMALL: usize = 1024;
+/// Grown to this once a read fills the small buffer (bulk transfer).
+const LARGE: usize = 256 * 1024;
+
+/// Copies one direction until EOF, then half-closes the writer. The buffer
+/// starts small and grows only when traffic needs it.
+async fn pump<R, W>(mut r: R, mut w: W) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; SMALL];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+        if n == buf.len() && buf.len() < LARGE {
+            buf = vec![0u8; LARGE];
+        }
+    }
+}
+
 /// Copies both ways until both sides close, either errors, the connection is
 /// idle for `idle`, or `cancel` resolves.
 pub async fn relay<A, B>(
@@ -107,10 +159,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let shared = Arc::new(Shared {
-        start: Instant::now(),
-        last: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new());
     let mut a = Counted {
         inner: client,
         bytes: 0,
@@ -121,22 +170,13 @@ where
         bytes: 0,
         shared: shared.clone(),
     };
-    let idle_watch = async {
-        loop {
-            let last = Duration::from_millis(shared.last.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            let now = shared.start.elapsed();
-            if now >= deadline {
-                return;
-            }
-            tokio::time::sleep(deadline - now).await;
-        }
-    };
     let end = {
-        let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 * 1024, 64 * 1024);
+        let (ar, aw) = tokio::io::split(&mut a);
+        let (br, bw) = tokio::io::split(&mut b);
+        let copy = async { tokio::try_join!(pump(ar, bw), pump(br, aw)) };
         tokio::select! {
             r = copy => if r.is_ok() { RelayEnd::Closed } else { RelayEnd::Error },
-            _ = idle_watch => RelayEnd::Idle,
+            _ = shared.idle_watch(idle) => RelayEnd::Idle,
             _ = cancel => RelayEnd::Cancelled,
         }
     };
@@ -144,5 +184,42 @@ where
         up: a.bytes,
         down: b.bytes,
         end,
+    }
+}
+
+/// Relays a client TCP socket and an upstream connection, taking the
+/// zero-copy TCP path when the upstream is plain TCP (direct target, HTTP or
+/// SOCKS5 proxy) and the generic path for TLS to an `https://` proxy.
+pub async fn relay_conn(
+    client: &mut tokio::net::TcpStream,
+    conn: crate::upstream::conn::Conn,
+    idle: Duration,
+    cancel: impl std::future::Future<Output = ()>,
+) -> RelayStats {
+    use crate::upstream::conn::{Conn, Io};
+    match conn.io {
+        Io::Tcp(upstream) => {
+            // Bytes the upstream sent right behind its handshake reply.
+            let early = conn.prefix.as_ref().map_or(0, |p| p.len() as u64);
+            if let Some(p) = &conn.prefix {
+                if tcp::write_all(client, p).await.is_err() {
+                    return RelayStats {
+                        up: 0,
+                        down: 0,
+                        end: RelayEnd::Error,
+                    };
+                }
+            }
+            let mut stats = relay_tcp(client, &upstream, idle, cancel).await;
+            stats.down += early;
+            stats
+        }
+        io => {
+            let conn = Conn {
+                io,
+                prefix: conn.prefix,
+            };
+            relay(client, conn, idle, cancel).await
+        }
     }
 }
