@@ -198,7 +198,7 @@ pub async fn relay_conn(
 ) -> RelayStats {
     use crate::upstream::conn::{Conn, Io};
     match conn.io {
-        Io::Tcp(upstream) => {
+        Io::Tcp(mut upstream) => {
             // Bytes the upstream sent right behind its handshake reply.
             let early = conn.prefix.as_ref().map_or(0, |p| p.len() as u64);
             if let Some(p) = &conn.prefix {
@@ -210,7 +210,7 @@ pub async fn relay_conn(
                     };
                 }
             }
-            let mut stats = relay_tcp(client, &upstream, idle, cancel).await;
+            let mut stats = relay_tcp(client, &mut upstream, idle, cancel).await;
             stats.down += early;
             stats
         }

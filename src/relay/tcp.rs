@@ -11,7 +11,8 @@ use std::io;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::{RelayEnd, RelayStats, Shared, LARGE, SMALL};
@@ -19,19 +20,21 @@ use super::{RelayEnd, RelayStats, Shared, LARGE, SMALL};
 /// Relays between two TCP streams until both sides close, either errors, the
 /// tunnel is idle for `idle`, or `cancel` resolves.
 pub async fn relay_tcp(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
     idle: Duration,
     cancel: impl std::future::Future<Output = ()>,
 ) -> RelayStats {
     let shared = Shared::new();
     let mut up = 0u64;
     let mut down = 0u64;
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
     let end = {
         let copy = async {
             tokio::try_join!(
-                pump(client, upstream, &shared, &mut up),
-                pump(upstream, client, &shared, &mut down)
+                pump(&mut cr, &mut uw, &shared, &mut up),
+                pump(&mut ur, &mut cw, &shared, &mut down)
             )
         };
         tokio::select! {
@@ -57,40 +60,34 @@ pub async fn write_all(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-async fn read(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        s.readable().await?;
-        match s.try_read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Half-closes `w` once `r` reached EOF, so the peer sees the end too.
+/// Half-closes `w` once the other side reached EOF, so the peer sees it.
 fn finish(w: &TcpStream) {
     let _ = socket2::SockRef::from(w).shutdown(Shutdown::Write);
 }
 
-/// One direction, `r` → `w`.
-async fn pump(r: &TcpStream, w: &TcpStream, shared: &Shared, count: &mut u64) -> io::Result<()> {
-    let mut buf = vec![0u8; SMALL];
+/// One direction, `r` → `w`. The small phase goes through tokio's
+/// `AsyncRead`, which skips the extra EAGAIN read after a short read.
+async fn pump(
+    r: &mut ReadHalf<'_>,
+    w: &mut WriteHalf<'_>,
+    shared: &Shared,
+    count: &mut u64,
+) -> io::Result<()> {
+    let mut buf = [0u8; SMALL];
     loop {
-        let n = read(r, &mut buf).await?;
+        let n = r.read(&mut buf).await?;
         if n == 0 {
-            finish(w);
+            finish(w.as_ref());
             return Ok(());
         }
         *count += n as u64;
         shared.touch();
-        write_all(w, &buf[..n]).await?;
+        w.write_all(&buf[..n]).await?;
         if n == buf.len() {
             break;
         }
     }
-    drop(buf);
-    bulk(r, w, shared, count).await
+    bulk(r.as_ref(), w.as_ref(), shared, count).await
 }
 
 #[cfg(target_os = "linux")]
@@ -112,7 +109,14 @@ async fn bulk(r: &TcpStream, w: &TcpStream, shared: &Shared, count: &mut u64) ->
 async fn copy(r: &TcpStream, w: &TcpStream, shared: &Shared, count: &mut u64) -> io::Result<()> {
     let mut buf = vec![0u8; LARGE];
     loop {
-        let n = read(r, &mut buf).await?;
+        let n = loop {
+            r.readable().await?;
+            match r.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        };
         if n == 0 {
             finish(w);
             return Ok(());
@@ -224,7 +228,6 @@ mod splice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {
@@ -238,12 +241,12 @@ mod tests {
     /// through the splice path; every byte arrives in order and is counted.
     #[tokio::test]
     async fn bulk_both_ways_with_counts_and_half_close() {
-        let (mut client, client_srv) = pair().await;
-        let (upstream_cli, mut origin) = pair().await;
+        let (mut client, mut client_srv) = pair().await;
+        let (mut upstream_cli, mut origin) = pair().await;
         let relay = tokio::spawn(async move {
             relay_tcp(
-                &client_srv,
-                &upstream_cli,
+                &mut client_srv,
+                &mut upstream_cli,
                 Duration::from_secs(10),
                 std::future::pending(),
             )
@@ -279,11 +282,11 @@ mod tests {
 
     #[tokio::test]
     async fn idle_tunnel_times_out() {
-        let (_client, client_srv) = pair().await;
-        let (upstream_cli, _origin) = pair().await;
+        let (_client, mut client_srv) = pair().await;
+        let (mut upstream_cli, _origin) = pair().await;
         let stats = relay_tcp(
-            &client_srv,
-            &upstream_cli,
+            &mut client_srv,
+            &mut upstream_cli,
             Duration::from_millis(200),
             std::future::pending(),
         )
