@@ -180,9 +180,15 @@ async fn main() {
         let mut held = Vec::with_capacity(a.hold);
         let mut failed = 0usize;
         for _ in 0..a.hold {
-            match tunnel(&a).await {
-                Ok(s) => held.push(s),
-                Err(_) => failed += 1,
+            // Bounded: a proxy out of descriptors leaves us in its backlog.
+            match tokio::time::timeout(Duration::from_secs(5), tunnel(&a)).await {
+                Ok(Ok(s)) => held.push(s),
+                _ => {
+                    failed += 1;
+                    if failed >= 3 {
+                        break;
+                    }
+                }
             }
         }
         println!("held {} tunnels ({failed} failed)", held.len());

@@ -188,13 +188,13 @@ impl Forwarder {
         let mut tries = 0;
         loop {
             tries += 1;
-            // Reuse an idle connection on the route a new one would take.
-            let reused = router
-                .preferred_route(target, crate::pool::Traffic::Plain)
-                .and_then(|route| {
-                    let key = Self::key_for(&route, target);
-                    self.checkout(&key).map(|tx| (tx, key, route))
-                });
+            // Reuse an idle connection on a route the plan allows (most
+            // preferred first); only a miss on all of them opens a new one.
+            let plan = router.plain_plan(target);
+            let reused = plan.routes().into_iter().find_map(|route| {
+                let key = Self::key_for(&route, target);
+                self.checkout(&key).map(|tx| (tx, key, route))
+            });
             let (mut tx, key, route, absolute, auth, was_reused) = match reused {
                 Some((tx, key, route)) => {
                     let auth = match &route {
@@ -209,7 +209,7 @@ impl Forwarder {
                     (tx, key, route, absolute, auth, true)
                 }
                 None => {
-                    let (hc, route) = router.http_conn(target).await?;
+                    let (hc, route) = router.http_conn(plan, target).await?;
                     let key = Self::key_for(&route, target);
                     let (tx, conn) = hyper::client::conn::http1::Builder::new()
                         .handshake::<_, OutBody>(TokioIo::new(hc.conn))

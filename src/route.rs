@@ -62,6 +62,20 @@ enum Decision {
     Pool(Vec<Arc<Member>>),
 }
 
+/// A routing decision for one plain-HTTP request (see [`Router::plain_plan`]).
+pub struct PlainPlan(Decision);
+
+impl PlainPlan {
+    /// Routes an idle connection may be reused on, most preferred first.
+    pub fn routes(&self) -> Vec<Route> {
+        match &self.0 {
+            Decision::Fail(_) => Vec::new(),
+            Decision::Direct(r) => vec![r.clone()],
+            Decision::Pool(c) => c.iter().cloned().map(Route::Upstream).collect(),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Op {
     Tunnel,
@@ -127,14 +141,12 @@ impl Router {
         }
     }
 
-    /// The route a new connection would most likely take (for reusing an
-    /// idle connection before opening one).
-    pub fn preferred_route(&self, target: &Target, traffic: Traffic) -> Option<Route> {
-        match self.decide(target, traffic) {
-            Decision::Fail(_) => None,
-            Decision::Direct(r) => Some(r),
-            Decision::Pool(c) => c.into_iter().next().map(Route::Upstream),
-        }
+    /// Decides how plain-HTTP traffic to `target` goes: one decision per
+    /// request, used both to look for an idle connection (in plan order) and,
+    /// on a miss, to open one with the same plan, so reuse and round-robin
+    /// agree on the upstream.
+    pub fn plain_plan(&self, target: &Target) -> PlainPlan {
+        PlainPlan(self.decide(target, Traffic::Plain))
     }
 
     /// Opens a tunnel to `target`.
@@ -165,9 +177,13 @@ impl Router {
         spec.connect_tunnel(target, &self.ctx, obs).await
     }
 
-    /// Opens a connection for plain-HTTP forwarding to `target`.
-    pub async fn http_conn(&self, target: &Target) -> Result<(HttpConn, Route), ConnectError> {
-        match self.decide(target, Traffic::Plain) {
+    /// Opens a connection for plain-HTTP forwarding, following `plan`.
+    pub async fn http_conn(
+        &self,
+        plan: PlainPlan,
+        target: &Target,
+    ) -> Result<(HttpConn, Route), ConnectError> {
+        match plan.0 {
             Decision::Fail(e) => Err(e),
             Decision::Direct(r) => {
                 let c = self

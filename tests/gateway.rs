@@ -325,6 +325,44 @@ fn keep_alive_both_sides_reuses_upstream_connections() {
     assert_eq!(echo.connections(), 1, "upstream connection was not reused");
 }
 
+/// A round-robin pool must still reuse upstream connections: each request
+/// takes an idle connection on any route its plan allows before dialling,
+/// so 8 keep-alive clients × 50 requests open a handful of connections, not
+/// one per request.
+#[test]
+fn pool_round_robin_reuses_upstream_connections() {
+    let echo = EchoServer::start();
+    let pg = start(
+        "http",
+        &["direct", "direct", "direct"],
+        "[pool]\nstrategy = \"round_robin\"\n",
+    );
+    let u = format!("{}/r", echo.url());
+    let proxy = proxy_http(&pg);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (p, u) = (proxy.clone(), u.clone());
+            std::thread::spawn(move || {
+                let mut args = vec!["-x".to_string(), p];
+                args.extend(std::iter::repeat_n(u, 50));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                curl(&args)
+            })
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(echo.requests(), 400);
+    // At most one connection per client per upstream, 8 × 3 = 24.
+    assert!(
+        echo.connections() <= 24,
+        "{} upstream connections for 400 requests on 8 client connections",
+        echo.connections()
+    );
+}
+
 #[test]
 fn unreachable_upstream_gets_prompt_502_with_proxy_status() {
     let dead = free_addr(); // nothing listens here

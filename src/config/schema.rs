@@ -410,7 +410,7 @@ impl Default for PoolConfig {
             base_ejection: Dur::secs(10),
             latency_tolerance: Dur::millis(20),
             drain_on_eject: false,
-            idle_per_host: 32,
+            idle_per_host: 256,
             idle_timeout: Dur::secs(60),
         }
     }
