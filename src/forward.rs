@@ -186,11 +186,13 @@ impl Forwarder {
             }
         }
         let mut tries = 0;
+        // Upstream proxies that answered this request with 502/504.
+        let mut gateway_failed: Vec<Arc<crate::pool::Member>> = Vec::new();
         loop {
             tries += 1;
             // Reuse an idle connection on a route the plan allows (most
             // preferred first); only a miss on all of them opens a new one.
-            let plan = router.plain_plan(target);
+            let plan = router.plain_plan(target).excluding(&gateway_failed);
             let reused = plan.routes().into_iter().find_map(|route| {
                 let key = Self::key_for(&route, target);
                 self.checkout(&key).map(|tx| (tx, key, route))
@@ -256,6 +258,38 @@ impl Forwarder {
                         }
                         return Err(ForwardError::Connect(err));
                     }
+                    // 502/504 from an upstream proxy usually means its own
+                    // path to the origin failed: a safe request goes to
+                    // another upstream (Envoy's "gateway-error" retry).
+                    if let Route::Upstream(m) = &route {
+                        let gateway_error = matches!(resp.status().as_u16(), 502 | 504);
+                        if gateway_error && absolute && retry_safe && tries < 3 {
+                            gateway_failed.push(m.clone());
+                            if plan_has_other(router, target, &gateway_failed) {
+                                tracing::debug!(
+                                    upstream = m.name(),
+                                    status = resp.status().as_u16(),
+                                    "gateway error from upstream proxy; retrying on another"
+                                );
+                                metrics::counter!("proxyguard_retries_total").increment(1);
+                                continue;
+                            }
+                        }
+                        if !gateway_error {
+                            // Another upstream served what these could not:
+                            // that is their fault, not the origin's.
+                            for f in gateway_failed.iter().filter(|f| !Arc::ptr_eq(f, m)) {
+                                router.pool.report_failure(
+                                    f,
+                                    &ConnectError::ProxyStatus {
+                                        status: 502,
+                                        reason: "gateway error another upstream did not have"
+                                            .into(),
+                                    },
+                                );
+                            }
+                        }
+                    }
                     self.checkin_later(key, tx);
                     return Ok((resp, route));
                 }
@@ -280,6 +314,11 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// Whether the plan for `target` still holds an upstream not in `tried`.
+fn plan_has_other(router: &Router, target: &Target, tried: &[Arc<crate::pool::Member>]) -> bool {
+    router.plain_plan(target).has_untried(tried)
 }
 
 fn build(

@@ -74,6 +74,30 @@ impl PlainPlan {
             Decision::Pool(c) => c.iter().cloned().map(Route::Upstream).collect(),
         }
     }
+
+    /// Drops the upstreams in `tried` (already answered this request with a
+    /// gateway error) unless that would leave nothing.
+    pub fn excluding(self, tried: &[Arc<Member>]) -> PlainPlan {
+        match self.0 {
+            Decision::Pool(c) if !tried.is_empty() => {
+                let rest: Vec<Arc<Member>> = c
+                    .iter()
+                    .filter(|m| !tried.iter().any(|t| Arc::ptr_eq(t, m)))
+                    .cloned()
+                    .collect();
+                PlainPlan(Decision::Pool(if rest.is_empty() { c } else { rest }))
+            }
+            d => PlainPlan(d),
+        }
+    }
+
+    /// Whether an upstream other than those in `tried` could serve.
+    pub fn has_untried(&self, tried: &[Arc<Member>]) -> bool {
+        match &self.0 {
+            Decision::Pool(c) => c.iter().any(|m| !tried.iter().any(|t| Arc::ptr_eq(t, m))),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -655,3 +655,75 @@ fn scenario6_breaker_transitions_at_configured_times() {
         pg.logs()
     );
 }
+
+/// Scenario 7: an upstream proxy whose own path to the origin is broken
+/// answers plain HTTP with 502. Safe requests go to another upstream, the
+/// client sees only 200s, and the broken proxy is ejected (reason
+/// proxy_error). When the origin itself answers 502, every upstream relays
+/// it: the client gets the origin's answer and nothing is ejected.
+#[test]
+fn scenario7_gateway_error_from_upstream_proxy_retried_elsewhere() {
+    let _serial = serial();
+    let nginx = Nginx::start();
+    let t = tinies(2);
+    let f502 = FakeProxy::start(502, "");
+    let listen = free_addr();
+    let ups = vec![format!("http://{}", f502.addr), t[0].url()];
+    // Active checks off, so only the request path can find the fault.
+    let pg = Proxyguard::start(&pool_config(
+        listen,
+        &ups,
+        "",
+        "[pool]\nstrategy = \"round_robin\"\n[health]\nenabled = false\n",
+    ));
+    let proxy = format!("http://{listen}");
+    let r = hey(&proxy, &format!("{}/small", nginx.url()), 300, 5, &[]);
+    eprintln!(
+        "scenario 7 (upstream 502): ok={} failed={} p99={:.1}ms",
+        r.ok,
+        r.errors + r.other_status,
+        r.p99_ms
+    );
+    assert_eq!(
+        (r.ok, r.errors, r.other_status),
+        (300, 0, 0),
+        "{}\n{}",
+        r.raw,
+        pg.logs()
+    );
+    let logs = pg.json_logs();
+    assert!(
+        logs.iter().any(|l| l["message"] == "upstream ejected"
+            && l["upstream"] == "u0"
+            && l["reason"] == "proxy_error"),
+        "{}",
+        pg.logs()
+    );
+    drop(pg);
+
+    // The origin's own 502 through two healthy proxies.
+    let origin502 = FakeProxy::start(502, "");
+    let listen = free_addr();
+    let pg = Proxyguard::start(&pool_config(
+        listen,
+        &[t[0].url(), t[1].url()],
+        "",
+        "[pool]\nstrategy = \"round_robin\"\n[health]\nenabled = false\n",
+    ));
+    let r = hey(
+        &format!("http://{listen}"),
+        &format!("http://{}/x", origin502.addr),
+        40,
+        2,
+        &[],
+    );
+    assert_eq!((r.ok, r.errors), (0, 0), "{}", r.raw);
+    assert_eq!(r.other_status, 40, "{}", r.raw);
+    assert!(
+        !pg.json_logs()
+            .iter()
+            .any(|l| l["message"] == "upstream ejected"),
+        "an origin's 502 ejected a healthy proxy:\n{}",
+        pg.logs()
+    );
+}
