@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -28,13 +29,14 @@ pub async fn relay_tcp(
     let shared = Shared::new();
     let mut up = 0u64;
     let mut down = 0u64;
+    let ended = AtomicBool::new(false);
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
     let end = {
         let copy = async {
             tokio::try_join!(
-                pump(&mut cr, &mut uw, &shared, &mut up),
-                pump(&mut ur, &mut cw, &shared, &mut down)
+                pump(&mut cr, &mut uw, &shared, &ended, &mut up),
+                pump(&mut ur, &mut cw, &shared, &ended, &mut down)
             )
         };
         tokio::select! {
@@ -60,9 +62,13 @@ pub async fn write_all(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Half-closes `w` once the other side reached EOF, so the peer sees it.
-fn finish(w: &TcpStream) {
-    let _ = socket2::SockRef::from(w).shutdown(Shutdown::Write);
+/// Half-closes `w` once its source reached EOF, so the peer sees the end.
+/// When the other direction has already ended, both sockets are closed
+/// right after anyway (and close sends the FIN): skip the extra syscall.
+fn finish(w: &TcpStream, ended: &AtomicBool) {
+    if !ended.swap(true, Ordering::Relaxed) {
+        let _ = socket2::SockRef::from(w).shutdown(Shutdown::Write);
+    }
 }
 
 /// One direction, `r` → `w`. The small phase goes through tokio's
@@ -71,13 +77,14 @@ async fn pump(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
     shared: &Shared,
+    ended: &AtomicBool,
     count: &mut u64,
 ) -> io::Result<()> {
     let mut buf = [0u8; SMALL];
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
-            finish(w.as_ref());
+            finish(w.as_ref(), ended);
             return Ok(());
         }
         *count += n as u64;
@@ -87,26 +94,44 @@ async fn pump(
             break;
         }
     }
-    bulk(r.as_ref(), w.as_ref(), shared, count).await
+    bulk(r.as_ref(), w.as_ref(), shared, ended, count).await
 }
 
 #[cfg(target_os = "linux")]
-async fn bulk(r: &TcpStream, w: &TcpStream, shared: &Shared, count: &mut u64) -> io::Result<()> {
+async fn bulk(
+    r: &TcpStream,
+    w: &TcpStream,
+    shared: &Shared,
+    ended: &AtomicBool,
+    count: &mut u64,
+) -> io::Result<()> {
     match splice::Pipe::new() {
-        Ok(pipe) => splice::pump(&pipe, r, w, shared, count).await,
+        Ok(pipe) => splice::pump(&pipe, r, w, shared, ended, count).await,
         // Out of descriptors for a pipe: keep going in user space.
-        Err(_) => copy(r, w, shared, count).await,
+        Err(_) => copy(r, w, shared, ended, count).await,
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-async fn bulk(r: &TcpStream, w: &TcpStream, shared: &Shared, count: &mut u64) -> io::Result<()> {
-    copy(r, w, shared, count).await
+async fn bulk(
+    r: &TcpStream,
+    w: &TcpStream,
+    shared: &Shared,
+    ended: &AtomicBool,
+    count: &mut u64,
+) -> io::Result<()> {
+    copy(r, w, shared, ended, count).await
 }
 
 /// User-space copy with a large buffer (the portable bulk path).
 #[cfg_attr(target_os = "linux", allow(dead_code))]
-async fn copy(r: &TcpStream, w: &TcpStream, shared: &Shared, count: &mut u64) -> io::Result<()> {
+async fn copy(
+    r: &TcpStream,
+    w: &TcpStream,
+    shared: &Shared,
+    ended: &AtomicBool,
+    count: &mut u64,
+) -> io::Result<()> {
     let mut buf = vec![0u8; LARGE];
     loop {
         let n = loop {
@@ -118,7 +143,7 @@ async fn copy(r: &TcpStream, w: &TcpStream, shared: &Shared, count: &mut u64) ->
             }
         };
         if n == 0 {
-            finish(w);
+            finish(w, ended);
             return Ok(());
         }
         *count += n as u64;
@@ -190,6 +215,7 @@ mod splice {
         r: &TcpStream,
         w: &TcpStream,
         shared: &Shared,
+        ended: &AtomicBool,
         count: &mut u64,
     ) -> io::Result<()> {
         loop {
@@ -204,7 +230,7 @@ mod splice {
                 }
             };
             if n == 0 {
-                finish(w);
+                finish(w, ended);
                 return Ok(());
             }
             *count += n as u64;
