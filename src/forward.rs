@@ -193,7 +193,8 @@ impl Forwarder {
             // Reuse an idle connection on a route the plan allows (most
             // preferred first); only a miss on all of them opens a new one.
             let plan = router.plain_plan(target).excluding(&gateway_failed);
-            let reused = plan.routes().into_iter().find_map(|route| {
+            let routes = plan.routes();
+            let reused = routes.iter().cloned().find_map(|route| {
                 let key = Self::key_for(&route, target);
                 self.checkout(&key).map(|tx| (tx, key, route))
             });
@@ -265,7 +266,13 @@ impl Forwarder {
                         let gateway_error = matches!(resp.status().as_u16(), 502 | 504);
                         if gateway_error && absolute && retry_safe && tries < 3 {
                             gateway_failed.push(m.clone());
-                            if plan_has_other(router, target, &gateway_failed) {
+                            let untried = routes.iter().any(|r| match r {
+                                Route::Upstream(x) => {
+                                    !gateway_failed.iter().any(|t| Arc::ptr_eq(t, x))
+                                }
+                                _ => false,
+                            });
+                            if untried {
                                 tracing::debug!(
                                     upstream = m.name(),
                                     status = resp.status().as_u16(),
@@ -314,11 +321,6 @@ impl Forwarder {
             }
         }
     }
-}
-
-/// Whether the plan for `target` still holds an upstream not in `tried`.
-fn plan_has_other(router: &Router, target: &Target, tried: &[Arc<crate::pool::Member>]) -> bool {
-    router.plain_plan(target).has_untried(tried)
 }
 
 fn build(

@@ -90,14 +90,6 @@ impl PlainPlan {
             d => PlainPlan(d),
         }
     }
-
-    /// Whether an upstream other than those in `tried` could serve.
-    pub fn has_untried(&self, tried: &[Arc<Member>]) -> bool {
-        match &self.0 {
-            Decision::Pool(c) => c.iter().any(|m| !tried.iter().any(|t| Arc::ptr_eq(t, m))),
-            _ => false,
-        }
-    }
 }
 
 #[derive(Clone, Copy)]

