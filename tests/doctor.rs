@@ -499,7 +499,8 @@ fn dns_and_unreachable_causes_in_an_isolated_namespace() {
         &ns.doctor(&["http://no-such-target.invalid/"]),
         "target_dns_failure",
     );
-    // Only `lo` exists in the namespace: any other address has no route.
+    // Only `lo` exists in this test's own namespace: any other address has
+    // no route, so connect fails with ENETUNREACH and no packet is sent.
     expect(
         &ns.doctor(&[
             "--proxy",

@@ -668,16 +668,17 @@ fn scenario7_gateway_error_from_upstream_proxy_retried_elsewhere() {
     let _serial = serial();
     let nginx = Nginx::start();
     let t = tinies(2);
+    // Round robin; active checks off, so only the request path can find faults.
+    let start = |ups: &[String]| {
+        let listen = free_addr();
+        let cfg = "[pool]\nstrategy = \"round_robin\"\n[health]\nenabled = false\n";
+        (
+            listen,
+            Proxyguard::start(&pool_config(listen, ups, "", cfg)),
+        )
+    };
     let f502 = FakeProxy::start(502, "");
-    let listen = free_addr();
-    let ups = vec![format!("http://{}", f502.addr), t[0].url()];
-    // Active checks off, so only the request path can find the fault.
-    let pg = Proxyguard::start(&pool_config(
-        listen,
-        &ups,
-        "",
-        "[pool]\nstrategy = \"round_robin\"\n[health]\nenabled = false\n",
-    ));
+    let (listen, pg) = start(&[format!("http://{}", f502.addr), t[0].url()]);
     let proxy = format!("http://{listen}");
     let r = hey(&proxy, &format!("{}/small", nginx.url()), 300, 5, &[]);
     eprintln!(
@@ -705,13 +706,7 @@ fn scenario7_gateway_error_from_upstream_proxy_retried_elsewhere() {
 
     // The origin's own 502 through two healthy proxies.
     let origin502 = FakeProxy::start(502, "");
-    let listen = free_addr();
-    let pg = Proxyguard::start(&pool_config(
-        listen,
-        &[t[0].url(), t[1].url()],
-        "",
-        "[pool]\nstrategy = \"round_robin\"\n[health]\nenabled = false\n",
-    ));
+    let (listen, pg) = start(&[t[0].url(), t[1].url()]);
     let r = hey(
         &format!("http://{listen}"),
         &format!("http://{}/x", origin502.addr),

@@ -202,7 +202,10 @@ pub async fn relay_conn(
             // Bytes the upstream sent right behind its handshake reply.
             let early = conn.prefix.as_ref().map_or(0, |p| p.len() as u64);
             if let Some(p) = &conn.prefix {
-                if tcp::write_all(client, p).await.is_err() {
+                if tokio::io::AsyncWriteExt::write_all(client, p)
+                    .await
+                    .is_err()
+                {
                     return RelayStats {
                         up: 0,
                         down: 0,

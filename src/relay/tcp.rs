@@ -12,7 +12,7 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -48,20 +48,6 @@ pub async fn relay_tcp(
     RelayStats { up, down, end }
 }
 
-/// Writes all of `buf` to `s`.
-pub async fn write_all(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        s.writable().await?;
-        match s.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Half-closes `w` once its source reached EOF, so the peer sees the end.
 /// When the other direction has already ended, both sockets are closed
 /// right after anyway (and close sends the FIN): skip the extra syscall.
@@ -71,8 +57,10 @@ fn finish(w: &TcpStream, ended: &AtomicBool) {
     }
 }
 
-/// One direction, `r` → `w`. The small phase goes through tokio's
-/// `AsyncRead`, which skips the extra EAGAIN read after a short read.
+/// One direction, `r` → `w`: a 1 KiB buffer while traffic is small; once a
+/// read fills it, splice(2) on Linux, else (or without a spare pipe) a
+/// 256 KiB buffer. Reads go through tokio's `AsyncRead`, which skips the
+/// extra EAGAIN read after a short read.
 async fn pump(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
@@ -80,75 +68,43 @@ async fn pump(
     ended: &AtomicBool,
     count: &mut u64,
 ) -> io::Result<()> {
-    let mut buf = [0u8; SMALL];
+    let mut small = [0u8; SMALL];
+    if copy(r, w, &mut small, true, shared, ended, count).await? {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    if let Ok(pipe) = splice::Pipe::new() {
+        return splice::pump(&pipe, r.as_ref(), w.as_ref(), shared, ended, count).await;
+    }
+    let mut large = vec![0u8; LARGE];
+    copy(r, w, &mut large, false, shared, ended, count)
+        .await
+        .map(drop)
+}
+
+/// Copies through `buf` until EOF (`Ok(true)`) or, with `until_full`, until
+/// a read fills `buf` (`Ok(false)`: time for the bulk path).
+async fn copy(
+    r: &mut ReadHalf<'_>,
+    w: &mut WriteHalf<'_>,
+    buf: &mut [u8],
+    until_full: bool,
+    shared: &Shared,
+    ended: &AtomicBool,
+    count: &mut u64,
+) -> io::Result<bool> {
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = r.read(buf).await?;
         if n == 0 {
             finish(w.as_ref(), ended);
-            return Ok(());
+            return Ok(true);
         }
         *count += n as u64;
         shared.touch();
         w.write_all(&buf[..n]).await?;
-        if n == buf.len() {
-            break;
+        if until_full && n == buf.len() {
+            return Ok(false);
         }
-    }
-    bulk(r.as_ref(), w.as_ref(), shared, ended, count).await
-}
-
-#[cfg(target_os = "linux")]
-async fn bulk(
-    r: &TcpStream,
-    w: &TcpStream,
-    shared: &Shared,
-    ended: &AtomicBool,
-    count: &mut u64,
-) -> io::Result<()> {
-    match splice::Pipe::new() {
-        Ok(pipe) => splice::pump(&pipe, r, w, shared, ended, count).await,
-        // Out of descriptors for a pipe: keep going in user space.
-        Err(_) => copy(r, w, shared, ended, count).await,
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-async fn bulk(
-    r: &TcpStream,
-    w: &TcpStream,
-    shared: &Shared,
-    ended: &AtomicBool,
-    count: &mut u64,
-) -> io::Result<()> {
-    copy(r, w, shared, ended, count).await
-}
-
-/// User-space copy with a large buffer (the portable bulk path).
-#[cfg_attr(target_os = "linux", allow(dead_code))]
-async fn copy(
-    r: &TcpStream,
-    w: &TcpStream,
-    shared: &Shared,
-    ended: &AtomicBool,
-    count: &mut u64,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; LARGE];
-    loop {
-        let n = loop {
-            r.readable().await?;
-            match r.try_read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        };
-        if n == 0 {
-            finish(w, ended);
-            return Ok(());
-        }
-        *count += n as u64;
-        shared.touch();
-        write_all(w, &buf[..n]).await?;
     }
 }
 
@@ -156,6 +112,7 @@ async fn copy(
 mod splice {
     use super::*;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use tokio::io::Interest;
 
     /// How much one splice moves at most; the pipe is sized to match.
     const CHUNK: usize = 256 * 1024;
@@ -219,16 +176,14 @@ mod splice {
         count: &mut u64,
     ) -> io::Result<()> {
         loop {
-            let n = loop {
-                r.readable().await?;
-                match r.try_io(Interest::READABLE, || {
-                    splice(r.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK)
-                }) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-            };
+            let n = when_ready(
+                r,
+                Interest::READABLE,
+                r.as_raw_fd(),
+                pipe.w.as_raw_fd(),
+                CHUNK,
+            )
+            .await?;
             if n == 0 {
                 finish(w, ended);
                 return Ok(());
@@ -237,15 +192,36 @@ mod splice {
             shared.touch();
             let mut left = n;
             while left > 0 {
-                w.writable().await?;
-                match w.try_io(Interest::WRITABLE, || {
-                    splice(pipe.r.as_raw_fd(), w.as_raw_fd(), left)
-                }) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(m) => left -= m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                match when_ready(
+                    w,
+                    Interest::WRITABLE,
+                    pipe.r.as_raw_fd(),
+                    w.as_raw_fd(),
+                    left,
+                )
+                .await?
+                {
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    m => left -= m,
                 }
+            }
+        }
+    }
+
+    /// Splices `from` → `to` once `s` is ready for `interest`, retrying
+    /// after a spurious wake-up (EAGAIN clears tokio's readiness).
+    async fn when_ready(
+        s: &TcpStream,
+        interest: Interest,
+        from: RawFd,
+        to: RawFd,
+        len: usize,
+    ) -> io::Result<usize> {
+        loop {
+            s.ready(interest).await?;
+            match s.try_io(interest, || splice(from, to, len)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return r,
             }
         }
     }
