@@ -1,6 +1,7 @@
 //! Configuration: the file schema, loading and validation, and the proxy
 //! environment with Go's semantics.
 
+pub mod adaptive;
 pub mod duration;
 pub mod env;
 pub mod load;

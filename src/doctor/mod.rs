@@ -353,6 +353,7 @@ async fn walk(
             connect: t,
             handshake: t,
             tls: t,
+            ..Timeouts::default()
         },
     );
     let via = proxy
@@ -931,7 +932,7 @@ fn handshake_summary(e: &ConnectError, head: &http_connect::ReplyHead) -> String
             format!("The proxy {what} (407, Proxy-Authenticate: {}).{windows}", head.header("proxy-authenticate").unwrap_or(scheme))
         }
         ConnectError::ProxyForbidden { .. } => "The proxy refused the CONNECT by policy (403): its ACL does not allow this destination or port.".into(),
-        ConnectError::ProxyStatus { status, reason } => format!("The proxy answered {status} {reason}: it could not reach the target."),
+        ConnectError::ProxyStatus { status, reason } | ConnectError::TargetFailed { status, reason, .. } => format!("The proxy answered {status} {reason}: it could not reach the target."),
         other => format!("The proxy handshake failed: {other}."),
     }
 }

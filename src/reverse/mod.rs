@@ -385,7 +385,12 @@ impl ReverseRoute {
             }
         }
         let cache_key = format!("{} {}", parts.method, parts.uri);
-        let retry_5xx = idempotent || buffered.is_some();
+        // A retry re-sends only a body held in full: a streamed body is gone
+        // once sent, and an empty replay would run a different request.
+        // A 5xx is retried only for idempotent methods (the backend may have
+        // acted on a POST before answering 502).
+        let retry_5xx = idempotent && buffered.is_some();
+        let cacheable_request = cache::request_may_use_cache(&parts.headers);
         let order = self.order();
         let mut last_err: Option<String> = None;
         let mut attempts = 0;
@@ -480,7 +485,12 @@ impl ReverseRoute {
             strip_hop_by_hop(&mut rp.headers);
             // Remember good GETs for the fallback.
             if let Some(fb) = &self.cfg.fallback {
-                if fb.cache_get.is_some() && parts.method == Method::GET && status == 200 {
+                if fb.cache_get.is_some()
+                    && parts.method == Method::GET
+                    && status == 200
+                    && cacheable_request
+                    && cache::response_may_be_stored(&rp.headers)
+                {
                     let small = rb
                         .size_hint()
                         .exact()
@@ -505,17 +515,19 @@ impl ReverseRoute {
         }
         self.fallback(
             &parts.method,
-            &cache_key,
+            cacheable_request.then_some(cache_key.as_str()),
             last_err.unwrap_or_else(|| "no backend available".into()),
             peer,
             started,
         )
     }
 
+    /// `key` is None when the request may not be answered from the cache
+    /// (it carries credentials).
     fn fallback(
         &self,
         method: &Method,
-        key: &str,
+        key: Option<&str>,
         why: String,
         peer: SocketAddr,
         started: Instant,
@@ -526,7 +538,7 @@ impl ReverseRoute {
             why.replace(['"', '\\'], "'")
         );
         if let Some(fb) = &self.cfg.fallback {
-            if let (Some(age), true) = (fb.cache_get, *method == Method::GET) {
+            if let (Some(age), true, Some(key)) = (fb.cache_get, *method == Method::GET, key) {
                 if let Some((status, headers, body, stored)) = self.cache.get(key, age.0) {
                     let mut r = Response::new(Either::Right(Full::new(body)));
                     *r.status_mut() = status;
