@@ -7,7 +7,8 @@
 //! - [`IdleBody`] cuts a response body that stalls for longer than
 //!   `body_idle`: it ends in an error, so the client sees a truncated
 //!   response (hyper closes the connection without the final chunk), never a
-//!   complete-looking one.
+//!   complete-looking one. A stall or a body the upstream breaks off is
+//!   reported once through `on_fault` (the upstream's fault).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,11 +68,21 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ClientBody<B> {
 #[error("upstream sent no body data for {0:?}: response cut")]
 pub struct BodyStalled(pub Duration);
 
+/// Called once when the upstream stalls or breaks off the body.
+pub type OnFault = Box<dyn FnOnce(BodyFault) + Send>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    Stalled(Duration),
+    Broken,
+}
+
 /// A response body with an idle deadline between frames.
 pub struct IdleBody<B> {
     inner: B,
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
+    on_fault: Option<OnFault>,
 }
 
 impl<B> IdleBody<B> {
@@ -81,6 +92,18 @@ impl<B> IdleBody<B> {
             inner,
             idle,
             timer: None,
+            on_fault: None,
+        }
+    }
+
+    pub fn on_fault(mut self, f: OnFault) -> Self {
+        self.on_fault = Some(f);
+        self
+    }
+
+    fn fault(&mut self, f: BodyFault) {
+        if let Some(cb) = self.on_fault.take() {
+            cb(f);
         }
     }
 }
@@ -101,6 +124,9 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
                 this.timer = None;
+                if let Some(Err(_)) = &r {
+                    this.fault(BodyFault::Broken);
+                }
                 Poll::Ready(r.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -113,6 +139,7 @@ where
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.timer = None;
+                        this.fault(BodyFault::Stalled(idle));
                         Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))))
                     }
                     Poll::Pending => Poll::Pending,
@@ -143,7 +170,10 @@ mod tests {
     async fn stalled_body_is_cut_with_an_error() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
         let stream = tokio_stream_from(rx);
-        let mut body = IdleBody::new(StreamBody::new(stream), Some(Duration::from_secs(1)));
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let s2 = seen.clone();
+        let mut body = IdleBody::new(StreamBody::new(stream), Some(Duration::from_secs(1)))
+            .on_fault(Box::new(move |f| *s2.lock().unwrap() = Some(f)));
         tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
             .await
             .unwrap();
@@ -152,6 +182,10 @@ mod tests {
         // Nothing more arrives: after 1 s the body fails instead of ending.
         let r = body.frame().await.unwrap();
         assert!(r.is_err());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(BodyFault::Stalled(Duration::from_secs(1)))
+        );
         drop(tx);
     }
 

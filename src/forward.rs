@@ -138,6 +138,23 @@ fn proxy_gateway_error(resp: &Response<Incoming>) -> bool {
     }
 }
 
+/// A response body that stalls or breaks off mid-way: the client gets a
+/// truncated response (nothing can be retried once bytes were sent). It is
+/// logged and counted but blamed on nobody: through a proxy it cannot be
+/// told apart from an origin that stalls or dies mid-body, and a client
+/// looping on such an origin must not eject healthy upstreams. A proxy that
+/// stops answering altogether is found by its health check.
+fn note_body_fault(m: Arc<Member>) -> crate::body::OnFault {
+    Box::new(move |f| {
+        let kind = match f {
+            crate::body::BodyFault::Stalled(_) => "stalled",
+            crate::body::BodyFault::Broken => "broken",
+        };
+        metrics::counter!("proxyguard_responses_cut_total", "upstream" => m.name().to_string(), "kind" => kind).increment(1);
+        tracing::warn!(upstream = m.name(), kind, "response body cut short");
+    })
+}
+
 fn key_for(route: &Route, target: &Target) -> PoolKey {
     match route {
         Route::Upstream(m) if matches!(m.spec().scheme, Scheme::Http | Scheme::Https) => {
@@ -217,8 +234,8 @@ impl Forwarder {
         g.push_back(d);
     }
 
-    /// `hedge_after` now: configured, or 1.5 × p95 of recent response-head
-    /// latency clamped to [50 ms, 5 s] (1 s until there are samples).
+    /// `hedge_after` now: configured, or 2 × p95 of recent response-head
+    /// latency clamped to [50 ms, 5 s] (500 ms until there are samples).
     fn hedge_after(&self, router: &Router) -> Option<Duration> {
         router.pool.settings().hedge_after.resolve(|| {
             let samples = self
@@ -229,12 +246,11 @@ impl Forwarder {
             from_samples(
                 samples,
                 0.95,
-                1,
+                2,
                 Duration::from_millis(50),
                 Duration::from_secs(5),
-                Duration::from_secs(1),
+                Duration::from_millis(500),
             )
-            .mul_f64(1.5)
         })
     }
 
@@ -298,7 +314,11 @@ impl Forwarder {
             )? {
                 Some((resp, route)) => {
                     let (p, b) = resp.into_parts();
-                    return Ok((Response::from_parts(p, IdleBody::new(b, body_idle)), route));
+                    let mut b = IdleBody::new(b, body_idle);
+                    if let Some(m) = member(&route) {
+                        b = b.on_fault(note_body_fault(m.clone()));
+                    }
+                    return Ok((Response::from_parts(p, b), route));
                 }
                 None => continue,
             }

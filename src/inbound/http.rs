@@ -89,7 +89,7 @@ pub fn error_response(err: &ConnectError, upstream: Option<&str>) -> Response<Re
         err.proxy_status_error(),
         quote(&err.to_string())
     );
-    if let Some(u) = upstream {
+    if let Some(u) = upstream.or(err.next_hop()) {
         ps.push_str(&format!("; next-hop={}", quote(u)));
     }
     if let Ok(v) = HeaderValue::from_str(&ps) {

@@ -171,6 +171,10 @@ where
         tracing::debug!(upstream = m.name(), error = %e, "upstream attempt failed");
         self.any_failed = true;
         if e.needs_second_opinion() {
+            let mut e = e;
+            if let ConnectError::TargetFailed { next_hop, .. } = &mut e {
+                *next_hop = Some(m.name().to_string());
+            }
             m.health.release_trial();
             self.suspects.push((m, e.clone()));
             self.last = Some(e);
@@ -369,6 +373,7 @@ mod tests {
                         status: 500,
                         reason: "Unable to connect".into(),
                         kind: TargetFault::Refused,
+                        next_hop: None,
                     }),
                 }
             }

@@ -151,6 +151,8 @@ pub enum ConnectError {
         status: u16,
         reason: String,
         kind: TargetFault,
+        /// The upstream that reported it (set by the attempt engine).
+        next_hop: Option<String>,
     },
     #[error("SOCKS5 proxy replied {code:#04x} ({})", socks_reply_text(*code))]
     SocksReply { code: u8 },
@@ -345,6 +347,14 @@ impl ConnectError {
             },
             ConnectError::NoRoute(_) => 0x03,
             _ => 0x01,
+        }
+    }
+
+    /// The upstream a target failure was reported through, if known.
+    pub fn next_hop(&self) -> Option<&str> {
+        match self {
+            ConnectError::TargetFailed { next_hop, .. } => next_hop.as_deref(),
+            _ => None,
         }
     }
 

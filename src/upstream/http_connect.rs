@@ -202,6 +202,7 @@ pub fn check_reply(head: &ReplyHead, had_credentials: bool) -> Result<(), Connec
                 None => head.reason.clone(),
             },
             kind: super::error::TargetFault::from_reply(status, head.header("x-squid-error")),
+            next_hop: None,
         }),
         status => Err(ConnectError::ProxyStatus {
             status,
