@@ -2,6 +2,7 @@
 //! `serve` uses, time every phase, and name the root cause and the fix.
 
 pub mod cause;
+pub mod cli;
 pub mod report;
 pub mod tlsinfo;
 
