@@ -34,6 +34,9 @@ pub struct DoctorArgs {
     /// Extra CA certificates (PEM) to trust for the target's TLS.
     #[arg(long)]
     pub cacert: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for an https:// proxy's own TLS.
+    #[arg(long)]
+    pub proxy_cacert: Option<PathBuf>,
     /// Print one JSON object (schema in docs/doctor.md).
     #[arg(long)]
     pub json: bool,
@@ -74,6 +77,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         compare_direct: args.compare_direct,
         timeout: args.timeout,
         ca_file: args.cacert.clone(),
+        proxy_ca_file: args.proxy_cacert.clone(),
         env: ProxyEnv::from_process_env(),
         windows: super::windows_settings(),
     };
