@@ -1690,3 +1690,4 @@ impl Drop for HttpSink {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+pub mod doctor_peers;
