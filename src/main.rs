@@ -35,31 +35,7 @@ enum Cmd {
         log_format: LogFormat,
     },
     /// Walk the real proxy path to URL, time every phase, name the root cause and the fix.
-    Doctor {
-        /// The URL to fetch. Without it (and with --config): check every upstream against [health] url.
-        url: Option<String>,
-        /// Proxy to test (http://, https://, socks5://, socks5h://, direct).
-        #[arg(long, conflicts_with = "config")]
-        proxy: Option<String>,
-        /// Use the proxy choice of this proxyguard config instead of the environment.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Also resolve the target with this DNS server (IP[:port]) and compare.
-        #[arg(long)]
-        dns: Option<String>,
-        /// Repeat the walk without the proxy and show both.
-        #[arg(long)]
-        compare_direct: bool,
-        /// Deadline for each phase.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-        /// Extra CA certificates (PEM) to trust for the target's TLS.
-        #[arg(long)]
-        cacert: Option<PathBuf>,
-        /// Print one JSON object (schema in docs/doctor.md).
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(Box<proxyguard::doctor::cli::DoctorArgs>),
     /// Show the live state of a running gateway (reads its admin API). Exit 1 when nothing can serve.
     Status {
         /// Admin API base URL.
@@ -132,25 +108,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Doctor {
-            url,
-            proxy,
-            config,
-            dns,
-            compare_direct,
-            timeout,
-            cacert,
-            json,
-        } => doctor(
-            url,
-            proxy,
-            config,
-            dns,
-            compare_direct,
-            timeout,
-            cacert,
-            json,
-        ),
+        Cmd::Doctor(args) => proxyguard::doctor::cli::run(*args),
         Cmd::Status {
             admin,
             config,
@@ -177,145 +135,6 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn doctor(
-    url: Option<String>,
-    proxy: Option<String>,
-    config: Option<PathBuf>,
-    dns: Option<String>,
-    compare_direct: bool,
-    timeout: std::time::Duration,
-    cacert: Option<PathBuf>,
-    json: bool,
-) -> ExitCode {
-    use proxyguard::doctor::{self, report};
-    let cfg = match config.as_ref().map(|p| Config::from_file(p)) {
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => {
-            eprintln!("proxyguard doctor: configuration error: {e}");
-            return ExitCode::from(2);
-        }
-        None => None,
-    };
-    let dns = match dns.as_deref().map(|d| {
-        d.parse::<SocketAddr>().or_else(|_| {
-            d.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 53))
-        })
-    }) {
-        Some(Ok(a)) => Some(a),
-        Some(Err(_)) => {
-            eprintln!("proxyguard doctor: --dns expects IP or IP:port");
-            return ExitCode::from(2);
-        }
-        None => None,
-    };
-    let base = doctor::Options {
-        url: url.clone().unwrap_or_default(),
-        proxy,
-        upstream: None,
-        config: cfg.clone(),
-        dns,
-        compare_direct,
-        timeout,
-        ca_file: cacert,
-        env: ProxyEnv::from_process_env(),
-        windows: doctor::windows_settings(),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("proxyguard doctor: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let colour = !json && report::use_colour();
-    if url.is_none() {
-        // Every configured upstream against the check URL.
-        let Some(cfg) = cfg else {
-            eprintln!("proxyguard doctor: give a URL, or --config FILE to check every upstream");
-            return ExitCode::from(2);
-        };
-        let Some(check) = cfg.file.health.url.clone() else {
-            eprintln!("proxyguard doctor: --config without URL needs [health] url in the config");
-            return ExitCode::from(2);
-        };
-        let mut all_ok = true;
-        let mut rows = Vec::new();
-        for u in &cfg.upstreams {
-            let mut o = base.clone();
-            o.url = check.clone();
-            o.upstream = Some(u.spec.clone());
-            match rt.block_on(doctor::run(&o)) {
-                Ok(r) => {
-                    all_ok &= r.ok;
-                    rows.push((u.spec.name.clone(), r));
-                }
-                Err(e) => {
-                    eprintln!("proxyguard doctor: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        if json {
-            let v: Vec<_> = rows
-                .iter()
-                .map(|(n, r)| serde_json::json!({"upstream": n, "report": r}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        } else {
-            println!("{:<16} {:<40} cause", "upstream", "phases");
-            for (n, r) in &rows {
-                let phases: Vec<String> = r
-                    .steps
-                    .iter()
-                    .skip(1)
-                    .map(|s| {
-                        format!(
-                            "{}{}{:.0}ms",
-                            s.name,
-                            if s.ok { "✓" } else { "✗" },
-                            s.duration_ms
-                        )
-                    })
-                    .collect();
-                println!(
-                    "{:<16} {:<40} {}",
-                    n,
-                    phases.join(" "),
-                    r.cause.unwrap_or("ok")
-                );
-            }
-        }
-        return if all_ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        };
-    }
-    match rt.block_on(doctor::run(&base)) {
-        Ok(r) => {
-            if json {
-                println!("{}", report::json(&r));
-            } else {
-                print!("{}", report::human(&r, colour));
-            }
-            if r.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("proxyguard doctor: {e}");
-            ExitCode::from(2)
-        }
     }
 }
 

@@ -1711,3 +1711,4 @@ impl Drop for HttpSink {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+pub mod doctor_peers;

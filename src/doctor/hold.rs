@@ -1,0 +1,1 @@
+//! `--hold DURATION`: idle-cut detection (placeholder filled below).

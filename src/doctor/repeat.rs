@@ -1,0 +1,1 @@
+//! `--repeat N`: walk the path N times (placeholder filled below).
