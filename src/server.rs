@@ -97,6 +97,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
                     token: cfg.admin_token.clone(),
                     config_path: path,
                     reloader,
+                    routes: routes.clone(),
                 });
                 tracing::info!(addr = %local, "admin API: /, /status, /metrics, /healthz");
                 tasks.push(tokio::spawn(crate::admin::serve(
