@@ -197,6 +197,16 @@ fn half_dead_first_upstream_never_reaches_clients() {
         let r = curl(&["-s", "-m", "20", "-x", &gw.proxy(), &small]);
         assert_eq!(r.status, 200, "{r:?}");
     }
+    // Side by side: the same Go client pointed straight at the half-dead
+    // proxy (what the app sees without proxyguard).
+    let direct = hey(&dead.url("http"), &small, 10, 5, &["-t", "2"]);
+    cell(
+        "plain GET keep-alive",
+        "half-dead, Go client straight to it",
+        &direct,
+        "side by side",
+    );
+    assert_eq!(direct.ok, 0, "{}", direct.raw);
     // The healthy ones were never blamed.
     for u in ["u1", "u2"] {
         assert_eq!(gw.upstream(u)["state"], "healthy", "{}", gw.status());
@@ -425,4 +435,86 @@ fn twenty_reloads_under_load_lose_nothing_and_apply_priorities() {
         after.1 - before.1 >= 10 && after.0 == before.0,
         "priority swap not applied: {before:?} -> {after:?}"
     );
+}
+
+/// A reverse route over two echo backends (`/status/502` answers 502).
+fn reverse_route(listen: SocketAddr, a: &EchoServer, b: &EchoServer, extra: &str) -> Proxyguard {
+    let cfg = format!(
+        "[[listen]]\naddr = \"{}\"\n\n[health]\nenabled = false\n\n[[route]]\nlisten = \"{listen}\"\nretry_body_limit = 1024\n{extra}\n\
+         [[route.backend]]\nurl = \"{}\"\n\n[[route.backend]]\nurl = \"{}\"\n",
+        free_addr(),
+        a.url(),
+        b.url()
+    );
+    let mut pg = Proxyguard::start(&cfg);
+    pg.wait_listening(listen);
+    pg
+}
+
+#[test]
+fn reverse_never_replays_a_body_it_no_longer_holds() {
+    let _g = serial();
+    let (a, b) = (EchoServer::start(), EchoServer::start());
+    let listen = free_addr();
+    let _pg = reverse_route(listen, &a, &b, "");
+    let url = format!("http://{listen}/status/502");
+    // A streamed (chunked, unknown length) PUT: sent once, the 502 answered.
+    let big = "x".repeat(64 * 1024);
+    let r = curl(&[
+        "-s",
+        "-X",
+        "PUT",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &big,
+        &url,
+    ]);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        a.requests() + b.requests(),
+        1,
+        "a streamed PUT must not be replayed (empty) on the other backend"
+    );
+    // A small PUT is held in full: retried on the other backend with its body.
+    let r = curl(&["-s", "-X", "PUT", "--data-binary", "small-body", &url]);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(a.requests() + b.requests(), 3, "held PUT retried once");
+    for s in [&a, &b] {
+        let last = s.last_request().unwrap_or_default();
+        assert!(
+            last.contains("body-length: 10") || last.contains("body-length: 65536"),
+            "a backend saw a replay without the body: {last}"
+        );
+    }
+    println!("MATRIX|reverse chunked PUT|backend 502|1|1 (502 passed on)|-|not replayed");
+}
+
+#[test]
+fn reverse_fallback_cache_never_shares_a_private_answer() {
+    let _g = serial();
+    let (a, b) = (EchoServer::start(), EchoServer::start());
+    let listen = free_addr();
+    let pg = reverse_route(
+        listen,
+        &a,
+        &b,
+        "[route.fallback]\ncache_get = \"1m\"\nstatus = 503\nbody = \"down\"\n",
+    );
+    let url = format!("http://{listen}/alice");
+    // Alice's authorised answer, then an anonymous one for the same URL.
+    let r = curl(&["-s", "-H", "Authorization: Bearer alice-secret", &url]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("alice-secret"));
+    drop((a, b));
+    assert!(wait_until(Duration::from_secs(10), || {
+        curl(&["-s", &format!("http://{listen}/other")]).status == 503
+    }));
+    let r = curl(&["-s", &url]);
+    assert!(
+        !r.body.contains("alice-secret"),
+        "the fallback cache served Alice's answer to an anonymous client: {r:?}\n{}",
+        pg.logs()
+    );
+    assert_eq!(r.status, 503, "{r:?}");
 }
