@@ -518,3 +518,42 @@ fn reverse_fallback_cache_never_shares_a_private_answer() {
     );
     assert_eq!(r.status, 503, "{r:?}");
 }
+
+#[test]
+fn one_down_event_per_outage_and_no_false_recovery() {
+    let _g = serial();
+    let nginx = Nginx::start();
+    let t = tinies(2);
+    let relay = FaultRelay::start(t[0].addr(), Fault::Reset);
+    let gw = Gw::start(
+        &[relay.url("http"), t[1].url()],
+        "[pool]\nbase_ejection = \"1s\"\n",
+    );
+    let events = |kind: &str| {
+        gw.status()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind && e["upstream"] == "u0")
+            .count()
+    };
+    let h = hey(&gw.proxy(), &format!("{}/small", nginx.url()), 100, 4, &[]);
+    assert_all_ok(&h, 100, "failover past a resetting upstream", &gw);
+    // Ejected by traffic and failing its checks: one outage, one event.
+    assert!(wait_until(Duration::from_secs(10), || events(
+        "upstream_down"
+    ) == 1));
+    // The 1 s ejection expires while the checks still fail: no recovery.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(events("upstream_up"), 0, "false recovery: {}", gw.status());
+    assert_eq!(events("upstream_down"), 1, "{}", gw.status());
+    assert_ne!(gw.upstream("u0")["state"], "healthy");
+    // It really comes back: one upstream_up.
+    relay.set(Fault::Pass);
+    assert!(
+        wait_until(Duration::from_secs(10), || events("upstream_up") == 1),
+        "{}",
+        gw.status()
+    );
+    assert_eq!(events("upstream_down"), 1);
+}

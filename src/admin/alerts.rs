@@ -129,7 +129,7 @@ pub fn spawn(rules: Vec<AlertConfig>, router: Arc<Router>, shutdown: Shutdown) {
                 let Some(first) = samples.front() else {
                     continue;
                 };
-                let (dok, derr) = (ok - first.1, err - first.2);
+                let (dok, derr) = (ok.saturating_sub(first.1), err.saturating_sub(first.2));
                 let total = dok + derr;
                 let rate = if total == 0 {
                     0.0

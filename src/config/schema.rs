@@ -292,7 +292,7 @@ pub struct TimeoutsConfig {
     pub body_idle: Dur,
     /// Reading a client's request head or SOCKS5 greeting (slowloris guard).
     pub client_header: Dur,
-    /// A tunnel or keep-alive connection with no traffic either way is closed.
+    /// A tunnel with no traffic either way is closed.
     pub idle: Dur,
     /// On SIGINT/SIGTERM, how long live tunnels may continue.
     pub shutdown_grace: Dur,
@@ -347,7 +347,7 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Add `Via: 1.1 proxyguard` to forwarded requests and responses.
+    /// Add `Via: 1.1 proxyguard` to forwarded plain-HTTP requests.
     pub via: bool,
 }
 

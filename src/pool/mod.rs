@@ -125,6 +125,7 @@ pub struct Pool {
     breaker: ArcSwap<BreakerConfig>,
     rr: AtomicUsize,
     leader: Mutex<Option<String>>,
+    ejecting: Mutex<()>,
     pub stats: PoolStats,
     pub events: Arc<crate::events::EventBus>,
     all_down: std::sync::atomic::AtomicBool,
@@ -145,6 +146,7 @@ impl Pool {
             breaker: ArcSwap::from_pointee(breaker),
             rr: AtomicUsize::new(0),
             leader: Mutex::new(None),
+            ejecting: Mutex::new(()),
             stats: PoolStats::default(),
             events: Arc::new(crate::events::EventBus::new()),
             all_down: std::sync::atomic::AtomicBool::new(false),
@@ -386,10 +388,15 @@ impl Pool {
         }
         let cfg = self.cfg.load();
         let all = self.members();
-        let ejected = all.iter().filter(|x| x.health.is_ejected()).count();
-        let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
-        let may_eject = ejected < cap.max(if cfg.max_ejection_percent > 0 { 1 } else { 0 });
-        let t = m.health.record_failure(err, may_eject, cfg.base_ejection.0);
+        // Counting the ejected and ejecting one more is one step: two
+        // failures at once must not both pass the `max_ejection_percent` cap.
+        let t = {
+            let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+            let ejected = all.iter().filter(|x| x.health.is_ejected()).count();
+            let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
+            let may_eject = ejected < cap.max(if cfg.max_ejection_percent > 0 { 1 } else { 0 });
+            m.health.record_failure(err, may_eject, cfg.base_ejection.0)
+        };
         metrics::counter!("proxyguard_upstream_failures_total", "upstream" => m.name().to_string(), "reason" => health::reason_label(err)).increment(1);
         if t.iter().any(|t| matches!(t, Transition::Ejected { .. })) {
             self.stats.ejections.fetch_add(1, Ordering::Relaxed);

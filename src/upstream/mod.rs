@@ -1,9 +1,9 @@
 //! Connectors: how to reach a target through one upstream (or directly).
 //!
 //! Every feature (serve, doctor, health checks, reverse mode) opens
-//! connections through [`Upstream::connect_tunnel`] and
-//! [`Upstream::connect_for_http`], so there is exactly one place that speaks
-//! CONNECT or SOCKS5. Each phase has a hard wall-clock deadline that does not
+//! connections through [`UpstreamSpec::connect_tunnel`] and
+//! [`UpstreamSpec::connect_for_http`], so there is exactly one place that
+//! speaks CONNECT or SOCKS5. Each phase has a hard wall-clock deadline that does not
 //! depend on the operating system's TCP retry timers.
 
 pub mod conn;
