@@ -8,6 +8,15 @@ mod support;
 use support::doctor_peers::*;
 use support::*;
 
+fn failed_step_ms(d: &Doc, name: &str) -> f64 {
+    d.json["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name && s["ok"] == false))
+        .and_then(|s| s["duration_ms"].as_f64())
+        .unwrap_or_else(|| panic!("no failed step {name}: {}", d.json))
+}
+
+/// The phase timeout is 30 s: a mismatch must be named without waiting for it.
 #[test]
 fn wrong_scheme_for_an_http_proxy_port_names_the_right_one() {
     let nginx = Nginx::start();
@@ -16,7 +25,7 @@ fn wrong_scheme_for_an_http_proxy_port_names_the_right_one() {
     // tinyproxy never answers a SOCKS5 greeting (it waits for a line).
     let d = doctor(&[
         "--timeout",
-        "2s",
+        "30s",
         "--proxy",
         &format!("socks5://{}", tiny.addr()),
         &https,
@@ -28,10 +37,15 @@ fn wrong_scheme_for_an_http_proxy_port_names_the_right_one() {
         .as_str()
         .unwrap()
         .contains(&format!("http://{}", tiny.addr())));
+    assert!(
+        failed_step_ms(&d, "proxy_handshake") < 20_000.0,
+        "{}",
+        d.json
+    );
     // …nor a TLS ClientHello: https:// for a plain HTTP proxy.
     let d = doctor(&[
         "--timeout",
-        "2s",
+        "30s",
         "--proxy",
         &format!("https://{}", tiny.addr()),
         &https,
@@ -42,6 +56,7 @@ fn wrong_scheme_for_an_http_proxy_port_names_the_right_one() {
         "{}",
         d.json
     );
+    assert!(failed_step_ms(&d, "proxy_tls") < 20_000.0, "{}", d.json);
     assert!(
         step_detail(&d, "tcp").contains("connected"),
         "TCP connected: {}",
