@@ -217,3 +217,55 @@ fn urls_taken_like_curl_and_usage_errors_exit_2() {
     );
     assert_eq!(out.code, 2, "{out:?}");
 }
+
+#[test]
+fn https_proxy_needs_its_ca_and_proxy_cacert_adds_it() {
+    let nginx = Nginx::start();
+    let tiny = Tinyproxy::start(TinyOpts::default());
+    let proxy_ca = TestCa::new();
+    let tls_proxy = TlsProxy::start(tiny.addr(), &proxy_ca);
+    let proxy = format!("https://{}", tls_proxy.addr);
+    let small = format!("{}/small", nginx.url());
+    let d = doctor(&["--timeout", "5s", "--proxy", &proxy, &small]);
+    expect_cause(&d, "tls_cert_untrusted");
+    assert!(
+        d.json["summary"]
+            .as_str()
+            .unwrap()
+            .contains("https:// proxy"),
+        "{}",
+        d.json
+    );
+    assert!(
+        d.json["fix"].as_str().unwrap().contains("--proxy-cacert"),
+        "{}",
+        d.json
+    );
+    let pca = proxy_ca.ca_path();
+    let d = doctor(&[
+        "--timeout",
+        "5s",
+        "--proxy",
+        &proxy,
+        "--proxy-cacert",
+        pca.to_str().unwrap(),
+        &small,
+    ]);
+    assert_eq!(d.code, 0, "{}", d.human);
+    assert!(
+        step_detail(&d, "proxy_tls").contains("--proxy-cacert"),
+        "{}",
+        d.human
+    );
+    // The target's roots are separate: --cacert does not vouch for the proxy.
+    let d = doctor(&[
+        "--timeout",
+        "5s",
+        "--proxy",
+        &proxy,
+        "--cacert",
+        pca.to_str().unwrap(),
+        &small,
+    ]);
+    expect_cause(&d, "tls_cert_untrusted");
+}

@@ -196,12 +196,10 @@ async fn proxy_tls_failed(
         }
     }
     let t = took();
-    w.step("proxy_tls", false, t, detail.clone());
     let c = super::cause::from_connect_error(e, true);
-    Failure::new(
-        c,
-        format!("The TLS handshake with the proxy failed: {detail}."),
-    )
+    let f = interpret::proxy_tls(e, c);
+    w.step("proxy_tls", false, t, f.summary.clone());
+    f
 }
 
 fn host_desc(plan: &Plan, proxy: Option<&UpstreamSpec>) -> String {
