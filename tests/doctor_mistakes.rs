@@ -8,6 +8,15 @@ mod support;
 use support::doctor_peers::*;
 use support::*;
 
+fn failed_step_ms(d: &Doc, name: &str) -> f64 {
+    d.json["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name && s["ok"] == false))
+        .and_then(|s| s["duration_ms"].as_f64())
+        .unwrap_or_else(|| panic!("no failed step {name}: {}", d.json))
+}
+
+/// The phase timeout is 30 s: a mismatch must be named without waiting for it.
 #[test]
 fn wrong_scheme_for_an_http_proxy_port_names_the_right_one() {
     let nginx = Nginx::start();
@@ -16,7 +25,7 @@ fn wrong_scheme_for_an_http_proxy_port_names_the_right_one() {
     // tinyproxy never answers a SOCKS5 greeting (it waits for a line).
     let d = doctor(&[
         "--timeout",
-        "2s",
+        "30s",
         "--proxy",
         &format!("socks5://{}", tiny.addr()),
         &https,
@@ -28,10 +37,15 @@ fn wrong_scheme_for_an_http_proxy_port_names_the_right_one() {
         .as_str()
         .unwrap()
         .contains(&format!("http://{}", tiny.addr())));
+    assert!(
+        failed_step_ms(&d, "proxy_handshake") < 20_000.0,
+        "{}",
+        d.json
+    );
     // …nor a TLS ClientHello: https:// for a plain HTTP proxy.
     let d = doctor(&[
         "--timeout",
-        "2s",
+        "30s",
         "--proxy",
         &format!("https://{}", tiny.addr()),
         &https,
@@ -42,6 +56,7 @@ fn wrong_scheme_for_an_http_proxy_port_names_the_right_one() {
         "{}",
         d.json
     );
+    assert!(failed_step_ms(&d, "proxy_tls") < 20_000.0, "{}", d.json);
     assert!(
         step_detail(&d, "tcp").contains("connected"),
         "TCP connected: {}",
@@ -201,4 +216,56 @@ fn urls_taken_like_curl_and_usage_errors_exit_2() {
         std::time::Duration::from_secs(30),
     );
     assert_eq!(out.code, 2, "{out:?}");
+}
+
+#[test]
+fn https_proxy_needs_its_ca_and_proxy_cacert_adds_it() {
+    let nginx = Nginx::start();
+    let tiny = Tinyproxy::start(TinyOpts::default());
+    let proxy_ca = TestCa::new();
+    let tls_proxy = TlsProxy::start(tiny.addr(), &proxy_ca);
+    let proxy = format!("https://{}", tls_proxy.addr);
+    let small = format!("{}/small", nginx.url());
+    let d = doctor(&["--timeout", "5s", "--proxy", &proxy, &small]);
+    expect_cause(&d, "tls_cert_untrusted");
+    assert!(
+        d.json["summary"]
+            .as_str()
+            .unwrap()
+            .contains("https:// proxy"),
+        "{}",
+        d.json
+    );
+    assert!(
+        d.json["fix"].as_str().unwrap().contains("--proxy-cacert"),
+        "{}",
+        d.json
+    );
+    let pca = proxy_ca.ca_path();
+    let d = doctor(&[
+        "--timeout",
+        "5s",
+        "--proxy",
+        &proxy,
+        "--proxy-cacert",
+        pca.to_str().unwrap(),
+        &small,
+    ]);
+    assert_eq!(d.code, 0, "{}", d.human);
+    assert!(
+        step_detail(&d, "proxy_tls").contains("--proxy-cacert"),
+        "{}",
+        d.human
+    );
+    // The target's roots are separate: --cacert does not vouch for the proxy.
+    let d = doctor(&[
+        "--timeout",
+        "5s",
+        "--proxy",
+        &proxy,
+        "--cacert",
+        pca.to_str().unwrap(),
+        &small,
+    ]);
+    expect_cause(&d, "tls_cert_untrusted");
 }

@@ -37,9 +37,26 @@ pub struct DoctorArgs {
     /// Extra CA certificates (PEM) to trust for an https:// proxy's own TLS.
     #[arg(long)]
     pub proxy_cacert: Option<PathBuf>,
+    /// Walk the path N times (intermittent faults): one line per run and a summary.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000), conflicts_with = "hold")]
+    pub repeat: Option<u32>,
+    /// Pause between the starts of two --repeat runs.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "repeat")]
+    pub interval: Duration,
+    /// Find an idle cut: hold idle connections and probe them at rising ages up to DURATION.
+    #[arg(long, value_name = "DURATION", value_parser = parse_hold)]
+    pub hold: Option<Duration>,
     /// Print one JSON object (schema in docs/doctor.md).
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_hold(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+        return Err("--hold takes 1s to 24h".into());
+    }
+    Ok(d)
 }
 
 fn parse_dns(d: &str) -> Option<SocketAddr> {
@@ -92,7 +109,17 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         }
     };
     if args.url.is_none() {
+        if args.repeat.is_some() || args.hold.is_some() {
+            eprintln!("proxyguard doctor: --repeat and --hold need a URL");
+            return ExitCode::from(2);
+        }
         return every_upstream(&rt, base, cfg, args.json);
+    }
+    if let Some(n) = args.repeat {
+        return repeat(&rt, &base, n as usize, args.interval, args.json);
+    }
+    if let Some(hold) = args.hold {
+        return hold_run(&rt, &base, hold, args.json);
     }
     let colour = !args.json && report::use_colour();
     match rt.block_on(super::run(&base)) {
@@ -107,6 +134,68 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+        Err(e) => {
+            eprintln!("proxyguard doctor: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `--repeat N`: lines as runs end (human), one object at the end (JSON).
+fn repeat(
+    rt: &tokio::runtime::Runtime,
+    base: &super::Options,
+    n: usize,
+    interval: Duration,
+    json: bool,
+) -> ExitCode {
+    use std::io::Write;
+    let r = rt.block_on(super::repeat::run(base, n, interval, |l| {
+        if !json {
+            println!("{}", super::repeat::human_line(l));
+            let _ = std::io::stdout().flush();
+        }
+    }));
+    match r {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", super::repeat::human_summary(&r));
+            }
+            exit(r.ok)
+        }
+        Err(e) => {
+            eprintln!("proxyguard doctor: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--hold DURATION`: the idle-cut timeline.
+fn hold_run(
+    rt: &tokio::runtime::Runtime,
+    base: &super::Options,
+    hold: Duration,
+    json: bool,
+) -> ExitCode {
+    match rt.block_on(super::hold::run(base, hold)) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", super::hold::human(&r));
+            }
+            exit(r.ok)
         }
         Err(e) => {
             eprintln!("proxyguard doctor: {e}");

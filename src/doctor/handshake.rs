@@ -2,7 +2,8 @@
 //! SOCKS5 negotiation. A proxy that stays silent or answers in another
 //! protocol is probed to name the scheme that would work.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use super::walk::{Failure, Walk};
 use super::{interpret, probe, Cause, Plan};
@@ -30,30 +31,23 @@ pub(super) async fn run(
     let t = w.timeout;
     let target = &plan.target;
     let hs_start = Instant::now();
+    let addr = peer(&conn);
     let res: Result<String, ConnectError> = match p.scheme {
         Scheme::Socks5 | Scheme::Socks5h => {
             let dest = socks_dest(w, p, ctx, target, hs_start).await?;
-            match tokio::time::timeout(
-                t,
-                socks5::handshake(&mut conn, &dest, p.credentials.as_ref()),
-            )
-            .await
-            {
-                Err(_) => Err(ConnectError::timeout(Phase::ProxyHandshake, t, true)),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Ok(format!("SOCKS5 CONNECT {dest} → succeeded")),
+            let hs = socks5::handshake(&mut conn, &dest, p.credentials.as_ref());
+            match race(hs, t, p, addr).await {
+                Raced::Mismatch(f, probe) => return Err(mismatch(w, hs_start, f, &probe)),
+                Raced::Done(Err(e)) => Err(e),
+                Raced::Done(Ok(())) => Ok(format!("SOCKS5 CONNECT {dest} → succeeded")),
             }
         }
         _ => {
-            match tokio::time::timeout(
-                t,
-                http_connect::exchange(&mut conn, target, p.credentials.as_ref()),
-            )
-            .await
-            {
-                Err(_) => Err(ConnectError::timeout(Phase::ProxyHandshake, t, true)),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok((head, rest))) => {
+            let hs = http_connect::exchange(&mut conn, target, p.credentials.as_ref());
+            match race(hs, t, p, addr).await {
+                Raced::Mismatch(f, probe) => return Err(mismatch(w, hs_start, f, &probe)),
+                Raced::Done(Err(e)) => Err(e),
+                Raced::Done(Ok((head, rest))) => {
                     match http_connect::check_reply(&head, p.credentials.is_some()) {
                         Ok(()) => {
                             conn.prefix = rest;
@@ -97,6 +91,54 @@ pub(super) async fn run(
     }
 }
 
+enum Raced<T> {
+    Done(Result<T, ConnectError>),
+    /// The port speaks another protocol (found while the handshake waited).
+    Mismatch(Failure, String),
+}
+
+/// Runs the handshake under the deadline; after a short grace of silence,
+/// probes the port in parallel and stops early when it clearly speaks
+/// another protocol than the proxy URL says (no wait for the full timeout).
+async fn race<T>(
+    hs: impl std::future::Future<Output = Result<T, ConnectError>>,
+    t: Duration,
+    p: &UpstreamSpec,
+    addr: Option<SocketAddr>,
+) -> Raced<T> {
+    let grace = (t / 2).min(Duration::from_secs(1));
+    let early = async {
+        let Some(addr) = addr else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep(grace).await;
+        let spoken = probe::what_speaks(addr, probe::deadline(t)).await;
+        match interpret::protocol_mismatch(p, &spoken, Some(addr)) {
+            Some(f) => (f, spoken.describe()),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(t, hs) => Raced::Done(
+            r.unwrap_or_else(|_| Err(ConnectError::timeout(Phase::ProxyHandshake, t, true))),
+        ),
+        (f, probe) = early => Raced::Mismatch(f, probe),
+    }
+}
+
+fn mismatch(w: &mut Walk, hs_start: Instant, f: Failure, probe: &str) -> Failure {
+    w.step(
+        "proxy_handshake",
+        false,
+        hs_start.elapsed(),
+        format!(
+            "no answer to the handshake after {} ms; probe: {probe}",
+            hs_start.elapsed().as_millis()
+        ),
+    );
+    f
+}
+
 /// socks5:// resolves the target here; socks5h:// lets the proxy.
 async fn socks_dest(
     w: &mut Walk,
@@ -131,7 +173,7 @@ async fn socks_dest(
 async fn failed(
     w: &mut Walk,
     p: &UpstreamSpec,
-    peer: Option<std::net::SocketAddr>,
+    peer: Option<SocketAddr>,
     e: ConnectError,
     hs_start: Instant,
 ) -> Failure {
@@ -172,7 +214,7 @@ async fn failed(
     Failure::new(c, format!("The proxy handshake failed: {e}."))
 }
 
-fn peer(c: &Conn) -> Option<std::net::SocketAddr> {
+fn peer(c: &Conn) -> Option<SocketAddr> {
     match &c.io {
         crate::upstream::conn::Io::Tcp(s) => s.peer_addr().ok(),
         crate::upstream::conn::Io::Tls(s) => s.get_ref().0.peer_addr().ok(),

@@ -37,10 +37,10 @@ pub(super) async fn run(
             let _ = c.await;
         });
         let req = request(plan, proxy, absolute_form)?;
-        let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = tx.send_request(req).await.map_err(|e| chain(&e))?;
         let ttfb = started.elapsed();
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = body.collect().await.map_err(|e| chain(&e))?.to_bytes();
         Ok::<_, String>((Answer { parts, body }, ttfb))
     };
     match tokio::time::timeout(t, fetched).await {
@@ -102,6 +102,21 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// An error and its sources, e.g. "connection error: Connection reset by peer".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
 }
 
 fn request(

@@ -260,3 +260,31 @@ fn other_cert_error(
         None => f,
     }
 }
+
+/// A failed TLS handshake with an https:// proxy itself, in words.
+pub(super) fn proxy_tls(e: &ConnectError, c: Cause) -> Failure {
+    use crate::upstream::error::TlsKind;
+    let ConnectError::Tls { kind, server, .. } = e else {
+        return Failure::new(c, format!("The TLS handshake with the proxy failed: {e}."));
+    };
+    let trust = "Install the proxy's CA in the system trust store (serve and doctor use the platform roots); for doctor alone, --proxy-cacert FILE adds it.";
+    match kind {
+        TlsKind::UnknownIssuer => Failure::new(
+            c,
+            format!("The https:// proxy {server} presents a certificate no trusted CA issued."),
+        )
+        .with_fix(trust),
+        TlsKind::Expired | TlsKind::NotYetValid => Failure::new(
+            c,
+            format!("The https:// proxy {server} presents a certificate outside its validity period."),
+        ),
+        TlsKind::HostnameMismatch => Failure::new(
+            c,
+            format!("The https:// proxy's certificate is not valid for the name {server} used in the proxy URL."),
+        ),
+        TlsKind::Protocol | TlsKind::Other => Failure::new(
+            c,
+            format!("The TLS handshake with the https:// proxy {server} failed: it accepts no TLS version or cipher we offer, or is not TLS."),
+        ),
+    }
+}

@@ -57,19 +57,56 @@ pub fn deadline(timeout: Duration) -> Duration {
     timeout.min(Duration::from_secs(3))
 }
 
-/// Probes `addr` with the three protocols at once.
+/// Probes `addr` with the three protocols at once. Returns as soon as one
+/// answers (a port speaks one protocol), or when all have ended or timed out.
 pub async fn what_speaks(addr: SocketAddr, deadline: Duration) -> Spoken {
-    let (http, socks5, tls) = tokio::join!(
-        bounded(deadline, http_probe(addr)),
-        bounded(deadline, socks5_probe(addr)),
-        bounded(deadline, tls_probe(addr)),
-    );
-    let (tls, http_to_tls) = tls.unwrap_or((false, false));
-    Spoken {
-        http: http.flatten(),
-        socks5: socks5.unwrap_or(false),
-        tls,
-        http_to_tls,
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Spoken>(3);
+    let jobs = [
+        tokio::spawn(report(tx.clone(), deadline, async move {
+            Spoken {
+                http: http_probe(addr).await,
+                ..Spoken::default()
+            }
+        })),
+        tokio::spawn(report(tx.clone(), deadline, async move {
+            Spoken {
+                socks5: socks5_probe(addr).await,
+                ..Spoken::default()
+            }
+        })),
+        tokio::spawn(report(tx, deadline, async move {
+            let (tls, http_to_tls) = tls_probe(addr).await;
+            Spoken {
+                tls,
+                http_to_tls,
+                ..Spoken::default()
+            }
+        })),
+    ];
+    let mut found = Spoken::default();
+    // Each job sends once (or not at all on timeout); the channel closes when all are done.
+    while let Some(s) = rx.recv().await {
+        found.http = found.http.or(s.http);
+        found.socks5 |= s.socks5;
+        found.tls |= s.tls;
+        found.http_to_tls |= s.http_to_tls;
+        if found.speaks_http() || found.socks5 || found.tls {
+            break;
+        }
+    }
+    for j in jobs {
+        j.abort();
+    }
+    found
+}
+
+async fn report(
+    tx: tokio::sync::mpsc::Sender<Spoken>,
+    deadline: Duration,
+    f: impl std::future::Future<Output = Spoken>,
+) {
+    if let Some(s) = bounded(deadline, f).await {
+        let _ = tx.send(s).await;
     }
 }
 

@@ -335,3 +335,47 @@ pub fn step_detail(d: &Doc, name: &str) -> String {
         .unwrap_or_else(|| panic!("no step {name}: {}", d.json))
         .to_string()
 }
+
+/// An `https://` proxy: nginx's stream module terminating TLS (the test
+/// CA's certificate, valid for 127.0.0.1) in front of a real HTTP proxy.
+pub struct TlsProxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsProxy {
+    pub fn start(upstream: SocketAddr, ca: &super::TestCa) -> TlsProxy {
+        let dir = temp_dir("nginx-tlsproxy", false);
+        let d = dir.path();
+        let port = free_port();
+        let conf = format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
+             stream {{ server {{ listen 127.0.0.1:{port} ssl; proxy_pass {upstream};\n\
+             ssl_certificate {cert}; ssl_certificate_key {key}; }} }}\n",
+            d = d.display(),
+            cert = ca.cert_path().display(),
+            key = ca.key_path().display(),
+        );
+        let conf_path = d.join("nginx.conf");
+        write_file(&conf_path, conf, 0o644);
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p")
+            .arg(d)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path);
+        let mut child = Child::spawn("nginx-tlsproxy", cmd, d);
+        child.add_log(d.join("error.log"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_started(&mut child, addr, "nginx stream (TLS proxy)");
+        TlsProxy {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
