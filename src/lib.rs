@@ -7,6 +7,7 @@
 //! → `upstream` connectors (one per scheme, typed `ConnectError`) → `relay`.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod events;

@@ -185,6 +185,7 @@ impl Config {
         })?;
         let mut c = Self::from_toml(&text, &path.display().to_string())?;
         c.path = Some(path.to_path_buf());
+        c.apply_upstreams_from_env(&ProxyEnv::from_process_env())?;
         Ok(c)
     }
 

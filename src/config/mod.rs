@@ -5,6 +5,7 @@ pub mod duration;
 pub mod env;
 pub mod load;
 pub mod noproxy;
+pub mod overrides;
 pub mod redact;
 pub mod schema;
 pub mod windows;
