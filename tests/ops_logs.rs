@@ -36,7 +36,9 @@ print("ok %d" % n)
 "#;
 
 fn gateway_config(listen: std::net::SocketAddr) -> String {
-    format!("bypass_loopback = false\n\n[[listen]]\naddr = \"{listen}\"\n\n[admin]\nenabled = false\n")
+    format!(
+        "bypass_loopback = false\n\n[[listen]]\naddr = \"{listen}\"\n\n[admin]\nenabled = false\n"
+    )
 }
 
 #[test]
@@ -111,7 +113,10 @@ fn human(color: Option<&str>) -> Proxyguard {
     let mut pg = Proxyguard::start_with_args(&args, &[]);
     pg.wait_listening(listen);
     assert!(
-        wait_until(Duration::from_secs(5), || pg.child.stderr().contains("listening")),
+        wait_until(Duration::from_secs(5), || pg
+            .child
+            .stderr()
+            .contains("listening")),
         "{}",
         pg.logs()
     );

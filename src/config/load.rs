@@ -158,7 +158,8 @@ impl Ctx<'_> {
                 let (l, c) = line_col(self.text, s.start);
                 (Some(l), Some(c))
             }
-            _ => (None, None),
+            _ => super::locate::key_position(self.text, field)
+                .map_or((None, None), |(l, c)| (Some(l), Some(c))),
         };
         Err(ConfigError {
             source_name: self.source.to_string(),
@@ -683,7 +684,7 @@ pub fn parse_race_after(s: &str) -> Option<Option<Option<Duration>>> {
     match s.trim() {
         "auto" => Some(Some(None)),
         "off" => Some(None),
-        d => humantime::parse_duration(d).ok().map(|d| Some(Some(d))),
+        d => super::duration::parse(d).ok().map(|d| Some(Some(d))),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod duration;
 pub mod env;
 pub mod load;
+pub mod locate;
 pub mod noproxy;
 pub mod overrides;
 pub mod redact;
