@@ -85,7 +85,7 @@ fn every_flag_of_every_subcommand_has_help() {
             .iter()
             .filter(|l| l.starts_with("  -"))
             .count();
-        assert!(items >= 2, "{s}: no options parsed from\n{}", h.stdout);
+        assert!(items >= 1, "{s}: no options parsed from\n{}", h.stdout);
         missing.extend(
             undocumented(&h.stdout)
                 .into_iter()
