@@ -65,6 +65,21 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "Events published (upstream_down, breaker_open, ...), by kind.",
     ),
     (
+        "proxyguard_hedges_total",
+        Kind::Counter,
+        "Safe plain-HTTP requests also sent to a second upstream after hedge_after.",
+    ),
+    (
+        "proxyguard_hedges_won_total",
+        Kind::Counter,
+        "Hedged requests answered first by the second upstream.",
+    ),
+    (
+        "proxyguard_responses_cut_total",
+        Kind::Counter,
+        "Plain-HTTP response bodies cut short (stalled past body_idle or broken off), by upstream and kind.",
+    ),
+    (
         "proxyguard_failovers_total",
         Kind::Counter,
         "Connections that succeeded on a later upstream after an earlier one failed.",
@@ -132,6 +147,8 @@ const SEED_COUNTERS: &[(&str, &[(&str, &str)])] = &[
     ("proxyguard_client_connections_total", &[]),
     ("proxyguard_degraded_direct_total", &[]),
     ("proxyguard_failovers_total", &[]),
+    ("proxyguard_hedges_total", &[]),
+    ("proxyguard_hedges_won_total", &[]),
     ("proxyguard_races_started_total", &[]),
     ("proxyguard_races_won_total", &[]),
     ("proxyguard_retries_total", &[]),

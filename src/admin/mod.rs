@@ -108,6 +108,7 @@ async fn handle(
         (Method::GET, "/status") => {
             let s = status::build(
                 &admin.router,
+                &admin.routes,
                 &admin.history,
                 admin.started,
                 &admin.listeners,
@@ -121,6 +122,7 @@ async fn handle(
         (Method::GET, "/healthz") => {
             let s = status::build(
                 &admin.router,
+                &admin.routes,
                 &admin.history,
                 admin.started,
                 &admin.listeners,
@@ -180,7 +182,7 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, shutdow
         let mut tick = tokio::time::interval(status::SAMPLE_EVERY);
         loop {
             tokio::select! {
-                _ = tick.tick() => sampler.history.sample(&sampler.router),
+                _ = tick.tick() => sampler.history.sample(sampler.pools()),
                 _ = sd.triggered() => return,
             }
         }

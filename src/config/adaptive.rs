@@ -17,7 +17,7 @@ impl Adaptive {
         match s.trim() {
             "auto" => Some(Adaptive::Auto),
             "off" => Some(Adaptive::Off),
-            d => humantime::parse_duration(d).ok().map(Adaptive::Fixed),
+            d => crate::config::duration::parse(d).ok().map(Adaptive::Fixed),
         }
     }
 

@@ -159,7 +159,8 @@ impl Ctx<'_> {
                 let (l, c) = line_col(self.text, s.start);
                 (Some(l), Some(c))
             }
-            _ => (None, None),
+            _ => super::locate::key_position(self.text, field)
+                .map_or((None, None), |(l, c)| (Some(l), Some(c))),
         };
         Err(ConfigError {
             source_name: self.source.to_string(),
@@ -186,6 +187,7 @@ impl Config {
         })?;
         let mut c = Self::from_toml(&text, &path.display().to_string())?;
         c.path = Some(path.to_path_buf());
+        c.apply_upstreams_from_env(&ProxyEnv::from_process_env())?;
         Ok(c)
     }
 

@@ -409,6 +409,9 @@ pub struct PoolConfig {
     /// Idle keep-alive connections kept per upstream and target.
     pub idle_per_host: usize,
     pub idle_timeout: Dur,
+    /// With no `[[upstream]]`: take the upstreams (and NO_PROXY) from the
+    /// proxy environment variables, as zero-config does.
+    pub upstreams_from_env: bool,
 }
 
 impl Default for PoolConfig {
@@ -430,6 +433,7 @@ impl Default for PoolConfig {
             drain_on_eject: false,
             idle_per_host: 256,
             idle_timeout: Dur::secs(60),
+            upstreams_from_env: false,
         }
     }
 }

@@ -715,4 +715,9 @@ impl ReverseRoute {
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
+
+    /// The route's configuration (read-only, for status).
+    pub fn config(&self) -> &RouteConfig {
+        &self.cfg
+    }
 }
