@@ -6,6 +6,7 @@
 //! `inbound` (accept → admission → http | socks5) → `route` (bypass or pool)
 //! → `upstream` connectors (one per scheme, typed `ConnectError`) → `relay`.
 
+pub mod acl;
 pub mod admin;
 pub mod config;
 pub mod doctor;

@@ -7,6 +7,7 @@ pub mod load;
 pub mod noproxy;
 pub mod redact;
 pub mod schema;
+pub mod security;
 pub mod windows;
 
 pub use load::{Admission, Applies, Config, ConfigError, Listener, UpstreamEntry};

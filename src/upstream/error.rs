@@ -120,6 +120,9 @@ pub enum ConnectError {
     },
     #[error("no route: {0}")]
     NoRoute(String),
+    /// Refused by our own `[acl]`: never an upstream's fault.
+    #[error("{0}")]
+    Prohibited(crate::acl::Denied),
 }
 
 /// RFC 1928 reply texts.
@@ -197,7 +200,7 @@ impl ConnectError {
             ConnectError::ProxyStatus { .. }
             | ConnectError::SocksReply { .. }
             | ConnectError::ProxyProtocol { .. } => FaultClass::Upstream,
-            ConnectError::NoRoute(_) => FaultClass::Local,
+            ConnectError::NoRoute(_) | ConnectError::Prohibited(_) => FaultClass::Local,
         }
     }
 
@@ -230,6 +233,7 @@ impl ConnectError {
             ConnectError::ProxyProtocol { .. } => "http_protocol_error",
             ConnectError::Tls { .. } => "tls_protocol_error",
             ConnectError::NoRoute(_) => "destination_unavailable",
+            ConnectError::Prohibited(_) => "destination_ip_prohibited",
         }
     }
 
@@ -239,6 +243,7 @@ impl ConnectError {
             ConnectError::Timeout { .. } => 504,
             ConnectError::SocksReply { code: 0x06 } => 504,
             ConnectError::ProxyStatus { status: 504, .. } => 504,
+            ConnectError::Prohibited(_) => 403,
             _ => 502,
         }
     }
@@ -252,6 +257,7 @@ impl ConnectError {
             ConnectError::ProxyForbidden { .. } => 0x02,
             ConnectError::SocksReply { code } => *code,
             ConnectError::NoRoute(_) => 0x03,
+            ConnectError::Prohibited(_) => 0x02,
             _ => 0x01,
         }
     }

@@ -267,6 +267,9 @@ pub async fn tcp_connect(
     let start = Instant::now();
     let budget = ctx.timeouts.connect;
     let addrs = ctx.resolver.resolve(host, port, budget, proxy).await?;
+    if !proxy {
+        crate::acl::check_resolved(&addrs).map_err(ConnectError::Prohibited)?;
+    }
     if matches!(host, Host::Name(_)) {
         obs.phase(Phase::Dns, start.elapsed(), &format!("{addrs:?}"));
     }
