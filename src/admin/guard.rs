@@ -59,9 +59,7 @@ impl AdminGuard {
     fn host_ok(&self, host: &str) -> bool {
         let h = host_part(host);
         // DNS rebinding needs a name: IP literals cannot be rebound.
-        h == "localhost"
-            || h.parse::<std::net::IpAddr>().is_ok()
-            || self.hosts.contains(&h)
+        h == "localhost" || h.parse::<std::net::IpAddr>().is_ok() || self.hosts.contains(&h)
     }
 
     /// Checks `Host` and `Origin` and, for anything but GET/HEAD, the token.
