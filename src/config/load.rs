@@ -642,6 +642,7 @@ impl Config {
     /// The effective configuration as TOML, with secrets redacted.
     pub fn effective_toml(&self) -> String {
         let mut f = self.file.clone();
+        super::redact::redact_file(&mut f);
         f.listen = self
             .listeners
             .iter()

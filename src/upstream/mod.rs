@@ -172,6 +172,8 @@ impl UpstreamSpec {
             return "direct".into();
         }
         let cred = match &self.credentials {
+            // A lone user part is usually a token: hide it whole.
+            Some(c) if c.password.is_empty() => "***@".to_string(),
             Some(c) => format!(
                 "{}:***@",
                 percent_encoding::utf8_percent_encode(
