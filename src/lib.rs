@@ -15,6 +15,8 @@ pub mod forward;
 pub mod inbound;
 pub mod logging;
 pub mod pool;
+#[doc(hidden)]
+pub mod props;
 pub mod relay;
 pub mod reverse;
 pub mod route;
