@@ -29,6 +29,7 @@ pub const KINDS: &[&str] = &[
     "error_rate",
     "config_reload",
     "config_reload_failed",
+    "auth_ban",
 ];
 
 pub struct EventBus {

@@ -653,15 +653,14 @@ fn build(
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_11;
     *req.headers_mut() = parts.headers.clone();
-    if !req.headers().contains_key(header::HOST) {
-        let host = if target.port == 80 {
-            target.host.to_string()
-        } else {
-            target.to_string()
-        };
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            req.headers_mut().insert(header::HOST, v);
-        }
+    // RFC 9112 §3.2.2: a proxy replaces Host with the target URI's host.
+    let host = match parts.uri.authority() {
+        Some(a) => a.as_str().rsplit('@').next().unwrap_or("").to_string(),
+        None if target.port == 80 => target.host.to_string(),
+        None => target.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        req.headers_mut().insert(header::HOST, v);
     }
     if let Some(a) = proxy_auth {
         if let Ok(v) = HeaderValue::from_str(a) {

@@ -6,6 +6,7 @@
 //! `inbound` (accept → admission → http | socks5) → `route` (bypass or pool)
 //! → `upstream` connectors (one per scheme, typed `ConnectError`) → `relay`.
 
+pub mod acl;
 pub mod admin;
 pub mod body;
 pub mod cli;
@@ -17,6 +18,8 @@ pub mod http_client;
 pub mod inbound;
 pub mod logging;
 pub mod pool;
+#[doc(hidden)]
+pub mod props;
 pub mod relay;
 pub mod reverse;
 pub mod route;

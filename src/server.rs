@@ -44,6 +44,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     );
     crate::admin::alerts::spawn(cfg.file.alert.clone(), router.clone(), shutdown.clone());
     let routes = crate::reverse::start(cfg, router.clone(), shutdown.clone()).await?;
+    routes.iter().for_each(|(a, _)| state.own.add(*a));
     let mut tasks = Vec::new();
     let mut addrs = Vec::new();
     for l in &cfg.listeners {
@@ -82,6 +83,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(a);
                 admin_addr = Some(local);
+                state.own.add(local);
                 let path = cfg.path.clone();
                 let r2 = router.clone();
                 let reloader: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>> =
@@ -98,6 +100,10 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
                     config_path: path,
                     reloader,
                     routes: routes.clone(),
+                    guard: crate::admin::guard::AdminGuard::new(
+                        &cfg.security.admin_hosts,
+                        state.bans.clone(),
+                    ),
                 });
                 tracing::info!(addr = %local, "admin API: /, /status, /metrics, /healthz");
                 tasks.push(tokio::spawn(crate::admin::serve(

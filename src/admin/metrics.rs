@@ -65,6 +65,36 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "Events published (upstream_down, breaker_open, ...), by kind.",
     ),
     (
+        "proxyguard_acl_denied_total",
+        Kind::Counter,
+        "Destinations refused by the [acl] rules (403 / SOCKS5 reply 2), by kind and reason.",
+    ),
+    (
+        "proxyguard_auth_failures_total",
+        Kind::Counter,
+        "Failed client logins (Basic or SOCKS5), by listener kind.",
+    ),
+    (
+        "proxyguard_auth_bans_total",
+        Kind::Counter,
+        "Client addresses banned after too many failed logins, by listener kind.",
+    ),
+    (
+        "proxyguard_auth_banned_requests_total",
+        Kind::Counter,
+        "Requests refused without checking credentials because the client is banned.",
+    ),
+    (
+        "proxyguard_connections_refused_total",
+        Kind::Counter,
+        "Client connections refused at admission (limits, allow-list), by reason.",
+    ),
+    (
+        "proxyguard_connections_shed_total",
+        Kind::Counter,
+        "Idle client connections closed to make room at the connection limit.",
+    ),
+    (
         "proxyguard_hedges_total",
         Kind::Counter,
         "Safe plain-HTTP requests also sent to a second upstream after hedge_after.",

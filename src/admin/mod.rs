@@ -2,6 +2,7 @@
 //! `GET /healthz`, `GET /` (the status page), `POST /reload` (token).
 
 pub mod alerts;
+pub mod guard;
 pub mod metrics;
 pub mod status;
 
@@ -40,6 +41,8 @@ pub struct Admin {
     pub reloader: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
     /// Reverse routes (listen address, route), for /status and /metrics.
     pub routes: Vec<(SocketAddr, Arc<crate::reverse::ReverseRoute>)>,
+    /// Host/Origin/token rules and the ban list shown in `/status`.
+    pub guard: guard::AdminGuard,
 }
 
 impl Admin {
@@ -84,16 +87,50 @@ async fn handle(
     admin: Arc<Admin>,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut r = route(req, admin, peer).await;
+    guard::secure_headers(r.headers_mut());
+    Ok(r)
+}
+
+/// `/status` with the active inbound-auth bans added.
+fn status_json(admin: &Admin) -> Vec<u8> {
+    let s = status::build(
+        &admin.router,
+        &admin.routes,
+        &admin.history,
+        admin.started,
+        &admin.listeners,
+    );
+    let mut v = serde_json::to_value(&s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "auth_bans".into(),
+            serde_json::to_value(admin.guard.bans.active()).unwrap_or_default(),
+        );
+    }
+    serde_json::to_vec_pretty(&v).unwrap_or_default()
+}
+
+async fn route(
+    req: Request<Incoming>,
+    admin: Arc<Admin>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let token_ok = authorized(&admin, &req);
     // Off loopback, everything needs the token.
-    if !peer.ip().is_loopback() && !authorized(&admin, &req) {
-        return Ok(resp(
-            StatusCode::UNAUTHORIZED,
-            "text/plain",
-            "token required\n",
-        ));
+    if !peer.ip().is_loopback() && !token_ok {
+        return resp(StatusCode::UNAUTHORIZED, "text/plain", "token required\n");
+    }
+    if let Err(e) = admin.guard.check(req.method(), req.headers(), token_ok) {
+        let status = match e {
+            guard::Refusal::Token => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::FORBIDDEN,
+        };
+        tracing::warn!(client = %peer, method = %req.method(), path = req.uri().path(), error = %e, "admin request refused");
+        return resp(status, "text/plain", format!("{e}\n"));
     }
     let path = req.uri().path().to_string();
-    Ok(match (req.method().clone(), path.as_str()) {
+    match (req.method().clone(), path.as_str()) {
         (Method::GET, "/metrics") => match metrics_handle() {
             Some(h) => {
                 metrics::seed_pools(admin.pools());
@@ -105,20 +142,7 @@ async fn handle(
                 "metrics recorder unavailable\n",
             ),
         },
-        (Method::GET, "/status") => {
-            let s = status::build(
-                &admin.router,
-                &admin.routes,
-                &admin.history,
-                admin.started,
-                &admin.listeners,
-            );
-            resp(
-                StatusCode::OK,
-                "application/json",
-                serde_json::to_vec_pretty(&s).unwrap_or_default(),
-            )
-        }
+        (Method::GET, "/status") => resp(StatusCode::OK, "application/json", status_json(&admin)),
         (Method::GET, "/healthz") => {
             let s = status::build(
                 &admin.router,
@@ -170,7 +194,7 @@ async fn handle(
             "text/plain",
             "not found: try /, /status, /metrics, /healthz\n",
         ),
-    })
+    }
 }
 
 /// Serves the admin API until shutdown; also runs the history sampler.

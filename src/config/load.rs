@@ -103,6 +103,8 @@ pub struct Config {
     pub via: bool,
     pub admin_addr: Option<SocketAddr>,
     pub admin_token: Option<String>,
+    /// ACL, bans, per-client limit, admin hardening (config/security.rs).
+    pub security: super::security::Security,
     /// The file as read (for `check` to print, redacted).
     pub file: FileConfig,
     /// `path` or `environment`.
@@ -178,12 +180,12 @@ impl Ctx<'_> {
 impl Config {
     /// Loads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = super::security::read_config_file(path).map_err(|message| ConfigError {
             source_name: path.display().to_string(),
             line: None,
             column: None,
             field: None,
-            message: format!("cannot read: {e}"),
+            message,
         })?;
         let mut c = Self::from_toml(&text, &path.display().to_string())?;
         c.path = Some(path.to_path_buf());
@@ -434,6 +436,7 @@ impl Config {
             },
             (None, None) => None,
         };
+        let security = super::security::validate(&file, admin_token.as_deref(), source)?;
         if let Some(a) = admin_addr {
             if !a.ip().is_loopback() && admin_token.is_none() {
                 return cx.at(&file.admin.addr, "admin.addr", format!("{a} is not loopback: set [admin] token_env (or token) so the admin API is not open to the network"));
@@ -576,6 +579,7 @@ impl Config {
             via: file.http.via,
             admin_addr,
             admin_token,
+            security,
             file,
             source_name: source.to_string(),
             path: None,
@@ -655,6 +659,7 @@ impl Config {
     /// The effective configuration as TOML, with secrets redacted.
     pub fn effective_toml(&self) -> String {
         let mut f = self.file.clone();
+        super::redact::redact_file(&mut f);
         f.listen = self
             .listeners
             .iter()

@@ -10,6 +10,7 @@ pub mod noproxy;
 pub mod overrides;
 pub mod redact;
 pub mod schema;
+pub mod security;
 pub mod windows;
 
 pub use load::{Admission, Applies, Config, ConfigError, Listener, UpstreamEntry};

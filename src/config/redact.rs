@@ -38,6 +38,49 @@ pub fn redact(url: &str) -> String {
     format!("{}{masked}{}", &url[..start], &rest[at..])
 }
 
+/// A webhook URL for display: its user info, path and query often carry
+/// the secret (tokens in Slack-style paths, `?key=`), so only the scheme and
+/// host remain: `https://hooks.example/***`.
+pub fn redact_webhook(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("");
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let rest = if u.path() == "/" && u.query().is_none() {
+                "/"
+            } else {
+                "/***"
+            };
+            format!("{}://{host}{port}{rest}", u.scheme())
+        }
+        Err(_) => "***".to_string(),
+    }
+}
+
+/// Hides every secret-bearing field of a configuration before it is shown
+/// (`check`): the admin token, webhook URLs, credentials in health and
+/// backend URLs. Upstream URLs and `[auth] users` are redacted by the
+/// caller, which knows their parsed form.
+pub fn redact_file(f: &mut super::schema::FileConfig) {
+    if f.admin.token.is_some() {
+        f.admin.token = Some("***".into());
+    }
+    for a in &mut f.alert {
+        if let Some(w) = &a.webhook {
+            a.webhook = Some(redact_webhook(w));
+        }
+    }
+    if let Some(u) = &f.health.url {
+        f.health.url = Some(redact(u));
+    }
+    for r in &mut f.route {
+        for b in &mut r.backend {
+            let red = redact(b.url.get_ref());
+            b.url = toml::Spanned::new(0..0, red);
+        }
+    }
+}
+
 /// Position of the `@` that ends the userinfo in `rest` (the text after
 /// `scheme://`), if there are credentials at all.
 ///
@@ -92,6 +135,20 @@ mod tests {
             "http://***:***@proxy:3128"
         );
         assert_eq!(redact("http://a:b?c@proxy"), "http://***:***@proxy");
+    }
+
+    #[test]
+    fn webhooks_keep_only_scheme_and_host() {
+        use super::redact_webhook;
+        assert_eq!(
+            redact_webhook("https://u:p@hooks.example:8443/services/T0/B0/XyZ?key=k"),
+            "https://hooks.example:8443/***"
+        );
+        assert_eq!(
+            redact_webhook("http://hooks.example/"),
+            "http://hooks.example/"
+        );
+        assert_eq!(redact_webhook("not a url secret"), "***");
     }
 
     #[test]

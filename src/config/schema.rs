@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub admin: AdminConfig,
     pub alert: Vec<AlertConfig>,
     pub route: Vec<RouteConfig>,
+    /// Destination ACL: see docs/security.md.
+    pub acl: super::security::AclConfig,
 }
 
 /// A reverse-proxy route: a local listener forwarding to backends in zones.
@@ -155,6 +157,8 @@ pub struct AdminConfig {
     /// Name of an environment variable holding the token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// `Host` header values accepted besides the bind address and `localhost`.
+    pub hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -164,6 +168,7 @@ impl Default for AdminConfig {
             addr: Spanned::new(0..0, "127.0.0.1:9090".to_string()),
             token: None,
             token_env: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -215,6 +220,7 @@ impl Default for FileConfig {
             admin: AdminConfig::default(),
             alert: Vec::new(),
             route: Vec::new(),
+            acl: Default::default(),
         }
     }
 }
@@ -321,6 +327,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Largest request head accepted from a client (431 beyond).
     pub max_header_bytes: usize,
+    /// Concurrent connections (tunnels included) from one client IP.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for LimitsConfig {
@@ -328,6 +336,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 4096,
             max_header_bytes: 64 * 1024,
+            max_connections_per_client: 256,
         }
     }
 }
@@ -342,6 +351,15 @@ pub struct AuthConfig {
     /// Client networks allowed to connect (CIDR or IP). Empty: any client that
     /// can reach the listener.
     pub allow: Vec<Spanned<String>>,
+    /// Brute-force bans (docs/security.md): failures per IP within
+    /// `fail_window` (default 5 in 1m) before a ban of `ban_for` (5m,
+    /// doubling on repeat).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_window: Option<Dur>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ban_for: Option<Dur>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -154,7 +154,7 @@ pub fn from_connect_error(err: &ConnectError, via_proxy: bool) -> Cause {
             TlsKind::Expired | TlsKind::NotYetValid => Cause::TlsCertExpired,
             TlsKind::HostnameMismatch => Cause::TlsHostnameMismatch,
         },
-        ConnectError::NoRoute(_) => Cause::ProxyUpstreamError,
+        ConnectError::NoRoute(_) | ConnectError::Prohibited(_) => Cause::ProxyUpstreamError,
     }
 }
 

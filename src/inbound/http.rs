@@ -15,17 +15,20 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::State;
+use super::{ConnCtx, State};
+use crate::acl::{self, Denied, Scope};
+use crate::config::redact::redact;
 use crate::forward::{strip_hop_by_hop, ForwardError};
 use crate::upstream::{ConnectError, Target};
 
 pub type RespBody = Either<crate::forward::ForwardedBody, Full<Bytes>>;
 
 /// Serves one client connection (keep-alive, many requests).
-pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
+pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State>) {
+    let peer = ctx.peer;
     let io = TokioIo::new(stream);
     let st = state.clone();
-    let svc = service_fn(move |req| handle(req, peer, st.clone()));
+    let svc = service_fn(move |req| handle(req, ctx.clone(), st.clone()));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(state.client_header_timeout)
@@ -113,6 +116,7 @@ fn access(
         "outcome" => outcome.to_string()
     )
     .increment(1);
+    let target = redact(target);
     tracing::info!(
         target: "access",
         kind = "http",
@@ -127,11 +131,86 @@ fn access(
     );
 }
 
+/// 403 with `Proxy-Status: proxyguard; error=destination_ip_prohibited`.
+fn prohibited(d: &Denied) -> Response<RespBody> {
+    error_response(&ConnectError::Prohibited(d.clone()), None)
+}
+
+/// Normalises the target's host and checks it against the listener's ACL.
+fn acl_check(
+    ctx: &ConnCtx,
+    target: Target,
+    tunnel: bool,
+) -> Result<(Target, Scope), (Target, Denied)> {
+    let target = Target::new(acl::normalize(&target.host), target.port);
+    match ctx.acl.check_target(&target, tunnel) {
+        Ok(verdict) => Ok((
+            target,
+            Scope {
+                acl: ctx.acl.clone(),
+                verdict,
+            },
+        )),
+        Err(d) => {
+            acl::record(&d, ctx.peer, if tunnel { "connect" } else { "http" });
+            Err((target, d))
+        }
+    }
+}
+
+/// 429 for a banned client, 407 for missing or wrong credentials (counting
+/// failures towards a ban); None when the request may proceed.
+fn admit_credentials(
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    state: &State,
+) -> Option<Response<RespBody>> {
+    if !state.admission.auth_required() {
+        return None;
+    }
+    let ip = ctx.peer.ip();
+    if state.bans.banned(ip) {
+        metrics::counter!("proxyguard_auth_banned_requests_total", "kind" => "http").increment(1);
+        let mut r = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "proxyguard: too many failed logins from this address; try again later",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(r);
+    }
+    let given = req.headers().get(header::PROXY_AUTHORIZATION);
+    if state
+        .admission
+        .check_proxy_authorization(given.map(|v| v.as_bytes()))
+    {
+        state.bans.success(ip);
+        return None;
+    }
+    if given.is_some() {
+        metrics::counter!("proxyguard_auth_failures_total", "kind" => "http").increment(1);
+        if let Some(len) = state.bans.failure(ip) {
+            super::bans::announce(&state.router.pool.events, ip, len, "http");
+        }
+    }
+    let mut r = text(
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        "proxyguard: proxy authentication required",
+    );
+    r.headers_mut().insert(
+        header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"proxyguard\""),
+    );
+    Some(r)
+}
+
 async fn handle(
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    ctx: Arc<ConnCtx>,
     state: Arc<State>,
 ) -> Result<Response<RespBody>, Infallible> {
+    ctx.slot.active();
+    let peer = ctx.peer;
     let started = Instant::now();
     // hyper's buffer limit is soft when a whole head arrives in one read;
     // enforce the configured limit on the parsed head as well.
@@ -159,27 +238,19 @@ async fn handle(
             ),
         ));
     }
-    if !state.admission.check_proxy_authorization(
-        req.headers()
-            .get(header::PROXY_AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-    ) {
-        let mut r = text(
-            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            "proxyguard: proxy authentication required",
-        );
-        r.headers_mut().insert(
-            header::PROXY_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"proxyguard\""),
-        );
+    if let Some(r) = admit_credentials(&req, &ctx, &state) {
+        let (status, outcome) = match r.status() {
+            StatusCode::TOO_MANY_REQUESTS => (429, "auth_banned"),
+            _ => (407, "auth_required"),
+        };
         access(
             peer,
             req.method(),
             &req.uri().to_string(),
             "-",
-            407,
+            status,
             started,
-            "auth_required",
+            outcome,
         );
         return Ok(r);
     }
@@ -204,7 +275,22 @@ async fn handle(
                 "proxyguard: CONNECT needs host:port",
             ));
         };
-        return Ok(connect(req_upgrade(&mut req), target, peer, state, started).await);
+        let (target, scope) = match acl_check(&ctx, target, true) {
+            Ok(x) => x,
+            Err((target, d)) => {
+                access(
+                    peer,
+                    req.method(),
+                    &target.to_string(),
+                    "-",
+                    403,
+                    started,
+                    "destination_ip_prohibited",
+                );
+                return Ok(prohibited(&d));
+            }
+        };
+        return Ok(connect(req_upgrade(&mut req), target, scope, ctx, state, started).await);
     }
 
     let uri = req.uri().clone();
@@ -246,8 +332,24 @@ async fn handle(
     let Some(target) = target else {
         return Ok(text(StatusCode::BAD_REQUEST, "proxyguard: bad host in URL"));
     };
+    let (target, scope) = match acl_check(&ctx, target, false) {
+        Ok(x) => x,
+        Err((_, d)) => {
+            access(
+                peer,
+                req.method(),
+                &uri.to_string(),
+                "-",
+                403,
+                started,
+                "destination_ip_prohibited",
+            );
+            return Ok(prohibited(&d));
+        }
+    };
     let method = req.method().clone();
-    match state.forwarder.forward(&state.router, &target, req).await {
+    let forwarded = acl::scoped(scope, state.forwarder.forward(&state.router, &target, req)).await;
+    match forwarded {
         Ok((resp, route)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -350,11 +452,13 @@ fn req_upgrade(req: &mut Request<Incoming>) -> hyper::upgrade::OnUpgrade {
 async fn connect(
     upgrade: hyper::upgrade::OnUpgrade,
     target: Target,
-    peer: SocketAddr,
+    scope: Scope,
+    ctx: Arc<ConnCtx>,
     state: Arc<State>,
     started: Instant,
 ) -> Response<RespBody> {
-    let (mut conn, route) = match state.router.tunnel(&target).await {
+    let peer = ctx.peer;
+    let (mut conn, route) = match acl::scoped(scope, state.router.tunnel(&target)).await {
         Ok(x) => x,
         Err(e) => {
             access(
@@ -371,6 +475,8 @@ async fn connect(
     };
     let live = state.shutdown.live();
     tokio::spawn(async move {
+        // The tunnel keeps the connection's slot for its whole life.
+        let _slot = ctx.slot.clone();
         let upgraded = match upgrade.await {
             Ok(u) => u,
             Err(e) => {

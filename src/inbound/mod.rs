@@ -1,7 +1,9 @@
 //! Inbound listeners: accept, admission, protocol detection, dispatch.
 
 pub mod admission;
+pub mod bans;
 pub mod http;
+pub mod limits;
 pub mod socks5;
 
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ use crate::shutdown::Shutdown;
 use crate::upstream::Target;
 
 pub use admission::Admission;
+
+use crate::acl::{Acl, AclRules, SelfAddrs};
 
 /// Increments a gauge for as long as it lives.
 pub struct GaugeGuard(&'static str);
@@ -45,6 +49,22 @@ pub struct State {
     pub client_header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Connection slots (global and per client), shared by all listeners.
+    pub limits: Arc<limits::Limits>,
+    /// Brute-force bans on inbound credentials.
+    pub bans: Arc<bans::Bans>,
+    /// `[acl]` as configured; each listener derives its own [`Acl`].
+    pub acl_rules: AclRules,
+    /// Our own listeners and admin address: never a destination.
+    pub own: Arc<SelfAddrs>,
+}
+
+/// What one client connection carries besides its socket.
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    /// Held by the connection and by any tunnel it becomes.
+    pub slot: Arc<limits::Slot>,
+    pub acl: Arc<Acl>,
 }
 
 impl State {
@@ -61,6 +81,13 @@ impl State {
             client_header_timeout: cfg.client_header_timeout,
             idle_timeout: cfg.idle_timeout,
             max_header_bytes: cfg.max_header_bytes,
+            limits: limits::Limits::new(
+                cfg.max_connections,
+                cfg.security.max_connections_per_client,
+            ),
+            bans: Arc::new(bans::Bans::new(cfg.security.bans)),
+            acl_rules: cfg.security.acl.clone(),
+            own: Arc::new(SelfAddrs::default()),
         }
     }
 }
@@ -104,10 +131,12 @@ fn defer_accept(_sock: &tokio::net::TcpSocket) {}
 
 /// Accepts connections until shutdown.
 pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    state.own.add(local);
+    let acl = Arc::new(Acl::new(&state.acl_rules, local, state.own.clone()));
     loop {
-        let Some(permit) = state.admission.slot().await else {
-            return;
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -124,23 +153,44 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
             tracing::warn!(client = %peer, "client not in allow-list; closed");
             continue;
         }
+        let slot = tokio::select! {
+            s = state.limits.admit(peer.ip()) => match s {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    metrics::counter!("proxyguard_connections_refused_total", "reason" => "per_client").increment(1);
+                    tracing::warn!(client = %peer, error = %e, "connection refused");
+                    continue;
+                }
+            },
+            _ = state.shutdown.triggered() => return,
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let live = state.shutdown.live();
+        let ctx = Arc::new(ConnCtx {
+            peer,
+            slot,
+            acl: acl.clone(),
+        });
         tokio::spawn(async move {
             let _g = GaugeGuard::new("proxyguard_client_connections_active");
             metrics::counter!("proxyguard_client_connections_total").increment(1);
             use tracing::Instrument;
-            handle(stream, peer, protocol, state)
-                .instrument(tracing::info_span!("conn", client = %peer))
-                .await;
+            let slot = ctx.slot.clone();
+            tokio::select! {
+                _ = handle(stream, ctx, protocol, state)
+                    .instrument(tracing::info_span!("conn", client = %peer)) => {}
+                _ = slot.shed() => {
+                    tracing::debug!(client = %peer, "shed: no request yet and the connection limit is reached");
+                }
+            }
             drop(live);
-            drop(permit);
         });
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, protocol: Protocol, state: Arc<State>) {
+async fn handle(stream: TcpStream, ctx: Arc<ConnCtx>, protocol: Protocol, state: Arc<State>) {
+    let peer = ctx.peer;
     let proto = match protocol {
         Protocol::Http => Protocol::Http,
         Protocol::Socks5 => Protocol::Socks5,
@@ -158,8 +208,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, protocol: Protocol, state: 
         }
     };
     match proto {
-        Protocol::Socks5 => socks5::serve(stream, peer, state).await,
-        _ => http::serve(stream, peer, state).await,
+        Protocol::Socks5 => socks5::serve(stream, ctx, state).await,
+        _ => http::serve(stream, ctx, state).await,
     }
 }
 

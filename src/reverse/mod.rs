@@ -88,7 +88,8 @@ impl ReverseRoute {
                 ),
             )
             .map_err(|e| err(e.to_string()))?;
-            spec.name = b.url.get_ref().trim_end_matches('/').to_string();
+            // The name shows in logs, /status and metric labels: no credentials.
+            spec.name = crate::config::redact::redact(b.url.get_ref().trim_end_matches('/'));
             entries.push(UpstreamEntry {
                 spec,
                 zone: b.zone.clone(),

@@ -167,6 +167,9 @@ pub enum ConnectError {
     },
     #[error("no route: {0}")]
     NoRoute(String),
+    /// Refused by our own `[acl]`: never an upstream's fault.
+    #[error("{0}")]
+    Prohibited(crate::acl::Denied),
 }
 
 /// RFC 1928 reply texts.
@@ -246,7 +249,7 @@ impl ConnectError {
             ConnectError::ProxyStatus { .. }
             | ConnectError::SocksReply { .. }
             | ConnectError::ProxyProtocol { .. } => FaultClass::Upstream,
-            ConnectError::NoRoute(_) => FaultClass::Local,
+            ConnectError::NoRoute(_) | ConnectError::Prohibited(_) => FaultClass::Local,
         }
     }
 
@@ -315,6 +318,7 @@ impl ConnectError {
             ConnectError::ProxyProtocol { .. } => "http_protocol_error",
             ConnectError::Tls { .. } => "tls_protocol_error",
             ConnectError::NoRoute(_) => "destination_unavailable",
+            ConnectError::Prohibited(_) => "destination_ip_prohibited",
         }
     }
 
@@ -328,6 +332,7 @@ impl ConnectError {
                 kind: TargetFault::Timeout,
                 ..
             } => 504,
+            ConnectError::Prohibited(_) => 403,
             _ => 502,
         }
     }
@@ -346,6 +351,7 @@ impl ConnectError {
                 TargetFault::Dns | TargetFault::Unreachable => 0x04,
             },
             ConnectError::NoRoute(_) => 0x03,
+            ConnectError::Prohibited(_) => 0x02,
             _ => 0x01,
         }
     }

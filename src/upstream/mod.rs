@@ -173,6 +173,8 @@ impl UpstreamSpec {
             return "direct".into();
         }
         let cred = match &self.credentials {
+            // A lone user part is usually a token: hide it whole.
+            Some(c) if c.password.is_empty() => "***@".to_string(),
             Some(c) => format!(
                 "{}:***@",
                 percent_encoding::utf8_percent_encode(
@@ -275,6 +277,9 @@ pub async fn tcp_connect(
     let start = Instant::now();
     let budget = ctx.timeouts.connect;
     let addrs = ctx.resolver.resolve(host, port, budget, proxy).await?;
+    if !proxy {
+        crate::acl::check_resolved(&addrs).map_err(ConnectError::Prohibited)?;
+    }
     if matches!(host, Host::Name(_)) {
         obs.phase(Phase::Dns, start.elapsed(), &format!("{addrs:?}"));
     }
