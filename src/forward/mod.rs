@@ -19,12 +19,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use tokio::time::Instant;
+
+mod exchange;
+mod headers;
+
+pub use headers::strip_hop_by_hop;
+
+use exchange::Outcome;
+use headers::{idempotent, proxy_gateway_error};
 
 use crate::body::{ClientBody, IdleBody};
 use crate::config::adaptive::from_samples;
@@ -73,71 +80,6 @@ pub struct Forwarder {
     head_latency: Mutex<VecDeque<Duration>>,
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy credentials, which
-/// must never travel further.
-const HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Removes hop-by-hop headers, including those named in `Connection`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .chain(h.get_all("proxy-connection").iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        h.remove(n);
-    }
-    for n in HOP {
-        h.remove(*n);
-    }
-}
-
-fn idempotent(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-            | http::Method::PUT
-            | http::Method::DELETE
-    )
-}
-
-/// A 5xx that the upstream proxy produced itself about its path to the
-/// origin (not the origin's own answer passed through): 502/504, or a 500/503
-/// carrying a proxy's error signature (squid `X-Squid-Error`, tinyproxy
-/// "Unable to connect", privoxy's error page).
-fn proxy_gateway_error(resp: &Response<Incoming>) -> bool {
-    match resp.status().as_u16() {
-        502 | 504 => true,
-        500 | 503 => {
-            let reason = resp
-                .extensions()
-                .get::<hyper::ext::ReasonPhrase>()
-                .map(|r| String::from_utf8_lossy(r.as_bytes()).to_ascii_lowercase())
-                .unwrap_or_default();
-            resp.headers().contains_key("x-squid-error")
-                || reason.contains("unable to connect")
-                || reason.contains("privoxy")
-        }
-        _ => false,
-    }
-}
-
 /// A response body that stalls or breaks off mid-way: the client gets a
 /// truncated response (nothing can be retried once bytes were sent). It is
 /// logged and counted but blamed on nobody: through a proxy it cannot be
@@ -170,33 +112,6 @@ fn member(route: &Route) -> Option<&Arc<Member>> {
         Route::Upstream(m) => Some(m),
         _ => None,
     }
-}
-
-/// One exchange's result.
-enum Outcome {
-    Answered {
-        resp: Response<Incoming>,
-        route: Route,
-        key: PoolKey,
-        tx: SendRequest<OutBody>,
-        absolute: bool,
-        had_auth: bool,
-    },
-    /// No connection could be made (the attempt engine already reported it).
-    NoConnection(ConnectError),
-    /// A pooled connection was found closed; the request comes back unsent
-    /// when hyper had not written it yet.
-    Stale(Option<Request<OutBody>>),
-    /// A fresh connection failed during the exchange.
-    Broken {
-        route: Route,
-        error: String,
-        unsent: Option<Request<OutBody>>,
-    },
-    TimedOut {
-        route: Route,
-        after: Duration,
-    },
 }
 
 /// Per-request retry state.
@@ -485,187 +400,4 @@ impl Forwarder {
             }
         }
     }
-
-    /// A safe request: the exchange, plus a second one on another upstream
-    /// if the first has not answered after `hedge_after`. The first answer
-    /// wins; the other is dropped (its connection closes).
-    async fn hedged(
-        &self,
-        router: &Router,
-        target: &Target,
-        parts: &http::request::Parts,
-        excluded: &[Arc<Member>],
-        fresh: bool,
-    ) -> Outcome {
-        let empty = || Either::Right(Empty::new());
-        let first = self.once(router, target, parts, empty(), excluded, fresh);
-        let plan = router.plain_plan(target).excluding(excluded);
-        let lead = plan.routes().first().and_then(|r| member(r).cloned());
-        let (Some(lead), Some(delay)) = (lead, self.hedge_after(router)) else {
-            return first.await;
-        };
-        let mut others: Vec<Arc<Member>> = excluded.to_vec();
-        others.push(lead);
-        let hedge_possible = plan
-            .routes()
-            .iter()
-            .filter_map(member)
-            .any(|m| !others.iter().any(|o| Arc::ptr_eq(o, m)));
-        if !hedge_possible {
-            return first.await;
-        }
-        tokio::pin!(first);
-        tokio::select! {
-            o = &mut first => return o,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        metrics::counter!("proxyguard_hedges_total").increment(1);
-        tracing::debug!(target = %target, after_ms = delay.as_millis() as u64, "hedging on another upstream");
-        let second = self.once(router, target, parts, empty(), &others, true);
-        tokio::pin!(second);
-        tokio::select! {
-            o = &mut first => match o {
-                o @ Outcome::Answered { .. } => o,
-                _ => second.await,
-            },
-            o = &mut second => match o {
-                o @ Outcome::Answered { .. } => {
-                    metrics::counter!("proxyguard_hedges_won_total").increment(1);
-                    o
-                }
-                _ => first.await,
-            },
-        }
-    }
-
-    /// One exchange: an idle connection on a route the plan allows (most
-    /// preferred first), else a new one through the attempt engine.
-    async fn once(
-        &self,
-        router: &Router,
-        target: &Target,
-        parts: &http::request::Parts,
-        body: OutBody,
-        excluded: &[Arc<Member>],
-        fresh: bool,
-    ) -> Outcome {
-        let plan = router.plain_plan(target).excluding(excluded);
-        let reused = if fresh {
-            None
-        } else {
-            plan.routes().into_iter().find_map(|route| {
-                let key = key_for(&route, target);
-                self.idle.checkout(&key).map(|tx| (tx, key, route))
-            })
-        };
-        let (mut tx, key, route, absolute, auth, was_reused) = match reused {
-            Some((tx, key, route)) => {
-                let auth = member(&route).and_then(|m| {
-                    m.spec()
-                        .credentials
-                        .as_ref()
-                        .map(crate::upstream::http_connect::basic_auth)
-                });
-                let absolute = matches!(key, PoolKey::Proxy(_));
-                (tx, key, route, absolute, auth, true)
-            }
-            None => {
-                let (hc, route) = match router.http_conn(plan, target).await {
-                    Ok(x) => x,
-                    Err(e) => return Outcome::NoConnection(e),
-                };
-                let key = key_for(&route, target);
-                let tx = match crate::http_client::handshake::<_, OutBody>(hc.conn).await {
-                    Ok(tx) => tx,
-                    Err(e) => {
-                        return Outcome::Broken {
-                            route,
-                            error: e.to_string(),
-                            unsent: None,
-                        }
-                    }
-                };
-                (
-                    tx,
-                    key,
-                    route,
-                    hc.absolute_form,
-                    hc.proxy_authorization,
-                    false,
-                )
-            }
-        };
-        let req = build(parts, target, absolute, auth.as_deref(), body);
-        let limit = router.ctx.timeouts.response_head;
-        let started = Instant::now();
-        match tokio::time::timeout(limit, tx.try_send_request(req)).await {
-            Err(_) => Outcome::TimedOut {
-                route,
-                after: limit,
-            },
-            Ok(Ok(resp)) => {
-                self.record_head_latency(started.elapsed());
-                Outcome::Answered {
-                    resp,
-                    route,
-                    key,
-                    tx,
-                    absolute,
-                    had_auth: auth.is_some(),
-                }
-            }
-            Ok(Err(mut e)) => {
-                let unsent = e.take_message();
-                if was_reused {
-                    Outcome::Stale(unsent)
-                } else {
-                    Outcome::Broken {
-                        route,
-                        error: e.into_error().to_string(),
-                        unsent,
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn build(
-    parts: &http::request::Parts,
-    target: &Target,
-    absolute: bool,
-    proxy_auth: Option<&str>,
-    body: OutBody,
-) -> Request<OutBody> {
-    let uri = if absolute {
-        parts.uri.clone()
-    } else {
-        parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/")
-            .parse::<Uri>()
-            .unwrap_or_else(|_| Uri::from_static("/"))
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = http::Version::HTTP_11;
-    *req.headers_mut() = parts.headers.clone();
-    // RFC 9112 §3.2.2: a proxy replaces Host with the target URI's host.
-    let host = match parts.uri.authority() {
-        Some(a) => a.as_str().rsplit('@').next().unwrap_or("").to_string(),
-        None if target.port == 80 => target.host.to_string(),
-        None => target.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&host) {
-        req.headers_mut().insert(header::HOST, v);
-    }
-    if let Some(a) = proxy_auth {
-        if let Ok(v) = HeaderValue::from_str(a) {
-            req.headers_mut().insert(header::PROXY_AUTHORIZATION, v);
-        }
-    }
-    req
 }
