@@ -6,8 +6,9 @@
 //! after `hedge_after` (first answer wins, the other is cancelled) and is
 //! retried on another upstream after a 407, a proxy's own gateway error, a
 //! broken fresh connection or a response-head timeout. An unsafe one is sent
-//! once; a pooled connection that turns out closed hands the request back
-//! unsent, so even a POST is then retried on a fresh connection.
+//! once, on a fresh connection (a pooled one may be closed under it); a
+//! connection that fails before the request was written hands it back
+//! unsent, so even a POST is then retried.
 //!
 //! Whose fault: the client's broken body is answered 400 and blamed on
 //! nobody; a pooled connection closed by the server is blamed on nobody;
@@ -209,7 +210,11 @@ impl Forwarder {
         };
         loop {
             tries.n += 1;
-            let fresh = tries.stale > 0;
+            // An unsafe request never goes on a pooled connection: a proxy
+            // may close an idle one (tinyproxy closes after every response
+            // without saying so) just as the request is written, and then it
+            // cannot be retried. A fresh connection costs one handshake.
+            let fresh = tries.stale > 0 || !safe;
             let outcome = if safe {
                 self.hedged(router, target, &parts, &tries.excluded, fresh)
                     .await
