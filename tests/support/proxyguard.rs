@@ -1,0 +1,126 @@
+//! proxyguard itself, started as a child process.
+
+use super::*;
+
+/// A running `proxyguard serve` (or any other subcommand).
+pub struct Proxyguard {
+    pub child: Child,
+    addr: Option<SocketAddr>,
+    config_path: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+/// Path of the proxyguard binary under test.
+pub fn proxyguard_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_proxyguard")
+}
+
+/// All `[[listen]] addr` values of a config (accepts `host:port` or
+/// `scheme://host:port`).
+pub fn listen_addrs(config_toml: &str) -> Vec<SocketAddr> {
+    let v: toml::Value = toml::from_str(config_toml).expect("config is not valid TOML");
+    let mut out = Vec::new();
+    if let Some(list) = v.get("listen").and_then(|l| l.as_array()) {
+        for l in list {
+            if let Some(a) = l.get("addr").and_then(|a| a.as_str()) {
+                let a = a.rsplit("://").next().unwrap_or(a);
+                if let Ok(sa) = a.parse() {
+                    out.push(sa);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Proxyguard {
+    /// `serve --config FILE --log-format json`, proxy env cleared; waits for
+    /// the first `[[listen]] addr` to accept.
+    pub fn start(config_toml: &str) -> Proxyguard {
+        Proxyguard::start_with(config_toml, &[], &[])
+    }
+
+    /// Like `start` with extra args (after the defaults) and env vars.
+    pub fn start_with(config_toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Proxyguard {
+        let dir = temp_dir("proxyguard", false);
+        let config_path = dir.path().join("proxyguard.toml");
+        write_file(&config_path, config_toml, 0o644);
+        let addr = listen_addrs(config_toml).into_iter().next();
+        let mut cmd = Command::new(proxyguard_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--log-format", "json"])
+            .args(extra_args);
+        let mut child = Child::spawn_env("proxyguard", cmd, dir.path(), env);
+        if let Some(a) = addr {
+            wait_started(&mut child, a, "proxyguard");
+        }
+        Proxyguard {
+            child,
+            addr,
+            config_path: Some(config_path),
+            _dir: dir,
+        }
+    }
+
+    /// Arbitrary args (zero-config tests); does not wait for any port:
+    /// use [`wait_port`] or [`Proxyguard::wait_listening`].
+    pub fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Proxyguard {
+        let dir = temp_dir("proxyguard", false);
+        let mut cmd = Command::new(proxyguard_bin());
+        cmd.args(args).current_dir(dir.path());
+        let child = Child::spawn_env("proxyguard", cmd, dir.path(), env);
+        Proxyguard {
+            child,
+            addr: None,
+            config_path: None,
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) for `addr` to accept; panics with logs if the process
+    /// exits or the timeout passes. Sets `addr()`.
+    pub fn wait_listening(&mut self, addr: SocketAddr) {
+        wait_started(&mut self.child, addr, "proxyguard");
+        self.addr = Some(addr);
+    }
+
+    /// First listen address (panics if none is known).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("proxyguard: no listen addr known")
+    }
+    /// `http://<first listen addr>`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+    /// stdout + stderr so far.
+    pub fn logs(&self) -> String {
+        self.child.log()
+    }
+    /// stderr/stdout lines that parse as JSON objects (json log format).
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        let mut s = self.child.stdout();
+        s += &self.child.stderr();
+        s.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.is_object())
+            .collect()
+    }
+}
+
+/// Runs a one-shot proxyguard command (e.g. `doctor`), proxy env cleared.
+pub fn proxyguard_run(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> CmdOut {
+    let mut cmd = Command::new(proxyguard_bin());
+    for v in PROXY_ENV_VARS {
+        cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(args);
+    run_cmd(cmd, timeout)
+}
