@@ -86,9 +86,10 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
                 state.own.add(local);
                 let path = cfg.path.clone();
                 let r2 = router.clone();
+                let started_with = Arc::new(cfg.clone());
                 let reloader: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>> =
                     path.clone().map(|p| {
-                        Arc::new(move || reload(&r2, &p))
+                        Arc::new(move || reload(&r2, &p, &started_with))
                             as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
                     });
                 let admin = Arc::new(crate::admin::Admin {
@@ -133,11 +134,33 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     })
 }
 
+/// Sections a reload applies at once; every other one needs a restart.
+const LIVE_SECTIONS: &[&str] = &["upstream", "pool", "breaker", "no_proxy", "bypass_loopback"];
+
+/// The top-level sections whose new value differs from what the gateway
+/// started with but that a reload cannot apply (listeners, admin, timeouts,
+/// limits, auth, health, alerts, routes…): said in the log and the event.
+pub fn needs_restart(started: &Config, new: &Config) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (
+        serde_json::to_value(&started.file),
+        serde_json::to_value(&new.file),
+    ) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| !LIVE_SECTIONS.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
 /// Re-reads the configuration file. An invalid file is rejected with the
 /// error logged and the old configuration kept; unchanged upstreams keep
 /// their health state and counters; live tunnels continue. Listener, admin
 /// and timeout changes need a restart.
-pub fn reload(router: &Router, path: &std::path::Path) -> Result<(), String> {
+pub fn reload(router: &Router, path: &std::path::Path, started: &Config) -> Result<(), String> {
     match Config::from_file(path) {
         Err(e) => {
             metrics::counter!("proxyguard_config_reloads_total", "result" => "error").increment(1);
@@ -160,11 +183,16 @@ pub fn reload(router: &Router, path: &std::path::Path) -> Result<(), String> {
                 bypass_loopback: cfg.bypass_loopback,
             }));
             metrics::counter!("proxyguard_config_reloads_total", "result" => "ok").increment(1);
-            tracing::info!(upstreams = n, "configuration reloaded");
-            router
-                .pool
-                .events
-                .emit("config_reload", None, format!("{} upstreams", n));
+            let pending = needs_restart(started, &cfg);
+            let mut detail = format!("{n} upstreams");
+            if pending.is_empty() {
+                tracing::info!(upstreams = n, "configuration reloaded");
+            } else {
+                let list = pending.join(", ");
+                tracing::warn!(upstreams = n, needs_restart = %list, "configuration reloaded; these changed sections need a restart to apply");
+                detail.push_str(&format!("; changed but needs a restart: {list}"));
+            }
+            router.pool.events.emit("config_reload", None, detail);
             Ok(())
         }
     }
@@ -245,6 +273,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     #[cfg(unix)]
     if let Some(path) = cfg.path.clone() {
         let router = running.state.router.clone();
+        let started_with = cfg.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -252,7 +281,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading {}", path.display());
-                let _ = reload(&router, &path);
+                let _ = reload(&router, &path, &started_with);
             }
         });
     }
@@ -263,4 +292,25 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     );
     running.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_names_the_sections_it_cannot_apply() {
+        let a = Config::from_toml(
+            "[[listen]]\naddr = \"127.0.0.1:3128\"\n[pool]\nstrategy = \"failover\"\n",
+            "a",
+        )
+        .unwrap();
+        let b = Config::from_toml(
+            "[[listen]]\naddr = \"127.0.0.1:3129\"\n[pool]\nstrategy = \"round_robin\"\n[timeouts]\nconnect = \"1s\"\n",
+            "b",
+        )
+        .unwrap();
+        assert_eq!(needs_restart(&a, &b), vec!["listen", "timeouts"]);
+        assert!(needs_restart(&a, &a).is_empty());
+    }
 }

@@ -12,6 +12,7 @@ use toml::Spanned;
 use super::env::ProxyEnv;
 use super::noproxy::NoProxy;
 use super::schema::{FileConfig, ListenConfig, Protocol};
+use super::sections;
 use crate::upstream::{Credentials, Host, Scheme, Timeouts, UpstreamSpec};
 
 /// A configuration error with its location.
@@ -144,13 +145,13 @@ fn field_at(text: &str, line: usize) -> Option<String> {
     }
 }
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     text: &'a str,
     source: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err<T>(
+    pub(super) fn err<T>(
         &self,
         span: Option<std::ops::Range<usize>>,
         field: &str,
@@ -172,7 +173,12 @@ impl Ctx<'_> {
             message: msg,
         })
     }
-    fn at<T>(&self, s: &Spanned<String>, field: &str, msg: String) -> Result<T, ConfigError> {
+    pub(super) fn at<T>(
+        &self,
+        s: &Spanned<String>,
+        field: &str,
+        msg: String,
+    ) -> Result<T, ConfigError> {
         self.err(Some(s.span()), field, msg)
     }
 }
@@ -238,324 +244,31 @@ impl Config {
 
     fn validate(file: FileConfig, text: &str, source: &str) -> Result<Config, ConfigError> {
         let cx = Ctx { text, source };
-        let mut listeners = Vec::new();
         if file.listen.is_empty() {
             return cx.err(None, "listen", "at least one [[listen]] is required".into());
         }
-        for l in &file.listen {
-            listeners.push(parse_listen(&cx, l)?);
-        }
-        let mut upstreams = Vec::new();
-        let mut names = std::collections::HashSet::new();
-        for u in &file.upstream {
-            if u.name.trim().is_empty() {
-                return cx.at(&u.url, "upstream.name", "must not be empty".into());
-            }
-            if !names.insert(u.name.clone()) {
-                return cx.at(
-                    &u.url,
-                    "upstream.name",
-                    format!("duplicate upstream name {:?}", u.name),
-                );
-            }
-            let spec = match UpstreamSpec::parse(&u.name, u.url.get_ref()) {
-                Ok(s) => s,
-                Err(e) => {
-                    return cx.at(&u.url, "upstream.url", format!(
-                        "{e}; expected http://[user:pass@]host:port, https://…, socks5://…, socks5h://… or \"direct\""
-                    ))
-                }
-            };
-            if u.weight == 0 {
-                return cx.at(&u.url, "upstream.weight", "must be at least 1".into());
-            }
-            upstreams.push(UpstreamEntry {
-                spec,
-                zone: u.zone.clone(),
-                priority: u.priority,
-                weight: u.weight,
-                max_fails: u.max_fails.max(1),
-                fail_timeout: u.fail_timeout.0,
-                applies: Applies::ALL,
-                origin: "config".into(),
-            });
-        }
-        let mut resolve = HashMap::new();
-        for (name, ip) in &file.resolve {
-            match ip.get_ref().trim().parse::<IpAddr>() {
-                Ok(a) => {
-                    resolve.insert(name.to_ascii_lowercase(), vec![a]);
-                }
-                Err(_) => {
-                    return cx.at(
-                        ip,
-                        &format!("resolve.{name}"),
-                        format!("{:?} is not an IP address", ip.get_ref()),
-                    )
-                }
-            }
-        }
-        let mut users = Vec::new();
-        for u in &file.auth.users {
-            match u.get_ref().split_once(':') {
-                Some((name, pass)) if !name.is_empty() => users.push(Credentials {
-                    username: name.to_string(),
-                    password: pass.to_string(),
-                }),
-                _ => return cx.at(u, "auth.users", "expected \"user:password\"".into()),
-            }
-        }
-        let mut allow = Vec::new();
-        for a in &file.auth.allow {
-            let s = a.get_ref().trim();
-            let net = s
-                .parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
-            match net {
-                Ok(n) => allow.push(n),
-                Err(_) => {
-                    return cx.at(
-                        a,
-                        "auth.allow",
-                        format!("{s:?} is not a CIDR or IP address"),
-                    )
-                }
-            }
-        }
-        for np in &file.no_proxy {
-            if np.get_ref().trim().is_empty() {
-                return cx.at(np, "no_proxy", "empty entry".into());
-            }
-        }
-        let t = &file.timeouts;
-        for (name, d) in [
-            ("timeouts.connect", t.connect),
-            ("timeouts.handshake", t.handshake),
-            ("timeouts.tls", t.tls),
-            ("timeouts.client_header", t.client_header),
-            ("timeouts.idle", t.idle),
-            ("timeouts.response_head", t.response_head),
-            ("timeouts.body_idle", t.body_idle),
-        ] {
-            if d.0.is_zero() {
-                return cx.err(None, name, "must be greater than zero".into());
-            }
-        }
-        if file.limits.max_connections == 0 {
-            return cx.err(None, "limits.max_connections", "must be at least 1".into());
-        }
-        if file.limits.max_header_bytes < 1024 {
-            return cx.err(
-                None,
-                "limits.max_header_bytes",
-                "must be at least 1024".into(),
-            );
-        }
-        let p = &file.pool;
-        if p.max_attempts == 0 {
-            return cx.err(None, "pool.max_attempts", "must be at least 1".into());
-        }
-        if crate::config::adaptive::Adaptive::parse(&p.hedge_after).is_none() {
-            return cx.err(
-                None,
-                "pool.hedge_after",
-                format!(
-                    "{:?}: expected \"auto\", \"off\" or a duration like \"200ms\"",
-                    p.hedge_after
-                ),
-            );
-        }
-        if crate::config::adaptive::Adaptive::parse(&p.race_after).is_none() {
-            return cx.err(
-                None,
-                "pool.race_after",
-                format!(
-                    "{:?}: expected \"auto\", \"off\" or a duration like \"200ms\"",
-                    p.race_after
-                ),
-            );
-        }
-        if p.max_ejection_percent > 100 {
-            return cx.err(None, "pool.max_ejection_percent", "must be 0..=100".into());
-        }
-        let h = &file.health;
-        if h.rise == 0 || h.fall == 0 {
-            return cx.err(None, "health.rise/fall", "must be at least 1".into());
-        }
-        if let Some(u) = &h.url {
-            if url::Url::parse(u)
-                .map(|u| u.scheme() != "http")
-                .unwrap_or(true)
-            {
-                return cx.err(
-                    None,
-                    "health.url",
-                    format!("{u:?}: expected an http:// URL"),
-                );
-            }
-        }
-        if !(0.0..=1.0).contains(&file.breaker.failure_ratio) {
-            return cx.err(
-                None,
-                "breaker.failure_ratio",
-                "must be between 0 and 1".into(),
-            );
-        }
-        if file.breaker.failure_threshold == 0 || file.breaker.half_open_trials == 0 {
-            return cx.err(
-                None,
-                "breaker",
-                "failure_threshold and half_open_trials must be at least 1".into(),
-            );
-        }
-        let admin_addr: Option<SocketAddr> = if file.admin.enabled {
-            match file.admin.addr.get_ref().trim().parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    return cx.at(
-                        &file.admin.addr,
-                        "admin.addr",
-                        format!("{:?} is not IP:port", file.admin.addr.get_ref()),
-                    )
-                }
-            }
-        } else {
-            None
-        };
-        let admin_token = match (&file.admin.token, &file.admin.token_env) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(t) if !t.is_empty() => Some(t),
-                _ => {
-                    return cx.err(
-                        None,
-                        "admin.token_env",
-                        format!("environment variable {var} is not set"),
-                    )
-                }
-            },
-            (None, None) => None,
-        };
+        let listeners = file
+            .listen
+            .iter()
+            .map(|l| parse_listen(&cx, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let upstreams = sections::upstreams(&cx, &file)?;
+        let resolve = sections::resolve(&cx, &file)?;
+        let admission = sections::admission(&cx, &file)?;
+        sections::limits(&cx, &file)?;
+        sections::pool(&cx, &file)?;
+        sections::health(&cx, &file)?;
+        let (admin_addr, admin_token) = sections::admin(&cx, &file)?;
         let security = super::security::validate(&file, admin_token.as_deref(), source)?;
         if let Some(a) = admin_addr {
             if !a.ip().is_loopback() && admin_token.is_none() {
                 return cx.at(&file.admin.addr, "admin.addr", format!("{a} is not loopback: set [admin] token_env (or token) so the admin API is not open to the network"));
             }
         }
-        for a in &file.alert {
-            if a.on.is_empty() {
-                return cx.err(None, "alert.on", "list at least one event".into());
-            }
-            for k in &a.on {
-                if !crate::events::KINDS.contains(&k.as_str()) {
-                    return cx.err(
-                        None,
-                        "alert.on",
-                        format!(
-                            "unknown event {k:?}; expected one of {}",
-                            crate::events::KINDS.join(", ")
-                        ),
-                    );
-                }
-            }
-            if let Some(w) = &a.webhook {
-                if url::Url::parse(w)
-                    .map(|u| u.scheme() != "http" && u.scheme() != "https")
-                    .unwrap_or(true)
-                {
-                    return cx.err(
-                        None,
-                        "alert.webhook",
-                        format!("{w:?}: expected an http(s):// URL"),
-                    );
-                }
-            }
-            if !(0.0..=1.0).contains(&a.threshold) {
-                return cx.err(None, "alert.threshold", "must be between 0 and 1".into());
-            }
-        }
-        for r in &file.route {
-            let addr = match r.listen.get_ref().trim().parse::<SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => {
-                    return cx.at(
-                        &r.listen,
-                        "route.listen",
-                        format!("{:?} is not IP:port", r.listen.get_ref()),
-                    )
-                }
-            };
-            if !addr.ip().is_loopback() && allow.is_empty() {
-                return cx.at(&r.listen, "route.listen", format!("{addr} is not loopback: set [auth] allow so the route is not open to everyone"));
-            }
-            if r.via != "direct" && r.via != "pool" {
-                return cx.at(
-                    &r.listen,
-                    "route.via",
-                    format!("{:?}: expected \"direct\" or \"pool\"", r.via),
-                );
-            }
-            if r.backend.is_empty() {
-                return cx.at(
-                    &r.listen,
-                    "route.backend",
-                    "a route needs at least one [[route.backend]]".into(),
-                );
-            }
-            for b in &r.backend {
-                match url::Url::parse(b.url.get_ref()) {
-                    Ok(u)
-                        if (u.scheme() == "http" || u.scheme() == "https")
-                            && u.host_str().is_some() => {}
-                    _ => {
-                        return cx.at(
-                            &b.url,
-                            "route.backend.url",
-                            format!(
-                                "{:?}: expected http://host:port or https://host:port",
-                                b.url.get_ref()
-                            ),
-                        )
-                    }
-                }
-            }
-            if let Some(sg) = &r.sign {
-                if sg.scheme != "apigw" {
-                    return cx.at(
-                        &r.listen,
-                        "route.sign.scheme",
-                        format!("{:?}: only \"apigw\" signs on the fly", sg.scheme),
-                    );
-                }
-                if std::env::var(&sg.secret_env)
-                    .map(|v| v.is_empty())
-                    .unwrap_or(true)
-                {
-                    return cx.at(
-                        &r.listen,
-                        "route.sign.secret_env",
-                        format!("environment variable {} is not set", sg.secret_env),
-                    );
-                }
-            }
-            if r.max_attempts == 0 {
-                return cx.at(&r.listen, "route.max_attempts", "must be at least 1".into());
-            }
-        }
-        let admission = Admission { users, allow };
-        // Safety: an open listener without auth or allow-list is an open proxy.
-        for (l, lc) in listeners.iter().zip(&file.listen) {
-            if !l.addr.ip().is_loopback()
-                && admission.users.is_empty()
-                && admission.allow.is_empty()
-            {
-                return cx.at(&lc.addr, "listen.addr", format!(
-                    "{} is not a loopback address and no inbound auth or allow-list is set: this would be an open proxy. \
-                     Add `[auth] users = [\"user:password\"]` and/or `[auth] allow = [\"10.0.0.0/8\"]`, or listen on 127.0.0.1",
-                    l.addr
-                ));
-            }
-        }
+        sections::alerts(&cx, &file)?;
+        sections::routes(&cx, &file, &admission.allow)?;
+        sections::no_open_proxy(&cx, &file, &listeners, &admission)?;
+        let t = &file.timeouts;
         let cfg = Config {
             listeners,
             upstreams,

@@ -10,6 +10,7 @@ pub mod noproxy;
 pub mod overrides;
 pub mod redact;
 pub mod schema;
+mod sections;
 pub mod security;
 pub mod windows;
 
