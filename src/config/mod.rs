@@ -8,5 +8,6 @@ pub mod noproxy;
 pub mod redact;
 pub mod schema;
 pub mod windows;
+pub mod windows_env;
 
 pub use load::{Admission, Applies, Config, ConfigError, Listener, UpstreamEntry};
