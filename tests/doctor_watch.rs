@@ -216,3 +216,32 @@ fn dns_comparison_against_dnsmasq() {
     assert!(findings.contains("answers differ"), "{findings}");
     assert!(d.human.contains("answers differ"), "{}", d.human);
 }
+
+#[test]
+fn hold_on_a_proxy_without_keep_alive_says_so() {
+    // tinyproxy closes a plain-HTTP client connection after each answer:
+    // nothing idles, so there is no idle cut to report.
+    let nginx = Nginx::start();
+    let tiny = Tinyproxy::start(TinyOpts::default());
+    let small = format!("{}/small", nginx.url());
+    let d = doctor(&[
+        "--timeout",
+        "2s",
+        "--proxy",
+        &tiny.url(),
+        "--hold",
+        "2s",
+        &small,
+    ]);
+    assert_eq!(d.code, 0, "{}", d.human);
+    assert!(d.json["cause"].is_null(), "{}", d.json);
+    assert!(
+        d.json["summary"]
+            .as_str()
+            .unwrap()
+            .contains("closes the connection after every answer"),
+        "{}",
+        d.json
+    );
+    assert!(d.json["idle_cut_s"].is_null());
+}
