@@ -1,10 +1,22 @@
-//! Plain-HTTP forwarding (absolute-form requests) with per-upstream
-//! connection reuse: a bounded set of idle keep-alive connections per
-//! upstream (and per target when the upstream is a tunnel).
+//! Plain-HTTP forwarding (absolute-form requests).
+//!
+//! One request: plan (the same decision picks an idle connection and, on a
+//! miss, dials) → send with a `response_head` deadline → classify the answer.
+//! A safe request (idempotent, no body) may be hedged on a second upstream
+//! after `hedge_after` (first answer wins, the other is cancelled) and is
+//! retried on another upstream after a 407, a proxy's own gateway error, a
+//! broken fresh connection or a response-head timeout. An unsafe one is sent
+//! once; a pooled connection that turns out closed hands the request back
+//! unsent, so even a POST is then retried on a fresh connection.
+//!
+//! Whose fault: the client's broken body is answered 400 and blamed on
+//! nobody; a pooled connection closed by the server is blamed on nobody;
+//! the rest counts against the upstream that failed.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -12,12 +24,19 @@ use http::{Request, Response, Uri};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
+use crate::body::{ClientBody, IdleBody};
+use crate::config::adaptive::from_samples;
+use crate::http_client::IdlePool;
+use crate::pool::Member;
 use crate::route::{Route, Router};
-use crate::upstream::{ConnectError, Target};
+use crate::upstream::{ConnectError, Phase, Scheme, Target};
 
-pub type OutBody = Either<Incoming, Empty<Bytes>>;
+pub type OutBody = Either<ClientBody<Incoming>, Empty<Bytes>>;
+
+/// A forwarded response: the upstream's body under the `body_idle` deadline.
+pub type ForwardedBody = IdleBody<Incoming>;
 
 /// Why a forwarded request failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,25 +45,32 @@ pub enum ForwardError {
     Connect(#[from] ConnectError),
     #[error("upstream failed before answering: {0}")]
     Upstream(String),
+    #[error("no response head from {upstream} within {}ms", after.as_millis())]
+    Timeout { upstream: String, after: Duration },
+    /// The client's own request body broke (bad chunking, abandoned upload).
+    #[error("the request body from the client was malformed or cut short: {0}")]
+    Client(String),
 }
 
+/// Idle connections are keyed by pool member identity, never by name.
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct Key {
-    upstream: String,
-    /// None when the upstream is an HTTP proxy (one connection serves any host).
-    target: Option<String>,
+enum PoolKey {
+    /// An HTTP(S) proxy: one connection serves any target.
+    Proxy(u64),
+    /// A tunnel through a SOCKS upstream to one target.
+    Tunnel(u64, Target),
+    Direct(Target),
 }
 
-struct Idle {
-    tx: SendRequest<OutBody>,
-    since: Instant,
-}
+/// Upper bound on idle connections across all keys.
+const IDLE_MAX_TOTAL: usize = 8192;
+/// Response-head latencies kept for the adaptive `hedge_after`.
+const HEAD_SAMPLES: usize = 128;
 
 pub struct Forwarder {
-    idle: Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
-    per_host: usize,
-    idle_timeout: Duration,
+    idle: Arc<IdlePool<PoolKey, SendRequest<OutBody>>>,
     via: bool,
+    head_latency: Mutex<VecDeque<Duration>>,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy credentials, which
@@ -91,80 +117,159 @@ fn idempotent(m: &http::Method) -> bool {
     )
 }
 
+/// A 5xx that the upstream proxy produced itself about its path to the
+/// origin (not the origin's own answer passed through): 502/504, or a 500/503
+/// carrying a proxy's error signature (squid `X-Squid-Error`, tinyproxy
+/// "Unable to connect", privoxy's error page).
+fn proxy_gateway_error(resp: &Response<Incoming>) -> bool {
+    match resp.status().as_u16() {
+        502 | 504 => true,
+        500 | 503 => {
+            let reason = resp
+                .extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| String::from_utf8_lossy(r.as_bytes()).to_ascii_lowercase())
+                .unwrap_or_default();
+            resp.headers().contains_key("x-squid-error")
+                || reason.contains("unable to connect")
+                || reason.contains("privoxy")
+        }
+        _ => false,
+    }
+}
+
+/// A response body that stalls or breaks off mid-way: the client gets a
+/// truncated response (nothing can be retried once bytes were sent). It is
+/// logged and counted but blamed on nobody: through a proxy it cannot be
+/// told apart from an origin that stalls or dies mid-body, and a client
+/// looping on such an origin must not eject healthy upstreams. A proxy that
+/// stops answering altogether is found by its health check.
+fn note_body_fault(m: Arc<Member>) -> crate::body::OnFault {
+    Box::new(move |f| {
+        let kind = match f {
+            crate::body::BodyFault::Stalled(_) => "stalled",
+            crate::body::BodyFault::Broken => "broken",
+        };
+        metrics::counter!("proxyguard_responses_cut_total", "upstream" => m.name().to_string(), "kind" => kind).increment(1);
+        tracing::warn!(upstream = m.name(), kind, "response body cut short");
+    })
+}
+
+fn key_for(route: &Route, target: &Target) -> PoolKey {
+    match route {
+        Route::Upstream(m) if matches!(m.spec().scheme, Scheme::Http | Scheme::Https) => {
+            PoolKey::Proxy(m.id)
+        }
+        Route::Upstream(m) => PoolKey::Tunnel(m.id, target.clone()),
+        _ => PoolKey::Direct(target.clone()),
+    }
+}
+
+fn member(route: &Route) -> Option<&Arc<Member>> {
+    match route {
+        Route::Upstream(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// One exchange's result.
+enum Outcome {
+    Answered {
+        resp: Response<Incoming>,
+        route: Route,
+        key: PoolKey,
+        tx: SendRequest<OutBody>,
+        absolute: bool,
+        had_auth: bool,
+    },
+    /// No connection could be made (the attempt engine already reported it).
+    NoConnection(ConnectError),
+    /// A pooled connection was found closed; the request comes back unsent
+    /// when hyper had not written it yet.
+    Stale(Option<Request<OutBody>>),
+    /// A fresh connection failed during the exchange.
+    Broken {
+        route: Route,
+        error: String,
+        unsent: Option<Request<OutBody>>,
+    },
+    TimedOut {
+        route: Route,
+        after: Duration,
+    },
+}
+
+/// Per-request retry state.
+struct Tries {
+    n: u32,
+    stale: u32,
+    /// Upstreams excluded from the next plan (failed this request).
+    excluded: Vec<Arc<Member>>,
+    /// Upstream proxies that answered this request with a gateway error.
+    gateway_failed: Vec<Arc<Member>>,
+}
+
+const MAX_TRIES: u32 = 3;
+const MAX_STALE: u32 = 3;
+
 impl Forwarder {
     pub fn new(per_host: usize, idle_timeout: Duration, via: bool) -> Self {
         Forwarder {
-            idle: Arc::new(Mutex::new(HashMap::new())),
-            per_host,
-            idle_timeout,
+            idle: Arc::new(IdlePool::new(per_host, IDLE_MAX_TOTAL, idle_timeout)),
             via,
+            head_latency: Mutex::new(VecDeque::with_capacity(HEAD_SAMPLES)),
         }
     }
 
-    fn checkout(&self, key: &Key) -> Option<SendRequest<OutBody>> {
-        let mut map = self.idle.lock().ok()?;
-        let list = map.get_mut(key)?;
-        while let Some(i) = list.pop() {
-            if i.since.elapsed() < self.idle_timeout && i.tx.is_ready() && !i.tx.is_closed() {
-                return Some(i.tx);
-            }
-        }
-        None
+    /// Idle upstream connections held now.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
     }
 
-    /// Closes idle connections to an upstream (on ejection).
-    pub fn evict_upstream(&self, name: &str) {
-        if let Ok(mut map) = self.idle.lock() {
-            map.retain(|k, _| k.upstream != name);
+    fn record_head_latency(&self, d: Duration) {
+        let mut g = self.head_latency.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() == HEAD_SAMPLES {
+            g.pop_front();
         }
+        g.push_back(d);
     }
 
-    fn checkin_later(&self, key: Key, mut tx: SendRequest<OutBody>) {
+    /// `hedge_after` now: configured, or 2 × p95 of recent response-head
+    /// latency clamped to [50 ms, 5 s] (500 ms until there are samples).
+    fn hedge_after(&self, router: &Router) -> Option<Duration> {
+        router.pool.settings().hedge_after.resolve(|| {
+            let samples = self
+                .head_latency
+                .lock()
+                .map(|g| g.iter().copied().collect())
+                .unwrap_or_default();
+            from_samples(
+                samples,
+                0.95,
+                2,
+                Duration::from_millis(50),
+                Duration::from_secs(5),
+                Duration::from_millis(500),
+            )
+        })
+    }
+
+    fn checkin_later(&self, key: PoolKey, mut tx: SendRequest<OutBody>) {
         let idle = self.idle.clone();
-        let cap = self.per_host;
         tokio::spawn(async move {
-            if tx.ready().await.is_err() {
-                return;
-            }
-            if let Ok(mut map) = idle.lock() {
-                let list = map.entry(key).or_default();
-                if list.len() < cap {
-                    list.push(Idle {
-                        tx,
-                        since: Instant::now(),
-                    });
-                }
+            if tx.ready().await.is_ok() {
+                idle.checkin(key, tx);
             }
         });
     }
 
-    fn key_for(route: &Route, target: &Target) -> Key {
-        match route {
-            Route::Upstream(m)
-                if matches!(
-                    m.spec().scheme,
-                    crate::upstream::Scheme::Http | crate::upstream::Scheme::Https
-                ) =>
-            {
-                Key {
-                    upstream: m.name().to_string(),
-                    target: None,
-                }
-            }
-            r => Key {
-                upstream: r.name().to_string(),
-                target: Some(target.to_string()),
-            },
-        }
-    }
-
-    /// Forwards `req` (already stripped of hop-by-hop headers) to `target`.
+    /// Forwards `req` to `target`.
     pub async fn forward(
         &self,
         router: &Router,
         target: &Target,
         req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Route), ForwardError> {
+    ) -> Result<(Response<ForwardedBody>, Route), ForwardError> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if self.via {
@@ -173,150 +278,352 @@ impl Forwarder {
                 .append(header::VIA, HeaderValue::from_static("1.1 proxyguard"));
         }
         let empty = body.is_end_stream();
-        let retry_safe = empty && idempotent(&parts.method);
-        let mut body = Some(if empty {
+        let safe = empty && idempotent(&parts.method);
+        let (body, client_failed) = ClientBody::new(body);
+        let mut body: Option<OutBody> = Some(if empty {
             Either::Right(Empty::new())
         } else {
             Either::Left(body)
         });
-        // Idle connections to upstreams that are out of service are closed.
-        for m in router.pool.members().iter() {
-            if !m.health.eligible() {
-                self.evict_upstream(m.name());
+        let body_idle = router.ctx.timeouts.body_idle;
+        let mut tries = Tries {
+            n: 0,
+            stale: 0,
+            excluded: Vec::new(),
+            gateway_failed: Vec::new(),
+        };
+        loop {
+            tries.n += 1;
+            let fresh = tries.stale > 0;
+            let outcome = if safe {
+                self.hedged(router, target, &parts, &tries.excluded, fresh)
+                    .await
+            } else {
+                let b = body.take().unwrap_or_else(|| Either::Right(Empty::new()));
+                self.once(router, target, &parts, b, &tries.excluded, fresh)
+                    .await
+            };
+            match self.judge(
+                router,
+                target,
+                outcome,
+                safe,
+                &client_failed,
+                &mut tries,
+                &mut body,
+            )? {
+                Some((resp, route)) => {
+                    let (p, b) = resp.into_parts();
+                    let mut b = IdleBody::new(b, body_idle);
+                    if let Some(m) = member(&route) {
+                        b = b.on_fault(note_body_fault(m.clone()));
+                    }
+                    return Ok((Response::from_parts(p, b), route));
+                }
+                None => continue,
             }
         }
-        let mut tries = 0;
-        // Upstream proxies that answered this request with 502/504.
-        let mut gateway_failed: Vec<Arc<crate::pool::Member>> = Vec::new();
-        loop {
-            tries += 1;
-            // Reuse an idle connection on a route the plan allows (most
-            // preferred first); only a miss on all of them opens a new one.
-            let plan = router.plain_plan(target).excluding(&gateway_failed);
-            let routes = plan.routes();
-            let reused = routes.iter().cloned().find_map(|route| {
-                let key = Self::key_for(&route, target);
-                self.checkout(&key).map(|tx| (tx, key, route))
-            });
-            let (mut tx, key, route, absolute, auth, was_reused) = match reused {
-                Some((tx, key, route)) => {
-                    let auth = match &route {
-                        Route::Upstream(m) => m
-                            .spec()
-                            .credentials
-                            .as_ref()
-                            .map(crate::upstream::http_connect::basic_auth),
-                        _ => None,
-                    };
-                    let absolute = key.target.is_none();
-                    (tx, key, route, absolute, auth, true)
-                }
-                None => {
-                    let (hc, route) = router.http_conn(plan, target).await?;
-                    let key = Self::key_for(&route, target);
-                    let (tx, conn) = hyper::client::conn::http1::Builder::new()
-                        .handshake::<_, OutBody>(TokioIo::new(hc.conn))
-                        .await
-                        .map_err(|e| ForwardError::Upstream(e.to_string()))?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    (
-                        tx,
-                        key,
-                        route,
-                        hc.absolute_form,
-                        hc.proxy_authorization,
-                        false,
-                    )
-                }
-            };
-            let b = body.take().unwrap_or_else(|| Either::Right(Empty::new()));
-            let req = build(&parts, target, absolute, auth.as_deref(), b);
-            match tx.send_request(req).await {
-                Ok(resp) => {
+    }
+
+    /// Decides what an outcome means: the response to return, an error, or
+    /// `None` to try again.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        router: &Router,
+        target: &Target,
+        outcome: Outcome,
+        safe: bool,
+        client_failed: &AtomicBool,
+        tries: &mut Tries,
+        body: &mut Option<OutBody>,
+    ) -> Result<Option<(Response<Incoming>, Route)>, ForwardError> {
+        let can_retry = safe && tries.n < MAX_TRIES;
+        let client_fault = || client_failed.load(Ordering::Relaxed);
+        match outcome {
+            Outcome::NoConnection(e) => Err(ForwardError::Connect(e)),
+            Outcome::Answered {
+                resp,
+                route,
+                key,
+                tx,
+                absolute,
+                had_auth,
+            } => {
+                let m = member(&route).cloned();
+                if let (true, Some(m), 407) = (absolute, &m, resp.status().as_u16()) {
                     // A 407 from our upstream proxy is its own auth failure,
                     // never meant for our client: count it and try another.
-                    if absolute && resp.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED
-                    {
-                        let scheme = resp
-                            .headers()
-                            .get(header::PROXY_AUTHENTICATE)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.split_whitespace().next())
-                            .unwrap_or("unknown")
-                            .to_string();
-                        let err = if auth.is_some() {
-                            ConnectError::ProxyAuthRejected { scheme }
-                        } else {
-                            ConnectError::ProxyAuthRequired { scheme }
-                        };
-                        if let Route::Upstream(m) = &route {
-                            router.pool.report_failure(m, &err);
-                        }
-                        if retry_safe && tries < 3 {
-                            continue;
-                        }
-                        return Err(ForwardError::Connect(err));
+                    let scheme = resp
+                        .headers()
+                        .get(header::PROXY_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.split_whitespace().next())
+                        .unwrap_or("unknown")
+                        .to_string();
+                    let err = if had_auth {
+                        ConnectError::ProxyAuthRejected { scheme }
+                    } else {
+                        ConnectError::ProxyAuthRequired { scheme }
+                    };
+                    router.pool.report_failure(m, &err);
+                    if can_retry {
+                        tries.excluded.push(m.clone());
+                        return Ok(None);
                     }
-                    // 502/504 from an upstream proxy usually means its own
-                    // path to the origin failed: a safe request goes to
-                    // another upstream (Envoy's "gateway-error" retry).
-                    if let Route::Upstream(m) = &route {
-                        let gateway_error = matches!(resp.status().as_u16(), 502 | 504);
-                        if gateway_error && absolute && retry_safe && tries < 3 {
-                            gateway_failed.push(m.clone());
-                            let untried = routes.iter().any(|r| match r {
-                                Route::Upstream(x) => {
-                                    !gateway_failed.iter().any(|t| Arc::ptr_eq(t, x))
-                                }
-                                _ => false,
-                            });
-                            if untried {
-                                tracing::debug!(
-                                    upstream = m.name(),
-                                    status = resp.status().as_u16(),
-                                    "gateway error from upstream proxy; retrying on another"
-                                );
-                                metrics::counter!("proxyguard_retries_total").increment(1);
-                                continue;
-                            }
-                        }
-                        if !gateway_error {
-                            // Another upstream served what these could not:
-                            // that is their fault, not the origin's.
-                            for f in gateway_failed.iter().filter(|f| !Arc::ptr_eq(f, m)) {
-                                router.pool.report_failure(
-                                    f,
-                                    &ConnectError::ProxyStatus {
-                                        status: 502,
-                                        reason: "gateway error another upstream did not have"
-                                            .into(),
-                                    },
-                                );
-                            }
-                        }
-                    }
-                    self.checkin_later(key, tx);
-                    return Ok((resp, route));
+                    return Err(ForwardError::Connect(err));
                 }
-                Err(e) => {
-                    // A reused connection closed by the server is a benign race;
-                    // a fresh one failing counts against the upstream.
-                    if let (Route::Upstream(m), false) = (&route, was_reused) {
+                let gateway_error = absolute && proxy_gateway_error(&resp);
+                if let (true, true, Some(m)) = (gateway_error, can_retry, &m) {
+                    tries.gateway_failed.push(m.clone());
+                    tries.excluded.push(m.clone());
+                    let untried = router
+                        .plain_plan(target)
+                        .routes()
+                        .iter()
+                        .filter_map(member)
+                        .any(|x| !tries.excluded.iter().any(|t| Arc::ptr_eq(t, x)));
+                    if untried {
+                        tracing::debug!(
+                            upstream = m.name(),
+                            status = resp.status().as_u16(),
+                            "gateway error from upstream proxy; retrying on another"
+                        );
+                        metrics::counter!("proxyguard_retries_total").increment(1);
+                        return Ok(None);
+                    }
+                }
+                if !gateway_error {
+                    // Another upstream served what these could not: that was
+                    // their fault, not the origin's.
+                    for f in tries
+                        .gateway_failed
+                        .iter()
+                        .filter(|f| m.as_ref().is_none_or(|m| !Arc::ptr_eq(f, m)))
+                    {
                         router.pool.report_failure(
-                            m,
-                            &ConnectError::Reset {
-                                phase: crate::upstream::Phase::FirstByte,
-                                proxy: true,
+                            f,
+                            &ConnectError::ProxyStatus {
+                                status: 502,
+                                reason: "gateway error another upstream did not have".into(),
                             },
                         );
                     }
-                    if retry_safe && tries < 3 {
-                        tracing::debug!(error = %e, "request failed before an answer; retrying (idempotent, no body)");
-                        continue;
+                }
+                self.checkin_later(key, tx);
+                Ok(Some((resp, route)))
+            }
+            Outcome::Stale(unsent) => {
+                // The server closed a pooled connection: nobody's fault.
+                if client_fault() {
+                    return Err(ForwardError::Client("request body failed".into()));
+                }
+                tries.stale += 1;
+                tries.n -= 1;
+                let again = match unsent {
+                    Some(req) => {
+                        *body = Some(req.into_body());
+                        true
                     }
-                    return Err(ForwardError::Upstream(e.to_string()));
+                    None => safe,
+                };
+                if again && tries.stale <= MAX_STALE {
+                    return Ok(None);
+                }
+                Err(ForwardError::Upstream(
+                    "a reused connection was closed by the upstream".into(),
+                ))
+            }
+            Outcome::Broken {
+                route,
+                error,
+                unsent,
+            } => {
+                if client_fault() {
+                    return Err(ForwardError::Client(error));
+                }
+                if let Some(m) = member(&route) {
+                    router.pool.report_failure(
+                        m,
+                        &ConnectError::Reset {
+                            phase: Phase::FirstByte,
+                            proxy: true,
+                        },
+                    );
+                    tries.excluded.push(m.clone());
+                }
+                if let Some(req) = unsent {
+                    *body = Some(req.into_body());
+                    if tries.n < MAX_TRIES {
+                        return Ok(None);
+                    }
+                } else if can_retry {
+                    tracing::debug!(error = %error, "request failed before an answer; retrying (idempotent, no body)");
+                    return Ok(None);
+                }
+                Err(ForwardError::Upstream(error))
+            }
+            Outcome::TimedOut { route, after } => {
+                if let Some(m) = member(&route) {
+                    router.pool.report_failure(
+                        m,
+                        &ConnectError::Timeout {
+                            phase: Phase::FirstByte,
+                            after,
+                            proxy: true,
+                        },
+                    );
+                    tries.excluded.push(m.clone());
+                }
+                if can_retry {
+                    return Ok(None);
+                }
+                Err(ForwardError::Timeout {
+                    upstream: route.name().to_string(),
+                    after,
+                })
+            }
+        }
+    }
+
+    /// A safe request: the exchange, plus a second one on another upstream
+    /// if the first has not answered after `hedge_after`. The first answer
+    /// wins; the other is dropped (its connection closes).
+    async fn hedged(
+        &self,
+        router: &Router,
+        target: &Target,
+        parts: &http::request::Parts,
+        excluded: &[Arc<Member>],
+        fresh: bool,
+    ) -> Outcome {
+        let empty = || Either::Right(Empty::new());
+        let first = self.once(router, target, parts, empty(), excluded, fresh);
+        let plan = router.plain_plan(target).excluding(excluded);
+        let lead = plan.routes().first().and_then(|r| member(r).cloned());
+        let (Some(lead), Some(delay)) = (lead, self.hedge_after(router)) else {
+            return first.await;
+        };
+        let mut others: Vec<Arc<Member>> = excluded.to_vec();
+        others.push(lead);
+        let hedge_possible = plan
+            .routes()
+            .iter()
+            .filter_map(member)
+            .any(|m| !others.iter().any(|o| Arc::ptr_eq(o, m)));
+        if !hedge_possible {
+            return first.await;
+        }
+        tokio::pin!(first);
+        tokio::select! {
+            o = &mut first => return o,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        metrics::counter!("proxyguard_hedges_total").increment(1);
+        tracing::debug!(target = %target, after_ms = delay.as_millis() as u64, "hedging on another upstream");
+        let second = self.once(router, target, parts, empty(), &others, true);
+        tokio::pin!(second);
+        tokio::select! {
+            o = &mut first => match o {
+                o @ Outcome::Answered { .. } => o,
+                _ => second.await,
+            },
+            o = &mut second => match o {
+                o @ Outcome::Answered { .. } => {
+                    metrics::counter!("proxyguard_hedges_won_total").increment(1);
+                    o
+                }
+                _ => first.await,
+            },
+        }
+    }
+
+    /// One exchange: an idle connection on a route the plan allows (most
+    /// preferred first), else a new one through the attempt engine.
+    async fn once(
+        &self,
+        router: &Router,
+        target: &Target,
+        parts: &http::request::Parts,
+        body: OutBody,
+        excluded: &[Arc<Member>],
+        fresh: bool,
+    ) -> Outcome {
+        let plan = router.plain_plan(target).excluding(excluded);
+        let reused = if fresh {
+            None
+        } else {
+            plan.routes().into_iter().find_map(|route| {
+                let key = key_for(&route, target);
+                self.idle.checkout(&key).map(|tx| (tx, key, route))
+            })
+        };
+        let (mut tx, key, route, absolute, auth, was_reused) = match reused {
+            Some((tx, key, route)) => {
+                let auth = member(&route).and_then(|m| {
+                    m.spec()
+                        .credentials
+                        .as_ref()
+                        .map(crate::upstream::http_connect::basic_auth)
+                });
+                let absolute = matches!(key, PoolKey::Proxy(_));
+                (tx, key, route, absolute, auth, true)
+            }
+            None => {
+                let (hc, route) = match router.http_conn(plan, target).await {
+                    Ok(x) => x,
+                    Err(e) => return Outcome::NoConnection(e),
+                };
+                let key = key_for(&route, target);
+                let tx = match crate::http_client::handshake::<_, OutBody>(hc.conn).await {
+                    Ok(tx) => tx,
+                    Err(e) => {
+                        return Outcome::Broken {
+                            route,
+                            error: e.to_string(),
+                            unsent: None,
+                        }
+                    }
+                };
+                (
+                    tx,
+                    key,
+                    route,
+                    hc.absolute_form,
+                    hc.proxy_authorization,
+                    false,
+                )
+            }
+        };
+        let req = build(parts, target, absolute, auth.as_deref(), body);
+        let limit = router.ctx.timeouts.response_head;
+        let started = Instant::now();
+        match tokio::time::timeout(limit, tx.try_send_request(req)).await {
+            Err(_) => Outcome::TimedOut {
+                route,
+                after: limit,
+            },
+            Ok(Ok(resp)) => {
+                self.record_head_latency(started.elapsed());
+                Outcome::Answered {
+                    resp,
+                    route,
+                    key,
+                    tx,
+                    absolute,
+                    had_auth: auth.is_some(),
+                }
+            }
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                if was_reused {
+                    Outcome::Stale(unsent)
+                } else {
+                    Outcome::Broken {
+                        route,
+                        error: e.into_error().to_string(),
+                        unsent,
+                    }
                 }
             }
         }

@@ -137,7 +137,9 @@ pub fn from_connect_error(err: &ConnectError, via_proxy: bool) -> Cause {
         ConnectError::ProxyAuthRequired { .. } => Cause::ProxyAuthRequired,
         ConnectError::ProxyAuthRejected { .. } => Cause::ProxyAuthRejected,
         ConnectError::ProxyForbidden { .. } => Cause::ProxyForbidden,
-        ConnectError::ProxyStatus { .. } => Cause::ProxyUpstreamError,
+        ConnectError::ProxyStatus { .. } | ConnectError::TargetFailed { .. } => {
+            Cause::ProxyUpstreamError
+        }
         ConnectError::SocksReply { code } => match code {
             0x02 => Cause::ProxyForbidden,
             0x04 => Cause::TargetDnsFailure,

@@ -132,7 +132,8 @@ fn handshake_summary(e: &ConnectError, head: &http_connect::ReplyHead) -> String
             auth_failure(e, head.status, head).summary
         }
         ConnectError::ProxyForbidden { .. } => "The proxy refused the CONNECT by policy (403): its ACL does not allow this destination or port.".into(),
-        ConnectError::ProxyStatus { status, reason } => format!("The proxy answered {status} {reason}: it could not reach the target."),
+        ConnectError::ProxyStatus { status, reason }
+        | ConnectError::TargetFailed { status, reason, .. } => format!("The proxy answered {status} {reason}: it could not reach the target."),
         other => format!("The proxy handshake failed: {other}."),
     }
 }

@@ -118,6 +118,7 @@ pub(super) fn context(plan: &Plan, timeout: Duration) -> Result<ConnectContext, 
             connect: timeout,
             handshake: timeout,
             tls: timeout,
+            ..Timeouts::default()
         },
     );
     if !plan.roots.proxy.is_empty() {

@@ -19,7 +19,7 @@ use super::State;
 use crate::forward::{strip_hop_by_hop, ForwardError};
 use crate::upstream::{ConnectError, Target};
 
-pub type RespBody = Either<Incoming, Full<Bytes>>;
+pub type RespBody = Either<crate::forward::ForwardedBody, Full<Bytes>>;
 
 /// Serves one client connection (keep-alive, many requests).
 pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
@@ -89,7 +89,7 @@ pub fn error_response(err: &ConnectError, upstream: Option<&str>) -> Response<Re
         err.proxy_status_error(),
         quote(&err.to_string())
     );
-    if let Some(u) = upstream {
+    if let Some(u) = upstream.or(err.next_hop()) {
         ps.push_str(&format!("; next-hop={}", quote(u)));
     }
     if let Ok(v) = HeaderValue::from_str(&ps) {
@@ -273,6 +273,50 @@ async fn handle(
                 e.proxy_status_error(),
             );
             Ok(error_response(&e, None))
+        }
+        Err(ForwardError::Client(msg)) => {
+            // The client's own body broke: its fault, nobody else's.
+            access(
+                peer,
+                &method,
+                &uri.to_string(),
+                "-",
+                400,
+                started,
+                "client_error",
+            );
+            let mut r = text(
+                StatusCode::BAD_REQUEST,
+                &format!("proxyguard: 400 Bad Request: {msg}"),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Ok(r)
+        }
+        Err(ForwardError::Timeout { upstream, after }) => {
+            access(
+                peer,
+                &method,
+                &uri.to_string(),
+                &upstream,
+                504,
+                started,
+                "http_response_timeout",
+            );
+            let mut r = text(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "proxyguard: 504 Gateway Timeout: no response head from {upstream} within {}ms",
+                    after.as_millis()
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "proxyguard; error=http_response_timeout; next-hop={}",
+                quote(&upstream)
+            )) {
+                r.headers_mut().insert("proxy-status", v);
+            }
+            Ok(r)
         }
         Err(ForwardError::Upstream(msg)) => {
             access(

@@ -7,6 +7,9 @@
 //! spawned process is killed (process group, SIGTERM then SIGKILL) on drop.
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod hey;
+
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
@@ -1468,6 +1471,9 @@ pub struct GoOpts {
     pub cafile: Option<PathBuf>,
     pub method: String,
     pub env: Vec<(String, String)>,
+    /// Request body length in bytes (0: none).
+    pub body: usize,
+    pub keepalive: bool,
 }
 
 impl GoOpts {
@@ -1480,7 +1486,19 @@ impl GoOpts {
             cafile: None,
             method: "GET".into(),
             env: Vec::new(),
+            body: 0,
+            keepalive: true,
         }
+    }
+    /// Sends `len` bytes of body with each request (use with a method).
+    pub fn body(mut self, len: usize) -> Self {
+        self.body = len;
+        self
+    }
+    /// A new connection per request.
+    pub fn no_keepalive(mut self) -> Self {
+        self.keepalive = false;
+        self
     }
     pub fn n(mut self, n: usize) -> Self {
         self.n = n;
@@ -1593,7 +1611,10 @@ impl GoClient {
             .arg("-timeout")
             .arg(format!("{}ms", opts.timeout.as_millis()))
             .arg("-method")
-            .arg(&opts.method);
+            .arg(&opts.method)
+            .arg("-body")
+            .arg(opts.body.to_string())
+            .arg(format!("-keepalive={}", opts.keepalive));
         if let Some(ca) = &opts.cafile {
             cmd.arg("-cafile").arg(ca);
         }
