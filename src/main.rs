@@ -130,7 +130,9 @@ enum Cmd {
 fn load(config: Option<&PathBuf>) -> Result<Config, proxyguard::config::ConfigError> {
     match config {
         Some(p) => Config::from_file(p),
-        None => Config::from_env(&ProxyEnv::from_process_env()),
+        None => Config::from_env(&proxyguard::config::windows_env::serve_env(
+            ProxyEnv::from_process_env(),
+        )),
     }
 }
 

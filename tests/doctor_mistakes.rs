@@ -216,6 +216,15 @@ fn urls_taken_like_curl_and_usage_errors_exit_2() {
         std::time::Duration::from_secs(30),
     );
     assert_eq!(out.code, 2, "{out:?}");
+    for args in [
+        &["doctor", "--repeat", "2"][..],
+        &["doctor", "--hold", "5s"][..],
+        &["doctor", "--repeat", "0", "x"][..],
+        &["doctor", "--hold", "2s", "--repeat", "2", "x"][..],
+    ] {
+        let out = proxyguard_run(args, &[], std::time::Duration::from_secs(30));
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+    }
 }
 
 #[test]

@@ -13,5 +13,6 @@ pub mod schema;
 mod sections;
 pub mod security;
 pub mod windows;
+pub mod windows_env;
 
 pub use load::{Admission, Applies, Config, ConfigError, Listener, UpstreamEntry};

@@ -29,7 +29,7 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub compare_direct: bool,
     /// Deadline for each phase.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_dur)]
     pub timeout: Duration,
     /// Extra CA certificates (PEM) to trust for the target's TLS.
     #[arg(long)]
@@ -41,7 +41,7 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000), conflicts_with = "hold")]
     pub repeat: Option<u32>,
     /// Pause between the starts of two --repeat runs.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "repeat")]
+    #[arg(long, default_value = "1s", value_parser = parse_dur, requires = "repeat")]
     pub interval: Duration,
     /// Find an idle cut: hold idle connections and probe them at rising ages up to DURATION.
     #[arg(long, value_name = "DURATION", value_parser = parse_hold)]
@@ -51,8 +51,13 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
+/// Durations as everywhere in proxyguard: `300ms`, `5s`, `1m`, `1h30m`.
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    crate::config::duration::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_hold(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let d = parse_dur(s)?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
         return Err("--hold takes 1s to 24h".into());
     }

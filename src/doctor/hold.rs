@@ -103,6 +103,8 @@ struct Held {
     last_used: Instant,
     absolute_form: bool,
     proxy_auth: Option<String>,
+    /// The answer said the connection ends after it (`Connection: close`).
+    closes: bool,
 }
 
 /// Runs the hold: a normal walk first (the path must work), then the probes.
@@ -139,6 +141,13 @@ pub async fn run(opts: &Options, hold: Duration) -> Result<HoldReport, DoctorErr
                 return Ok(report);
             }
         }
+    }
+    if held.iter().all(|h| h.closes) {
+        report.summary = format!(
+            "{} closes the connection after every answer: there is no idle connection to cut; clients open a new one per request. Try an https:// URL to hold CONNECT tunnels.",
+            if plan.proxy.is_some() { "The proxy" } else { "The server" }
+        );
+        return Ok(report);
     }
     let wait = opts.timeout.min(Duration::from_secs(5));
     let mut cuts_in_a_row = 0;
@@ -201,11 +210,21 @@ async fn open(plan: &Plan, opts: &Options) -> Result<Held, String> {
         last_used: Instant::now(),
         absolute_form,
         proxy_auth,
+        closes: false,
     };
     tokio::time::timeout(opts.timeout, request(&mut h, plan))
         .await
         .map_err(|_| "no answer to the first request".to_string())??;
     h.last_used = Instant::now();
+    // A peer that closes right after its answer keeps nothing alive (tinyproxy
+    // does so for plain HTTP even without `Connection: close`).
+    for _ in 0..10 {
+        if h.closes || h.ended.lock().map(|e| e.is_some()).unwrap_or(false) {
+            h.closes = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     Ok(h)
 }
 
@@ -235,6 +254,15 @@ async fn request(h: &mut Held, plan: &Plan) -> Result<u16, String> {
     h.tx.ready().await.map_err(|e| e.to_string())?;
     let resp = h.tx.send_request(req).await.map_err(|e| kind_text(&e))?;
     let status = resp.status().as_u16();
+    h.closes = resp.version() == http::Version::HTTP_10
+        || resp
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("close"))
+            });
     resp.into_body()
         .collect()
         .await

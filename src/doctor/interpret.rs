@@ -32,7 +32,7 @@ pub(super) fn protocol_mismatch(
     let (speaks, scheme) = match p.scheme {
         Scheme::Socks5 | Scheme::Socks5h if s.socks5 => return None,
         Scheme::Https if s.tls => return None,
-        Scheme::Http if s.http.is_some() && !s.http_to_tls => return None,
+        Scheme::Http if s.speaks_http() => return None,
         _ if s.socks5 => ("SOCKS5", "socks5h"),
         _ if s.tls && !s.speaks_http() => ("TLS", "https"),
         _ if s.speaks_http() => ("HTTP", "http"),

@@ -233,6 +233,15 @@ pub async fn run_plan(opts: &Options, plan: &Plan) -> Report {
     let mut findings: Vec<String> = opts.env.findings.iter().map(|f| f.message()).collect();
     if let Some(w) = &opts.windows {
         findings.extend(w.go_notes().iter().map(|s| s.to_string()));
+        let scheme = if plan.https { "https" } else { "http" };
+        let host = plan.target.host.bare();
+        findings.extend(settings::windows_mismatch(
+            &opts.env,
+            w,
+            scheme,
+            &host,
+            plan.target.port,
+        ));
     }
     let main = walk::walk(plan, plan.proxy.as_ref(), opts).await;
     let direct = if opts.compare_direct && plan.proxy.is_some() {

@@ -109,6 +109,32 @@ pub fn choose_proxy(
     }
 }
 
+/// A finding when the proxy variables (what Go uses) and the Windows system
+/// proxy (what browsers and WinINet programs use) disagree for this URL.
+pub fn windows_mismatch(
+    env: &crate::config::env::ProxyEnv,
+    w: &crate::config::windows::WindowsProxySettings,
+    scheme: &str,
+    host: &str,
+    port: u16,
+) -> Option<String> {
+    let go = env
+        .proxy_for(scheme, host, port)
+        .map(|p| crate::config::redact::redact(p.url.trim_end_matches('/')));
+    let sys = w
+        .proxy_for(scheme, host)
+        .map(|u| crate::config::redact::redact(u.trim_end_matches('/')));
+    if go == sys {
+        return None;
+    }
+    let say = |v: &Option<String>| v.clone().unwrap_or_else(|| "direct".into());
+    Some(format!(
+        "for {scheme}://{host} the proxy variables give {} but the Windows system proxy gives {}: browsers and WinINet programs use the system proxy, Go programs the variables",
+        say(&go),
+        say(&sys)
+    ))
+}
+
 /// Reads the Windows system proxy (Go ignores it; doctor reports it).
 pub fn windows_settings() -> Option<crate::config::windows::WindowsProxySettings> {
     #[cfg(windows)]
@@ -125,7 +151,38 @@ pub fn windows_settings() -> Option<crate::config::windows::WindowsProxySettings
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_url;
+    use super::{normalize_url, windows_mismatch};
+    use crate::config::env::ProxyEnv;
+    use crate::config::windows::{parse_reg_query, WindowsProxySettings};
+
+    #[test]
+    fn variables_and_windows_system_proxy_compared() {
+        let reg = "HKEY_CURRENT_USER\\Software\\Microsoft\\Windows\\CurrentVersion\\Internet Settings\r\n    ProxyEnable    REG_DWORD    0x1\r\n    ProxyServer    REG_SZ    proxy.corp:8080\r\n    ProxyOverride    REG_SZ    *.corp.example\r\n";
+        let w = WindowsProxySettings::from_raw(&parse_reg_query(reg));
+        let none = ProxyEnv::from_lookup(|_| None);
+        let m = windows_mismatch(&none, &w, "https", "example.com", 443).expect("differ");
+        assert!(
+            m.contains("variables give direct") && m.contains("http://proxy.corp:8080"),
+            "{m}"
+        );
+        // Bypassed by ProxyOverride and no variables: both direct.
+        assert_eq!(
+            windows_mismatch(&none, &w, "https", "a.corp.example", 443),
+            None
+        );
+        let same = ProxyEnv::from_lookup(|n| {
+            (n == "HTTPS_PROXY").then(|| "http://proxy.corp:8080".into())
+        });
+        assert_eq!(
+            windows_mismatch(&same, &w, "https", "example.com", 443),
+            None
+        );
+        let other = ProxyEnv::from_lookup(|n| {
+            (n == "HTTPS_PROXY").then(|| "http://u:secret@other:3128".into())
+        });
+        let m = windows_mismatch(&other, &w, "https", "example.com", 443).unwrap();
+        assert!(!m.contains("secret"), "{m}");
+    }
 
     #[test]
     fn urls_are_taken_like_curl() {

@@ -46,7 +46,7 @@ pub(super) async fn connect(
     plan: &Plan,
     proxy: Option<&UpstreamSpec>,
     ctx: &ConnectContext,
-    mut dns_notes: Vec<String>,
+    dns_notes: Vec<String>,
 ) -> Result<Conn, Failure> {
     let peer = Arc::new(Mutex::new(None));
     let mut rec = Recorder {
@@ -77,55 +77,14 @@ pub(super) async fn connect(
             .map(Conn::tcp),
     };
     let host_desc = host_desc(plan, proxy);
-    match (rec.mark(Phase::Dns), &connected) {
-        (Some((took, at, addrs)), _) => {
-            w.timings.namelookup = Some(at);
-            dns_notes.insert(0, format!("{host_desc} → {addrs}"));
-            w.step("dns", true, took, dns_notes.join("; "));
-        }
-        (None, Err(e @ ConnectError::Dns { .. })) => {
-            w.step(
-                "dns",
-                false,
-                w.started.elapsed(),
-                format!("{host_desc}: {e}"),
-            );
-            let c = super::cause::from_connect_error(e, proxy.is_some());
-            return Err(Failure::new(
-                c,
-                format!("The {host_desc} does not resolve: {e}."),
-            ));
-        }
-        (
-            None,
-            Err(
-                e @ ConnectError::Timeout {
-                    phase: Phase::Dns, ..
-                },
-            ),
-        ) => {
-            w.step(
-                "dns",
-                false,
-                w.started.elapsed(),
-                format!("{host_desc}: {e}"),
-            );
-            let c = if proxy.is_some() {
-                Cause::ProxyDnsFailure
-            } else {
-                Cause::TargetDnsFailure
-            };
-            return Err(Failure::new(
-                c,
-                format!("Resolving the {host_desc} timed out."),
-            ));
-        }
-        (None, _) => {
-            w.timings.namelookup = Some(0.0);
-            dns_notes.insert(0, format!("{host_desc} is an address: no lookup"));
-            w.step("dns", true, Duration::ZERO, dns_notes.join("; "));
-        }
-    }
+    record_dns(
+        w,
+        &rec,
+        connected.as_ref().err(),
+        dns_notes,
+        &host_desc,
+        proxy.is_some(),
+    )?;
     let tcp_mark = rec.mark(Phase::Tcp);
     if let Some((took, at, addr)) = &tcp_mark {
         w.timings.connect = Some(*at);
@@ -163,6 +122,67 @@ pub(super) async fn connect(
             Err(Failure::new(c, format!("{host_desc}: {why}")))
         }
     }
+}
+
+/// The dns step, from the connector's marks (or its DNS error).
+fn record_dns(
+    w: &mut Walk,
+    rec: &Recorder,
+    err: Option<&ConnectError>,
+    mut notes: Vec<String>,
+    host_desc: &str,
+    via_proxy: bool,
+) -> Result<(), Failure> {
+    match (rec.mark(Phase::Dns), err) {
+        (Some((took, at, addrs)), _) => {
+            w.timings.namelookup = Some(at);
+            notes.insert(0, format!("{host_desc} → {addrs}"));
+            w.step("dns", true, took, notes.join("; "));
+        }
+        (None, Some(e @ ConnectError::Dns { .. })) => {
+            w.step(
+                "dns",
+                false,
+                w.started.elapsed(),
+                format!("{host_desc}: {e}"),
+            );
+            let c = super::cause::from_connect_error(e, via_proxy);
+            return Err(Failure::new(
+                c,
+                format!("The {host_desc} does not resolve: {e}."),
+            ));
+        }
+        (
+            None,
+            Some(
+                e @ ConnectError::Timeout {
+                    phase: Phase::Dns, ..
+                },
+            ),
+        ) => {
+            w.step(
+                "dns",
+                false,
+                w.started.elapsed(),
+                format!("{host_desc}: {e}"),
+            );
+            let c = if via_proxy {
+                Cause::ProxyDnsFailure
+            } else {
+                Cause::TargetDnsFailure
+            };
+            return Err(Failure::new(
+                c,
+                format!("Resolving the {host_desc} timed out."),
+            ));
+        }
+        (None, _) => {
+            w.timings.namelookup = Some(0.0);
+            notes.insert(0, format!("{host_desc} is an address: no lookup"));
+            w.step("dns", true, Duration::ZERO, notes.join("; "));
+        }
+    }
+    Ok(())
 }
 
 /// The TLS handshake with an https:// proxy failed: is the port TLS at all?
@@ -244,23 +264,13 @@ async fn race_proxy_tls(
 fn early_mismatch(
     w: &mut Walk,
     rec: &Recorder,
-    mut dns_notes: Vec<String>,
+    dns_notes: Vec<String>,
     host_desc: &str,
     f: Failure,
     probe: &str,
 ) -> Failure {
-    match rec.mark(Phase::Dns) {
-        Some((took, at, addrs)) => {
-            w.timings.namelookup = Some(at);
-            dns_notes.insert(0, format!("{host_desc} → {addrs}"));
-            w.step("dns", true, took, dns_notes.join("; "));
-        }
-        None => {
-            w.timings.namelookup = Some(0.0);
-            dns_notes.insert(0, format!("{host_desc} is an address: no lookup"));
-            w.step("dns", true, Duration::ZERO, dns_notes.join("; "));
-        }
-    }
+    // No connector error: the dns step can only be recorded as ok.
+    let _ = record_dns(w, rec, None, dns_notes, host_desc, true);
     let mut since = 0.0;
     if let Some((took, at, addr)) = rec.mark(Phase::Tcp) {
         w.timings.connect = Some(at);
