@@ -178,11 +178,15 @@ fn upstreams_from_env_sends_traffic_through_the_environment_proxy() {
         &format!("{}/small", nginx.url()),
     ]);
     assert_eq!(r.status, 200, "{r:?}\n{}", pg.logs());
-    let line = pg
-        .json_logs()
-        .into_iter()
-        .find(|l| l["kind"] == "connect")
-        .unwrap_or_else(|| panic!("no access line\n{}", pg.logs()));
+    // A tunnel's access line is written when the tunnel ends, just after
+    // curl closes it: wait for it.
+    let find = || pg.json_logs().into_iter().find(|l| l["kind"] == "connect");
+    assert!(
+        wait_until(Duration::from_secs(10), || find().is_some()),
+        "no access line\n{}",
+        pg.logs()
+    );
+    let line = find().unwrap_or_default();
     assert_eq!(line["upstream"], "HTTPS_PROXY", "{line}");
     assert!(
         !pg.logs().contains("upstreams_from_env = true` to use them"),
