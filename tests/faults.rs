@@ -65,6 +65,18 @@ impl Gw {
             .expect(name)
     }
 
+    /// `POST /reload` with the admin token.
+    fn reload(&self) -> CurlOut {
+        curl(&[
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer t0ken-t0ken-t0ken",
+            &format!("http://{}/reload", self.admin),
+        ])
+    }
+
     fn healthz(&self) -> u16 {
         curl(&["-s", &format!("http://{}/healthz", self.admin)]).status
     }
@@ -84,17 +96,6 @@ fn config(listen: SocketAddr, admin: SocketAddr, upstreams: &[String], extra: &s
     }
     s.push_str(extra);
     s
-}
-
-fn tinies(n: usize) -> Vec<Tinyproxy> {
-    (0..n)
-        .map(|_| {
-            Tinyproxy::start(TinyOpts {
-                connect_ports: None,
-                logged: true,
-            })
-        })
-        .collect()
 }
 
 /// Requests tinyproxy logged whose request line contains `needle`
@@ -150,7 +151,7 @@ fn raw(gw: &Gw, bytes: &[u8], then_close_write: bool) -> String {
 fn half_dead_first_upstream_never_reaches_clients() {
     let _g = serial();
     let nginx = Nginx::start();
-    let t = tinies(3);
+    let t = Tinyproxy::many(3);
     let dead = FaultRelay::start(t[0].addr(), Fault::Silent);
     let ups = [dead.url("http"), t[1].url(), t[2].url()];
     let gw = Gw::start(&ups, "");
@@ -217,7 +218,7 @@ fn half_dead_first_upstream_never_reaches_clients() {
 fn dead_target_ejects_nobody_and_gets_a_prompt_named_502() {
     let _g = serial();
     let nginx = Nginx::start();
-    let t = tinies(2);
+    let t = Tinyproxy::many(2);
     let gw = Gw::start(&[t[0].url(), t[1].url()], "");
     let dead = free_port();
     let req = format!("CONNECT 127.0.0.1:{dead} HTTP/1.1\r\nHost: 127.0.0.1:{dead}\r\n\r\n");
@@ -284,7 +285,7 @@ fn dead_target_ejects_nobody_and_gets_a_prompt_named_502() {
 fn client_broken_body_is_a_400_and_ejects_nobody() {
     let _g = serial();
     let nginx = Nginx::start();
-    let t = tinies(1);
+    let t = Tinyproxy::many(1);
     let gw = Gw::start(&[t[0].url()], "[pool]\nfallback = \"direct\"\n");
     let url = format!("{}/small", nginx.url());
     let host = nginx.addr();
@@ -333,7 +334,7 @@ fn client_broken_body_is_a_400_and_ejects_nobody() {
 fn stalled_or_cut_body_reaches_the_client_truncated() {
     let _g = serial();
     let nginx = Nginx::start();
-    let t = tinies(1);
+    let t = Tinyproxy::many(1);
     let relay = FaultRelay::start(t[0].addr(), Fault::StallAfterHead);
     let gw = Gw::start(&[relay.url("http")], "");
     let url = format!("{}/big", nginx.url());
@@ -357,7 +358,7 @@ fn stalled_or_cut_body_reaches_the_client_truncated() {
 fn flapping_upstream_costs_no_request() {
     let _g = serial();
     let nginx = Nginx::start();
-    let t = tinies(2);
+    let t = Tinyproxy::many(2);
     let flap = FaultRelay::start(t[0].addr(), Fault::Flap(Duration::from_millis(700)));
     let gw = Gw::start(&[flap.url("http"), t[1].url()], "");
     let small = format!("{}/small", nginx.url());
@@ -380,7 +381,7 @@ fn flapping_upstream_costs_no_request() {
 fn twenty_reloads_under_load_lose_nothing_and_apply_priorities() {
     let _g = serial();
     let nginx = Nginx::start();
-    let t = tinies(2);
+    let t = Tinyproxy::many(2);
     let (listen, admin) = (free_addr(), free_addr());
     let order = |first: usize| {
         let ups = if first == 0 {
@@ -396,14 +397,7 @@ fn twenty_reloads_under_load_lose_nothing_and_apply_priorities() {
     let load = std::thread::spawn(move || hey(&p, &u, 4000, 8, &[]));
     for i in 0..20 {
         std::fs::write(&path, order((i + 1) % 2)).unwrap();
-        let r = curl(&[
-            "-s",
-            "-X",
-            "POST",
-            "-H",
-            "Authorization: Bearer t0ken-t0ken-t0ken",
-            &format!("http://{admin}/reload"),
-        ]);
+        let r = gw.reload();
         assert_eq!(r.status, 200, "reload {i}: {r:?}");
         std::thread::sleep(Duration::from_millis(60));
     }
@@ -413,14 +407,7 @@ fn twenty_reloads_under_load_lose_nothing_and_apply_priorities() {
     // The last config put t[0] first again (20 is even): traffic follows a
     // priority swap.
     std::fs::write(&path, order(1)).unwrap();
-    curl(&[
-        "-s",
-        "-X",
-        "POST",
-        "-H",
-        "Authorization: Bearer t0ken-t0ken-t0ken",
-        &format!("http://{admin}/reload"),
-    ]);
+    assert_eq!(gw.reload().status, 200);
     let probe = format!("{}/small?after-swap", nginx.url());
     assert!(wait_until(Duration::from_secs(5), || {
         curl(&["-s", "-x", &gw.proxy(), &probe]);
@@ -523,7 +510,7 @@ fn reverse_fallback_cache_never_shares_a_private_answer() {
 fn one_down_event_per_outage_and_no_false_recovery() {
     let _g = serial();
     let nginx = Nginx::start();
-    let t = tinies(2);
+    let t = Tinyproxy::many(2);
     let relay = FaultRelay::start(t[0].addr(), Fault::Reset);
     let gw = Gw::start(
         &[relay.url("http"), t[1].url()],

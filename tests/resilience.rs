@@ -33,17 +33,6 @@ fn pool_config(listen: SocketAddr, upstreams: &[String], extra_top: &str, extra:
     s
 }
 
-fn tinies(n: usize) -> Vec<Tinyproxy> {
-    (0..n)
-        .map(|_| {
-            Tinyproxy::start(TinyOpts {
-                connect_ports: None,
-                logged: true,
-            })
-        })
-        .collect()
-}
-
 /// A fake upstream proxy that answers every request with `status`.
 struct FakeProxy {
     addr: SocketAddr,
@@ -195,7 +184,7 @@ impl Drop for Blackhole {
 fn scenario1_kill9_one_upstream_mid_run_no_failed_requests() {
     let _serial = serial();
     let nginx = Nginx::start();
-    let mut t = tinies(3);
+    let mut t = Tinyproxy::many(3);
     let listen = free_addr();
     let ups: Vec<String> = t.iter().map(|x| x.url()).collect();
     let pg = Proxyguard::start(&pool_config(
@@ -250,7 +239,7 @@ fn scenario1_kill9_one_upstream_mid_run_no_failed_requests() {
 
     // Comparison: the same Go client talking straight to a proxy that dies
     // mid-run (no proxyguard), measured the same way.
-    let mut lone = tinies(1);
+    let mut lone = Tinyproxy::many(1);
     let p = lone[0].url();
     let u = url.clone();
     let direct = std::thread::spawn(move || hey(&p, &u, 2000, 10, &["-disable-keepalive"]));
@@ -274,7 +263,7 @@ fn scenario1_kill9_one_upstream_mid_run_no_failed_requests() {
 fn scenario2_blackholed_upstream_costs_at_most_race_after() {
     let _serial = serial();
     let nginx = Nginx::start();
-    let t = tinies(3);
+    let t = Tinyproxy::many(3);
     let listen = free_addr();
     let ups: Vec<String> = t.iter().map(|x| x.url()).collect();
     let pg = Proxyguard::start(&pool_config(
@@ -335,7 +324,7 @@ fn scenario2_blackholed_upstream_costs_at_most_race_after() {
 fn scenario3_upstream_answering_407_or_502_is_ejected_with_reason() {
     let _serial = serial();
     let nginx = Nginx::start();
-    let t = tinies(2);
+    let t = Tinyproxy::many(2);
     let f407 = FakeProxy::start(407, "Proxy-Authenticate: Basic realm=\"x\"\r\n");
     let f502 = FakeProxy::start(502, "");
     let listen = free_addr();
@@ -406,7 +395,7 @@ fn scenario3_upstream_answering_407_or_502_is_ejected_with_reason() {
 fn scenario4_least_latency_moves_off_slow_upstream() {
     let _serial = serial();
     let nginx = Nginx::start();
-    let t = tinies(2);
+    let t = Tinyproxy::many(2);
     let slow = SlowRelay::start(t[0].addr(), Duration::from_millis(300));
     let listen = free_addr();
     let ups = vec![format!("http://{}", slow.addr), t[1].url()];
@@ -589,7 +578,7 @@ fn scenario6_breaker_transitions_at_configured_times() {
 fn scenario7_gateway_error_from_upstream_proxy_retried_elsewhere() {
     let _serial = serial();
     let nginx = Nginx::start();
-    let t = tinies(2);
+    let t = Tinyproxy::many(2);
     // Round robin; active checks off, so only the request path can find faults.
     let start = |ups: &[String]| {
         let listen = free_addr();

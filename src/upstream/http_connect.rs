@@ -53,20 +53,26 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     target: &Target,
     creds: Option<&Credentials>,
 ) -> Result<(ReplyHead, Option<Bytes>), ConnectError> {
-    let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
-    if let Some(c) = creds {
-        req.push_str("Proxy-Authorization: ");
-        req.push_str(&basic_auth(c));
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    io.write_all(req.as_bytes())
-        .await
-        .map_err(|e| ConnectError::from_io(&e, Phase::ProxyHandshake, "", true))?;
-    io.flush()
-        .await
-        .map_err(|e| ConnectError::from_io(&e, Phase::ProxyHandshake, "", true))?;
+    let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    send_head(io, head, creds).await?;
     read_reply_head(io).await
+}
+
+/// Writes a request head to the proxy, with our credentials if any.
+async fn send_head<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    mut head: String,
+    creds: Option<&Credentials>,
+) -> Result<(), ConnectError> {
+    if let Some(c) = creds {
+        head.push_str("Proxy-Authorization: ");
+        head.push_str(&basic_auth(c));
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let io_err = |e: std::io::Error| ConnectError::from_io(&e, Phase::ProxyHandshake, "", true);
+    io.write_all(head.as_bytes()).await.map_err(io_err)?;
+    io.flush().await.map_err(io_err)
 }
 
 /// Sends `OPTIONS * HTTP/1.0` (no Host, so the proxy cannot forward it) and
@@ -76,16 +82,8 @@ pub async fn options_probe<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     creds: Option<&Credentials>,
 ) -> Result<ReplyHead, ConnectError> {
-    let mut req = String::from("OPTIONS * HTTP/1.0\r\nUser-Agent: proxyguard-health\r\n");
-    if let Some(c) = creds {
-        req.push_str("Proxy-Authorization: ");
-        req.push_str(&basic_auth(c));
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    io.write_all(req.as_bytes())
-        .await
-        .map_err(|e| ConnectError::from_io(&e, Phase::ProxyHandshake, "", true))?;
+    let probe = String::from("OPTIONS * HTTP/1.0\r\nUser-Agent: proxyguard-health\r\n");
+    send_head(io, probe, creds).await?;
     let (head, _) = read_reply_head(io).await?;
     if head.status == 407 {
         check_reply(&head, creds.is_some())?;

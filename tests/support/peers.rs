@@ -81,6 +81,18 @@ impl Tinyproxy {
         }
     }
 
+    /// `n` tinyproxies that log every request (see [`Tinyproxy::requests`]).
+    pub fn many(n: usize) -> Vec<Tinyproxy> {
+        (0..n)
+            .map(|_| {
+                Tinyproxy::start(TinyOpts {
+                    connect_ports: None,
+                    logged: true,
+                })
+            })
+            .collect()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
