@@ -289,6 +289,14 @@ fn status_reload_and_env_against_a_gateway_with_a_reverse_route() {
     ));
     let r = run_cmd(sh, T);
     assert_eq!(r.stdout, "200", "{r:?}");
+    // The status page shows the route and its backend (rendered by Chromium).
+    let dom = support::browser::chromium_dom(&format!("http://{admin}/"));
+    assert!(
+        dom.contains(&format!("data-route=\"{route}\""))
+            && dom.contains(&format!("data-backend=\"{}\"", nginx.url()))
+            && dom.contains("local zone zone-a"),
+        "{dom}"
+    );
 }
 
 #[test]

@@ -4,5 +4,6 @@
 
 pub mod addr;
 pub mod admin_client;
+pub mod commands;
 pub mod env_lines;
 pub mod status_table;

@@ -7,6 +7,7 @@
 //! spawned process is killed (process group, SIGTERM then SIGKILL) on drop.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod doctor_peers;
 pub mod faults;
 pub mod hey;
