@@ -7,6 +7,8 @@
 //! spawned process is killed (process group, SIGTERM then SIGKILL) on drop.
 #![allow(dead_code)]
 
+pub mod rawclient;
+
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
