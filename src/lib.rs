@@ -8,10 +8,13 @@
 
 pub mod acl;
 pub mod admin;
+pub mod body;
+pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod events;
 pub mod forward;
+pub mod http_client;
 pub mod inbound;
 pub mod logging;
 pub mod pool;

@@ -1,24 +1,54 @@
 //! The `proxyguard` command line: parse, call the library, map errors to
-//! exit codes (0 ok, 1 failure, 2 usage or configuration error).
+//! exit codes (0 ok, 1 failure, 2 usage or configuration error). Every error
+//! is printed once, on standard error.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
+use proxyguard::cli::addr::{self, AdminArg};
+use proxyguard::cli::{admin_client, env_lines, status_table};
 use proxyguard::config::env::ProxyEnv;
 use proxyguard::config::Config;
-use proxyguard::logging::{self, LogFormat};
+use proxyguard::logging::{self, ColorChoice, LogFormat, LogOptions};
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PROXYGUARD_COMMIT"),
+    ", built ",
+    env!("PROXYGUARD_BUILD_DATE"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "proxyguard",
-    version,
+    version = VERSION,
     about = "Resilient proxy gateway, proxy-path doctor and API signer"
 )]
 struct Cli {
+    /// Colour in logs and reports: auto (only on a terminal, NO_COLOR honoured), always, never
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    color: ColorChoice,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Shells `completions` can write for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
 }
 
 #[derive(Subcommand)]
@@ -26,59 +56,75 @@ enum Cmd {
     /// Run the local proxy gateway.
     Serve {
         /// Configuration file (TOML). Without it: defaults plus the proxy environment.
-        #[arg(long, short)]
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Listen address (repeatable); replaces configured listeners, protocol `mixed`.
-        #[arg(long)]
+        /// Listen address, repeatable: IP:PORT, or :PORT for 127.0.0.1:PORT (loopback). Replaces configured listeners; protocol `mixed`.
+        #[arg(long, value_name = "ADDR", value_parser = addr::parse_socket)]
         listen: Vec<SocketAddr>,
+        /// Admin API address (IP:PORT or :PORT), or `off`. Given here it must bind; the default (127.0.0.1:9090) only warns when busy.
+        #[arg(long, value_name = "ADDR|off", value_parser = addr::parse_admin_arg)]
+        admin: Option<AdminArg>,
+        /// Log format: human lines or JSON objects (fields in docs/logging.md).
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
+        /// Log filter: error, warn, info, debug, trace, or RUST_LOG syntax. Default: RUST_LOG, else info.
+        #[arg(long, value_name = "LEVEL", conflicts_with_all = ["verbose", "quiet"])]
+        log_level: Option<String>,
+        /// More log detail: -v debug, -vv trace.
+        #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+        verbose: u8,
+        /// Less log detail: -q warnings and errors, -qq errors only.
+        #[arg(short, long, action = ArgAction::Count)]
+        quiet: u8,
     },
     /// Walk the real proxy path to URL, time every phase, name the root cause and the fix.
-    Doctor {
-        /// The URL to fetch. Without it (and with --config): check every upstream against [health] url.
-        url: Option<String>,
-        /// Proxy to test (http://, https://, socks5://, socks5h://, direct).
-        #[arg(long, conflicts_with = "config")]
-        proxy: Option<String>,
-        /// Use the proxy choice of this proxyguard config instead of the environment.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Also resolve the target with this DNS server (IP[:port]) and compare.
-        #[arg(long)]
-        dns: Option<String>,
-        /// Repeat the walk without the proxy and show both.
-        #[arg(long)]
-        compare_direct: bool,
-        /// Deadline for each phase.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-        /// Extra CA certificates (PEM) to trust for the target's TLS.
-        #[arg(long)]
-        cacert: Option<PathBuf>,
-        /// Print one JSON object (schema in docs/doctor.md).
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(Box<proxyguard::doctor::cli::DoctorArgs>),
     /// Show the live state of a running gateway (reads its admin API). Exit 1 when nothing can serve.
     Status {
-        /// Admin API base URL.
-        #[arg(long, conflicts_with = "config")]
+        /// Admin API address: host:port, :PORT or http://host:port. Default 127.0.0.1:9090.
+        #[arg(long, conflicts_with = "config", value_name = "ADDR")]
         admin: Option<String>,
         /// Take the admin address (and token) from this config.
-        #[arg(long, short)]
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running gateway to re-read its configuration (POST /reload with the admin token).
+    Reload {
+        /// Admin API address: host:port, :PORT or http://host:port. Default 127.0.0.1:9090.
+        #[arg(long, conflicts_with = "config", value_name = "ADDR")]
+        admin: Option<String>,
+        /// Take the admin address and token from this config.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print the environment lines that point applications at the gateway.
+    Env {
+        /// The gateway's configuration (its listeners). Without it: the defaults.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Syntax of the lines.
+        #[arg(long, value_enum, default_value = "sh")]
+        shell: env_lines::Shell,
+    },
     /// Sign an Alibaba Cloud request (API Gateway X-Ca-*, OpenAPI RPC or ACS3).
     Sign(Box<proxyguard::signer::cli::SignArgs>),
     /// Validate a configuration and print the effective one (secrets redacted).
     Check {
-        #[arg(long, short)]
+        /// Configuration file (TOML). Without it: defaults plus the proxy environment.
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print a shell completion script (e.g. `proxyguard completions bash > /etc/bash_completion.d/proxyguard`).
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff) to standard output.
+    Manpage,
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Config, proxyguard::config::ConfigError> {
@@ -90,72 +136,42 @@ fn load(config: Option<&PathBuf>) -> Result<Config, proxyguard::config::ConfigEr
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.color == ColorChoice::Never {
+        // Reports that decide colour themselves honour NO_COLOR.
+        std::env::set_var("NO_COLOR", "1");
+    }
     match cli.cmd {
         Cmd::Serve {
             config,
             listen,
+            admin,
             log_format,
+            log_level,
+            verbose,
+            quiet,
         } => {
-            logging::init(log_format);
-            let mut cfg = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("proxyguard: configuration error: {e}");
-                    return ExitCode::from(2);
-                }
+            let level = log_level.or(match (verbose, quiet) {
+                (0, 0) => None,
+                (1, _) => Some("debug".into()),
+                (v, _) if v > 1 => Some("trace".into()),
+                (_, 1) => Some("warn".into()),
+                _ => Some("error".into()),
+            });
+            let opts = LogOptions {
+                format: log_format,
+                level,
+                color: cli.color,
             };
-            if !listen.is_empty() {
-                if let Err(e) = cfg.set_listeners(&listen) {
-                    eprintln!("proxyguard: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("proxyguard: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let r = rt.block_on(proxyguard::server::run(cfg));
-            logging::shutdown();
-            match r {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("proxyguard: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve(config, &listen, admin, &opts)
         }
-        Cmd::Doctor {
-            url,
-            proxy,
-            config,
-            dns,
-            compare_direct,
-            timeout,
-            cacert,
-            json,
-        } => doctor(
-            url,
-            proxy,
-            config,
-            dns,
-            compare_direct,
-            timeout,
-            cacert,
-            json,
-        ),
+        Cmd::Doctor(args) => proxyguard::doctor::cli::run(*args),
         Cmd::Status {
             admin,
             config,
             json,
         } => status(admin, config, json),
+        Cmd::Reload { admin, config } => reload(admin, config),
+        Cmd::Env { config, shell } => env(config, shell),
         Cmd::Sign(args) => match proxyguard::signer::cli::run(&args) {
             Ok(out) => {
                 println!("{out}");
@@ -177,273 +193,233 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Completions { shell } => {
+            use clap_complete::Shell;
+            let sh = match shell {
+                CompletionShell::Bash => Shell::Bash,
+                CompletionShell::Zsh => Shell::Zsh,
+                CompletionShell::Fish => Shell::Fish,
+                CompletionShell::Powershell => Shell::PowerShell,
+            };
+            let mut out = Vec::new();
+            clap_complete::generate(sh, &mut Cli::command(), "proxyguard", &mut out);
+            print_bytes(&out)
+        }
+        Cmd::Manpage => {
+            let man = clap_mangen::Man::new(Cli::command());
+            let mut out = Vec::new();
+            match man.render(&mut out) {
+                Ok(()) => print_bytes(&out),
+                Err(e) => {
+                    eprintln!("proxyguard manpage: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn doctor(
-    url: Option<String>,
-    proxy: Option<String>,
+/// Writes generated text to stdout; a closed pipe (`| head`) is not an error.
+fn print_bytes(b: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(b).and_then(|()| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("proxyguard: cannot write: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn serve(
     config: Option<PathBuf>,
-    dns: Option<String>,
-    compare_direct: bool,
-    timeout: std::time::Duration,
-    cacert: Option<PathBuf>,
-    json: bool,
+    listen: &[SocketAddr],
+    admin: Option<AdminArg>,
+    opts: &LogOptions,
 ) -> ExitCode {
-    use proxyguard::doctor::{self, report};
-    let cfg = match config.as_ref().map(|p| Config::from_file(p)) {
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => {
-            eprintln!("proxyguard doctor: configuration error: {e}");
+    if let Err(e) = logging::init(opts) {
+        eprintln!("proxyguard: {e}");
+        return ExitCode::from(2);
+    }
+    let mut cfg = match load(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("proxyguard: configuration error: {e}");
             return ExitCode::from(2);
         }
-        None => None,
     };
-    let dns = match dns.as_deref().map(|d| {
-        d.parse::<SocketAddr>().or_else(|_| {
-            d.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 53))
-        })
-    }) {
-        Some(Ok(a)) => Some(a),
-        Some(Err(_)) => {
-            eprintln!("proxyguard doctor: --dns expects IP or IP:port");
+    if !listen.is_empty() {
+        if let Err(e) = cfg.set_listeners(listen) {
+            eprintln!("proxyguard: {e}");
             return ExitCode::from(2);
         }
-        None => None,
-    };
-    let base = doctor::Options {
-        url: url.clone().unwrap_or_default(),
-        proxy,
-        upstream: None,
-        config: cfg.clone(),
-        dns,
-        compare_direct,
-        timeout,
-        ca_file: cacert,
-        env: ProxyEnv::from_process_env(),
-        windows: doctor::windows_settings(),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    }
+    if let Some(a) = admin {
+        let a = match a {
+            AdminArg::Off => None,
+            AdminArg::At(a) => Some(a),
+        };
+        if let Err(e) = cfg.set_admin(a) {
+            eprintln!("proxyguard: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let ignored = cfg.ignored_proxy_vars(|v| std::env::var(v).ok());
+    if !ignored.is_empty() {
+        tracing::warn!(
+            variables = %ignored.join(","),
+            "{} has no [[upstream]], so it connects directly although {} set; add [[upstream]] entries or `[pool] upstreams_from_env = true` to use them",
+            cfg.source_name,
+            if ignored.len() == 1 { format!("{} is", ignored[0]) } else { format!("{} are", ignored.join(", ")) }
+        );
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("proxyguard doctor: {e}");
+            eprintln!("proxyguard: cannot start runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let colour = !json && report::use_colour();
-    if url.is_none() {
-        // Every configured upstream against the check URL.
-        let Some(cfg) = cfg else {
-            eprintln!("proxyguard doctor: give a URL, or --config FILE to check every upstream");
-            return ExitCode::from(2);
-        };
-        let Some(check) = cfg.file.health.url.clone() else {
-            eprintln!("proxyguard doctor: --config without URL needs [health] url in the config");
-            return ExitCode::from(2);
-        };
-        let mut all_ok = true;
-        let mut rows = Vec::new();
-        for u in &cfg.upstreams {
-            let mut o = base.clone();
-            o.url = check.clone();
-            o.upstream = Some(u.spec.clone());
-            match rt.block_on(doctor::run(&o)) {
-                Ok(r) => {
-                    all_ok &= r.ok;
-                    rows.push((u.spec.name.clone(), r));
-                }
-                Err(e) => {
-                    eprintln!("proxyguard doctor: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        if json {
-            let v: Vec<_> = rows
-                .iter()
-                .map(|(n, r)| serde_json::json!({"upstream": n, "report": r}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        } else {
-            println!("{:<16} {:<40} cause", "upstream", "phases");
-            for (n, r) in &rows {
-                let phases: Vec<String> = r
-                    .steps
-                    .iter()
-                    .skip(1)
-                    .map(|s| {
-                        format!(
-                            "{}{}{:.0}ms",
-                            s.name,
-                            if s.ok { "✓" } else { "✗" },
-                            s.duration_ms
-                        )
-                    })
-                    .collect();
-                println!(
-                    "{:<16} {:<40} {}",
-                    n,
-                    phases.join(" "),
-                    r.cause.unwrap_or("ok")
-                );
-            }
-        }
-        return if all_ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        };
-    }
-    match rt.block_on(doctor::run(&base)) {
-        Ok(r) => {
-            if json {
-                println!("{}", report::json(&r));
-            } else {
-                print!("{}", report::human(&r, colour));
-            }
-            if r.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+    let r = rt.block_on(proxyguard::server::run(cfg));
+    logging::shutdown();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("proxyguard doctor: {e}");
-            ExitCode::from(2)
+            eprintln!("proxyguard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The admin base URL and token for `status`/`reload`: `--admin` (token from
+/// PROXYGUARD_ADMIN_TOKEN), a config's [admin], or 127.0.0.1:9090.
+fn admin_target(
+    cmd: &str,
+    admin: Option<String>,
+    config: Option<PathBuf>,
+) -> Result<(url::Url, Option<String>), ExitCode> {
+    let env_token = std::env::var("PROXYGUARD_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let text = match (admin, config) {
+        (Some(a), _) => a,
+        (None, Some(p)) => match Config::from_file(&p) {
+            Ok(c) => match c.admin_addr {
+                Some(a) => {
+                    let token = env_token.or(c.admin_token.clone());
+                    return addr::admin_base(&a.to_string())
+                        .map(|u| (u, token))
+                        .map_err(|e| {
+                            eprintln!("proxyguard {cmd}: {e}");
+                            ExitCode::from(2)
+                        });
+                }
+                None => {
+                    eprintln!(
+                        "proxyguard {cmd}: the admin API is disabled in {}",
+                        p.display()
+                    );
+                    return Err(ExitCode::from(2));
+                }
+            },
+            Err(e) => {
+                eprintln!("proxyguard {cmd}: configuration error: {e}");
+                return Err(ExitCode::from(2));
+            }
+        },
+        (None, None) => "127.0.0.1:9090".to_string(),
+    };
+    match addr::admin_base(&text) {
+        Ok(u) => Ok((u, env_token)),
+        Err(e) => {
+            eprintln!("proxyguard {cmd}: {e}");
+            Err(ExitCode::from(2))
         }
     }
 }
 
 fn status(admin: Option<String>, config: Option<PathBuf>, json: bool) -> ExitCode {
-    let (base, token) = match (admin, config) {
-        (Some(a), _) => (a, std::env::var("PROXYGUARD_ADMIN_TOKEN").ok()),
-        (None, Some(p)) => match Config::from_file(&p) {
-            Ok(c) => match c.admin_addr {
-                Some(a) => (format!("http://{a}"), c.admin_token.clone()),
-                None => {
-                    eprintln!(
-                        "proxyguard status: the admin API is disabled in {}",
-                        p.display()
-                    );
-                    return ExitCode::from(2);
-                }
-            },
-            Err(e) => {
-                eprintln!("proxyguard status: configuration error: {e}");
+    let (base, token) = match admin_target("status", admin, config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let answer =
+        match admin_client::request_blocking(&base, http::Method::GET, "/status", token.as_deref())
+        {
+            Ok(a) if a.status == 200 => a,
+            Ok(a) => {
+                eprintln!(
+                    "proxyguard status: {base} answered {}: {}",
+                    a.status,
+                    a.body.trim()
+                );
                 return ExitCode::from(2);
             }
-        },
-        (None, None) => (
-            "http://127.0.0.1:9090".to_string(),
-            std::env::var("PROXYGUARD_ADMIN_TOKEN").ok(),
-        ),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("proxyguard status: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let body = match rt.block_on(fetch_status(&base, token.as_deref())) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("proxyguard status: cannot read {base}/status: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let v: serde_json::Value = match serde_json::from_str(&body) {
+            Err(e) => {
+                eprintln!("proxyguard status: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let v: serde_json::Value = match serde_json::from_str(&answer.body) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("proxyguard status: not a status document: {e}");
+            eprintln!("proxyguard status: {base} did not answer with a status document: {e}");
             return ExitCode::from(2);
         }
     };
-    let can_serve = v["can_serve"].as_bool().unwrap_or(false);
     if json {
-        println!("{body}");
+        println!("{}", answer.body);
     } else {
-        println!(
-            "proxyguard {} · up {}s · {} · {}",
-            v["version"].as_str().unwrap_or("?"),
-            v["uptime_s"],
-            v["strategy"].as_str().unwrap_or("?"),
-            if can_serve { "serving" } else { "CANNOT SERVE" }
-        );
-        println!(
-            "{:<16} {:<13} {:<10} {:>9} {:>8} {:>8}  last error",
-            "upstream", "state", "breaker", "latency", "ok", "failed"
-        );
-        for u in v["upstreams"].as_array().cloned().unwrap_or_default() {
-            let lat = u["ewma_ms"]
-                .as_f64()
-                .map(|x| format!("{x:.1}ms"))
-                .unwrap_or_else(|| "-".into());
-            println!(
-                "{:<16} {:<13} {:<10} {:>9} {:>8} {:>8}  {}",
-                u["name"].as_str().unwrap_or("?"),
-                u["state"].as_str().unwrap_or("?"),
-                u["breaker"].as_str().unwrap_or("?"),
-                lat,
-                u["successes"].as_u64().unwrap_or(0),
-                u["failures"].as_u64().unwrap_or(0),
-                u["last_error"]["message"].as_str().unwrap_or("")
-            );
-        }
+        print!("{}", status_table::render(&v));
     }
-    if can_serve {
+    if v["can_serve"].as_bool().unwrap_or(false) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
 }
 
-async fn fetch_status(base: &str, token: Option<&str>) -> Result<String, String> {
-    use http_body_util::{BodyExt, Empty};
-    let u = url::Url::parse(base).map_err(|e| e.to_string())?;
-    let host = u.host_str().ok_or("no host")?.to_string();
-    let port = u.port_or_known_default().unwrap_or(80);
-    let fut = async {
-        let s = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut tx, c) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(
-            hyper_util::rt::TokioIo::new(s),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = c.await;
-        });
-        let mut req = http::Request::get(format!("{}/status", u.path().trim_end_matches('/')))
-            .header(http::header::HOST, format!("{host}:{port}"));
-        if let Some(t) = token {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let resp = tx
-            .send_request(req.body(Empty::new()).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("admin API answered {}", resp.status()));
-        }
-        let b = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(String::from_utf8_lossy(&b).into_owned())
+fn reload(admin: Option<String>, config: Option<PathBuf>) -> ExitCode {
+    let (base, token) = match admin_target("reload", admin, config) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), fut)
-        .await
-        .map_err(|_| "timed out".to_string())?
+    if token.is_none() {
+        eprintln!("proxyguard reload: no admin token: set PROXYGUARD_ADMIN_TOKEN, or give --config with [admin] token_env");
+        return ExitCode::from(2);
+    }
+    match admin_client::request_blocking(&base, http::Method::POST, "/reload", token.as_deref()) {
+        Ok(a) if a.status == 200 => {
+            println!("proxyguard reload: {}", a.body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok(a) => {
+            eprintln!("proxyguard reload: {} ({})", a.body.trim(), a.status);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("proxyguard reload: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn env(config: Option<PathBuf>, shell: env_lines::Shell) -> ExitCode {
+    let cfg = match load(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("proxyguard env: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listeners: Vec<_> = cfg.listeners.iter().map(|l| (l.addr, l.protocol)).collect();
+    print!(
+        "{}",
+        env_lines::render(&env_lines::variables(&listeners), shell)
+    );
+    ExitCode::SUCCESS
 }

@@ -99,6 +99,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
                     token: cfg.admin_token.clone(),
                     config_path: path,
                     reloader,
+                    routes: routes.clone(),
                     guard: crate::admin::guard::AdminGuard::new(
                         &cfg.security.admin_hosts,
                         state.bans.clone(),
@@ -113,9 +114,9 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
             }
             Err(source) => {
                 // The default admin port may be taken (several instances on one
-                // host): warn. An explicitly configured one must work.
-                if cfg.file.admin.addr.span() == (0..0) {
-                    tracing::warn!(addr = %a, error = %source, "admin API not started (default address busy); set [admin] addr");
+                // host): warn. One asked for (file or --admin) must work.
+                if !cfg.admin_is_explicit() {
+                    tracing::warn!(addr = %a, error = %source, "admin API not started: the default admin address {a} (port {}) is busy; choose one with --admin ADDR or [admin] addr, or --admin off", a.port());
                 } else {
                     return Err(ServeError::Bind { addr: a, source });
                 }

@@ -12,6 +12,8 @@ pub struct Shutdown {
     tx: Arc<watch::Sender<bool>>,
     rx: watch::Receiver<bool>,
     live: Arc<(AtomicUsize, Notify)>,
+    /// Set when the grace period is over: live tunnels end then.
+    expired: Arc<watch::Sender<bool>>,
 }
 
 /// Held by each live client connection.
@@ -38,6 +40,7 @@ impl Shutdown {
             tx: Arc::new(tx),
             rx,
             live: Arc::new((AtomicUsize::new(0), Notify::new())),
+            expired: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -68,8 +71,18 @@ impl Shutdown {
         self.live.0.load(Ordering::Acquire)
     }
 
-    /// Waits until no connection is live or `grace` passes; returns the number
-    /// still live.
+    /// Resolves once the grace period is over (tunnels watch it to close).
+    pub async fn expired(&self) {
+        let mut rx = self.expired.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until no connection is live or `grace` passes; then tells live
+    /// tunnels to close and returns how many were still live.
     pub async fn drain(&self, grace: Duration) -> usize {
         let wait = async {
             loop {
@@ -81,6 +94,8 @@ impl Shutdown {
             }
         };
         let _ = tokio::time::timeout(grace, wait).await;
-        self.live_count()
+        let left = self.live_count();
+        let _ = self.expired.send(true);
+        left
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::hey::*;
 use support::*;
 
 /// Scenarios measure latency: run them one at a time on these small machines.
@@ -19,85 +20,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[derive(Debug, Default)]
-struct Hey {
-    ok: u64,
-    other_status: u64,
-    errors: u64,
-    p50_ms: f64,
-    p99_ms: f64,
-    raw: String,
-}
-
-/// Runs `hey` (a Go net/http load generator) through `proxy`.
-fn hey(proxy: &str, url: &str, n: usize, c: usize, extra: &[&str]) -> Hey {
-    let mut cmd = Command::new("hey");
-    cmd.args([
-        "-n",
-        &n.to_string(),
-        "-c",
-        &c.to_string(),
-        "-t",
-        "20",
-        "-x",
-        proxy,
-    ]);
-    cmd.args(extra);
-    cmd.arg(url);
-    for v in PROXY_ENV_VARS {
-        cmd.env_remove(v);
-    }
-    let out = run_cmd(cmd, Duration::from_secs(120));
-    let raw = out.stdout.clone();
-    let mut h = Hey {
-        raw: raw.clone(),
-        ..Default::default()
-    };
-    let mut section = "";
-    for line in raw.lines() {
-        let t = line.trim();
-        if t.starts_with("Status code distribution") {
-            section = "status";
-            continue;
-        }
-        if t.starts_with("Error distribution") {
-            section = "errors";
-            continue;
-        }
-        if t.starts_with("50% in") {
-            h.p50_ms = t
-                .split_whitespace()
-                .nth(2)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                * 1000.0;
-        }
-        if t.starts_with("99% in") {
-            h.p99_ms = t
-                .split_whitespace()
-                .nth(2)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                * 1000.0;
-        }
-        if let Some(rest) = t.strip_prefix('[') {
-            let (code, rest) = rest.split_once(']').unwrap_or(("", ""));
-            let count: u64 = rest
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            match section {
-                "status" if code == "200" => h.ok += count,
-                "status" => h.other_status += count,
-                "errors" => h.errors += code.parse::<u64>().unwrap_or(count),
-                _ => {}
-            }
-        }
-    }
-    h
 }
 
 fn pool_config(listen: SocketAddr, upstreams: &[String], extra_top: &str, extra: &str) -> String {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 
 use crate::config::schema::AlertConfig;
 use crate::events::{Event, EventBus};
@@ -18,9 +17,13 @@ use crate::shutdown::Shutdown;
 /// Posts the event as JSON; up to 3 tries with a 5 s timeout each.
 async fn webhook(url: &str, ev: &Event) -> Result<(), String> {
     let u = url::Url::parse(url).map_err(|e| e.to_string())?;
-    if u.scheme() != "http" {
-        return Err("only http:// webhooks are supported".into());
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err("only http:// and https:// webhooks are supported".into());
     }
+    let ctx = crate::upstream::ConnectContext::new(
+        crate::upstream::Resolver::default(),
+        crate::upstream::Timeouts::default(),
+    );
     let host = u.host_str().ok_or("webhook URL without host")?.to_string();
     let port = u.port_or_known_default().unwrap_or(80);
     let body = serde_json::to_vec(ev).map_err(|e| e.to_string())?;
@@ -30,16 +33,7 @@ async fn webhook(url: &str, ev: &Event) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
         }
         let r = tokio::time::timeout(Duration::from_secs(5), async {
-            let s = tokio::net::TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| e.to_string())?;
-            let (mut tx, c) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = c.await;
-            });
+            let mut tx = crate::http_client::connect_url::<Full<Bytes>>(&u, &ctx).await?;
             let mut path = u.path().to_string();
             if let Some(q) = u.query() {
                 path.push('?');
@@ -135,7 +129,7 @@ pub fn spawn(rules: Vec<AlertConfig>, router: Arc<Router>, shutdown: Shutdown) {
                 let Some(first) = samples.front() else {
                     continue;
                 };
-                let (dok, derr) = (ok - first.1, err - first.2);
+                let (dok, derr) = (ok.saturating_sub(first.1), err.saturating_sub(first.2));
                 let total = dok + derr;
                 let rate = if total == 0 {
                     0.0

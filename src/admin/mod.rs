@@ -3,12 +3,13 @@
 
 pub mod alerts;
 pub mod guard;
+pub mod metrics;
 pub mod status;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,27 +18,16 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::route::Router;
 use crate::shutdown::Shutdown;
 
 const PAGE: &str = include_str!("page.html");
 
-/// Installs the Prometheus recorder once per process.
+/// Installs the Prometheus recorder once per process (see [`metrics::handle`]).
 pub fn metrics_handle() -> Option<PrometheusHandle> {
-    static H: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    H.get_or_init(|| {
-        PrometheusBuilder::new()
-            .set_buckets(&[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ])
-            .ok()?
-            .install_recorder()
-            .ok()
-    })
-    .clone()
+    metrics::handle()
 }
 
 /// Shared admin state.
@@ -49,8 +39,17 @@ pub struct Admin {
     pub token: Option<String>,
     pub config_path: Option<PathBuf>,
     pub reloader: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    /// Reverse routes (listen address, route), for /status and /metrics.
+    pub routes: Vec<(SocketAddr, Arc<crate::reverse::ReverseRoute>)>,
     /// Host/Origin/token rules and the ban list shown in `/status`.
     pub guard: guard::AdminGuard,
+}
+
+impl Admin {
+    /// Every pool: the upstream pool, then each reverse route's backends.
+    fn pools(&self) -> impl Iterator<Item = &crate::pool::Pool> {
+        std::iter::once(&self.router.pool).chain(self.routes.iter().map(|(_, r)| r.pool()))
+    }
 }
 
 fn resp(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -97,6 +96,7 @@ async fn handle(
 fn status_json(admin: &Admin) -> Vec<u8> {
     let s = status::build(
         &admin.router,
+        &admin.routes,
         &admin.history,
         admin.started,
         &admin.listeners,
@@ -132,7 +132,10 @@ async fn route(
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/metrics") => match metrics_handle() {
-            Some(h) => resp(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
+            Some(h) => {
+                metrics::seed_pools(admin.pools());
+                resp(StatusCode::OK, "text/plain; version=0.0.4", h.render())
+            }
             None => resp(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
@@ -143,6 +146,7 @@ async fn route(
         (Method::GET, "/healthz") => {
             let s = status::build(
                 &admin.router,
+                &admin.routes,
                 &admin.history,
                 admin.started,
                 &admin.listeners,
@@ -195,13 +199,14 @@ async fn route(
 
 /// Serves the admin API until shutdown; also runs the history sampler.
 pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, shutdown: Shutdown) {
+    metrics::seed_pools(admin.pools());
     let sampler = admin.clone();
     let sd = shutdown.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(status::SAMPLE_EVERY);
         loop {
             tokio::select! {
-                _ = tick.tick() => sampler.history.sample(&sampler.router),
+                _ = tick.tick() => sampler.history.sample(sampler.pools()),
                 _ = sd.triggered() => return,
             }
         }

@@ -1,12 +1,15 @@
 //! The `/status` document and the per-upstream history behind the sparklines.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::pool::{Member, Pool};
+use crate::reverse::ReverseRoute;
 use crate::route::Router;
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -36,11 +39,14 @@ pub struct History {
 }
 
 impl History {
-    /// Takes one sample of every upstream.
-    pub fn sample(&self, router: &Router) {
+    /// Takes one sample of every member of `pools` (upstreams and backends).
+    pub fn sample<'a>(&self, pools: impl IntoIterator<Item = &'a Pool>) {
         let now = unix_ms(SystemTime::now());
         let Ok(mut per) = self.per.lock() else { return };
-        for m in router.pool.members().iter() {
+        for m in pools
+            .into_iter()
+            .flat_map(|p| p.members().iter().cloned().collect::<Vec<_>>())
+        {
             let ok = m.health.successes.load(Ordering::Relaxed);
             let err = m.health.failures.load(Ordering::Relaxed);
             let e = per
@@ -100,6 +106,19 @@ pub struct UpstreamStatus {
     pub history: Vec<Sample>,
 }
 
+/// One reverse-mode route and its backends.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteStatus {
+    /// The address the route listens on.
+    pub listen: String,
+    pub local_zone: Option<String>,
+    /// `direct` or `pool`.
+    pub via: String,
+    /// True while at least one backend may take traffic.
+    pub can_serve: bool,
+    pub backends: Vec<UpstreamStatus>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolCounters {
     pub retries: u64,
@@ -119,40 +138,63 @@ pub struct Status {
     /// True while at least one route can serve (what /healthz reports).
     pub can_serve: bool,
     pub upstreams: Vec<UpstreamStatus>,
+    /// Reverse-mode routes (empty without `[[route]]`).
+    pub routes: Vec<RouteStatus>,
     pub counters: PoolCounters,
     pub events: Vec<crate::events::Event>,
 }
 
-pub fn build(router: &Router, history: &History, started: Instant, listeners: &[String]) -> Status {
+fn member_status(m: &Member, history: &History) -> UpstreamStatus {
+    UpstreamStatus {
+        name: m.name().to_string(),
+        url: m.spec().redacted_url(),
+        zone: m.entry.zone.clone(),
+        priority: m.entry.priority,
+        state: m.health.state().as_str().to_string(),
+        breaker: m.health.breaker_state().as_str().to_string(),
+        ewma_ms: m
+            .health
+            .ewma()
+            .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+        successes: m.health.successes.load(Ordering::Relaxed),
+        failures: m.health.failures.load(Ordering::Relaxed),
+        last_error: m.health.last_error().map(|(t, e)| LastError {
+            time_ms: unix_ms(t),
+            message: e,
+        }),
+        last_check: m.health.last_check().map(|(t, ok, d)| LastCheck {
+            time_ms: unix_ms(t),
+            ok,
+            detail: d,
+        }),
+        history: history.of(m.name()),
+    }
+}
+
+fn route_status(listen: SocketAddr, r: &ReverseRoute, history: &History) -> RouteStatus {
+    let members = r.pool().members();
+    let cfg = r.config();
+    RouteStatus {
+        listen: listen.to_string(),
+        local_zone: cfg.local_zone.clone(),
+        via: cfg.via.clone(),
+        can_serve: members.iter().any(|m| m.health.eligible()),
+        backends: members.iter().map(|m| member_status(m, history)).collect(),
+    }
+}
+
+/// The admin API's view of the gateway: upstreams, reverse routes, counters.
+pub fn build(
+    router: &Router,
+    routes: &[(SocketAddr, Arc<ReverseRoute>)],
+    history: &History,
+    started: Instant,
+    listeners: &[String],
+) -> Status {
     let cfg = router.pool.config();
     let members = router.pool.members();
-    let upstreams: Vec<UpstreamStatus> = members
-        .iter()
-        .map(|m| UpstreamStatus {
-            name: m.name().to_string(),
-            url: m.spec().redacted_url(),
-            zone: m.entry.zone.clone(),
-            priority: m.entry.priority,
-            state: m.health.state().as_str().to_string(),
-            breaker: m.health.breaker_state().as_str().to_string(),
-            ewma_ms: m
-                .health
-                .ewma()
-                .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
-            successes: m.health.successes.load(Ordering::Relaxed),
-            failures: m.health.failures.load(Ordering::Relaxed),
-            last_error: m.health.last_error().map(|(t, e)| LastError {
-                time_ms: unix_ms(t),
-                message: e,
-            }),
-            last_check: m.health.last_check().map(|(t, ok, d)| LastCheck {
-                time_ms: unix_ms(t),
-                ok,
-                detail: d,
-            }),
-            history: history.of(m.name()),
-        })
-        .collect();
+    let upstreams: Vec<UpstreamStatus> =
+        members.iter().map(|m| member_status(m, history)).collect();
     let can_serve = members.is_empty()
         || members
             .iter()
@@ -166,6 +208,10 @@ pub fn build(router: &Router, history: &History, started: Instant, listeners: &[
         strategy: format!("{:?}", cfg.strategy).to_ascii_lowercase(),
         can_serve,
         upstreams,
+        routes: routes
+            .iter()
+            .map(|(a, r)| route_status(*a, r, history))
+            .collect(),
         counters: PoolCounters {
             retries: s.retries.load(Ordering::Relaxed),
             failovers: s.failovers.load(Ordering::Relaxed),

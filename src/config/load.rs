@@ -56,8 +56,9 @@ impl Applies {
     };
 }
 
-/// One validated upstream with its pool settings.
-#[derive(Debug, Clone)]
+/// One validated upstream with its pool settings (equality is the pool
+/// member's identity across reloads).
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamEntry {
     pub spec: UpstreamSpec,
     pub zone: Option<String>,
@@ -160,7 +161,8 @@ impl Ctx<'_> {
                 let (l, c) = line_col(self.text, s.start);
                 (Some(l), Some(c))
             }
-            _ => (None, None),
+            _ => super::locate::key_position(self.text, field)
+                .map_or((None, None), |(l, c)| (Some(l), Some(c))),
         };
         Err(ConfigError {
             source_name: self.source.to_string(),
@@ -187,6 +189,7 @@ impl Config {
         })?;
         let mut c = Self::from_toml(&text, &path.display().to_string())?;
         c.path = Some(path.to_path_buf());
+        c.apply_upstreams_from_env(&ProxyEnv::from_process_env())?;
         Ok(c)
     }
 
@@ -331,6 +334,8 @@ impl Config {
             ("timeouts.tls", t.tls),
             ("timeouts.client_header", t.client_header),
             ("timeouts.idle", t.idle),
+            ("timeouts.response_head", t.response_head),
+            ("timeouts.body_idle", t.body_idle),
         ] {
             if d.0.is_zero() {
                 return cx.err(None, name, "must be greater than zero".into());
@@ -350,7 +355,17 @@ impl Config {
         if p.max_attempts == 0 {
             return cx.err(None, "pool.max_attempts", "must be at least 1".into());
         }
-        if parse_race_after(&p.race_after).is_none() {
+        if crate::config::adaptive::Adaptive::parse(&p.hedge_after).is_none() {
+            return cx.err(
+                None,
+                "pool.hedge_after",
+                format!(
+                    "{:?}: expected \"auto\", \"off\" or a duration like \"200ms\"",
+                    p.hedge_after
+                ),
+            );
+        }
+        if crate::config::adaptive::Adaptive::parse(&p.race_after).is_none() {
             return cx.err(
                 None,
                 "pool.race_after",
@@ -551,6 +566,8 @@ impl Config {
                 connect: t.connect.0,
                 handshake: t.handshake.0,
                 tls: t.tls.0,
+                response_head: t.response_head.0,
+                body_idle: Some(t.body_idle.0),
             },
             client_header_timeout: t.client_header.0,
             idle_timeout: t.idle.0,
@@ -679,15 +696,6 @@ impl Config {
             })
             .collect();
         toml::to_string_pretty(&f).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
-    }
-}
-
-/// `race_after`: None = invalid, Some(None) = off, Some(Some(None)) = auto.
-pub fn parse_race_after(s: &str) -> Option<Option<Option<Duration>>> {
-    match s.trim() {
-        "auto" => Some(Some(None)),
-        "off" => Some(None),
-        d => humantime::parse_duration(d).ok().map(|d| Some(Some(d))),
     }
 }
 

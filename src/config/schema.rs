@@ -289,9 +289,16 @@ pub struct TimeoutsConfig {
     pub handshake: Dur,
     /// TLS handshake with an `https://` proxy.
     pub tls: Dur,
+    /// Plain HTTP: from the request being written upstream to the response
+    /// head. On expiry a safe request is retried on another upstream, an
+    /// unsafe one gets 504; either way it counts as the upstream's timeout.
+    pub response_head: Dur,
+    /// Plain HTTP: an upstream that sends no body data for this long is cut
+    /// off; the client sees a truncated response, never a complete-looking one.
+    pub body_idle: Dur,
     /// Reading a client's request head or SOCKS5 greeting (slowloris guard).
     pub client_header: Dur,
-    /// A tunnel or keep-alive connection with no traffic either way is closed.
+    /// A tunnel with no traffic either way is closed.
     pub idle: Dur,
     /// On SIGINT/SIGTERM, how long live tunnels may continue.
     pub shutdown_grace: Dur,
@@ -303,6 +310,8 @@ impl Default for TimeoutsConfig {
             connect: Dur::secs(3),
             handshake: Dur::secs(5),
             tls: Dur::secs(5),
+            response_head: Dur::secs(30),
+            body_idle: Dur::secs(60),
             client_header: Dur::secs(10),
             idle: Dur::secs(300),
             shutdown_grace: Dur::secs(10),
@@ -356,7 +365,7 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Add `Via: 1.1 proxyguard` to forwarded requests and responses.
+    /// Add `Via: 1.1 proxyguard` to forwarded plain-HTTP requests.
     pub via: bool,
 }
 
@@ -395,6 +404,13 @@ pub struct PoolConfig {
     pub connect_deadline: Dur,
     /// `"auto"`, `"off"` or a duration.
     pub race_after: String,
+    /// Plain HTTP: a safe request still unanswered after this is also sent
+    /// to a second upstream; the first answer wins. `"auto"` (from recent
+    /// response times), `"off"` or a duration.
+    pub hedge_after: String,
+    /// How long a target that two upstreams could not reach is answered
+    /// 502 at once, without trying upstreams again (`"0s"` turns it off).
+    pub target_fail_cache: Dur,
     pub fallback: Fallback,
     pub checks: Checks,
     /// Retry backoff between rounds: full jitter in [0, min(cap, base·2^n)].
@@ -411,6 +427,9 @@ pub struct PoolConfig {
     /// Idle keep-alive connections kept per upstream and target.
     pub idle_per_host: usize,
     pub idle_timeout: Dur,
+    /// With no `[[upstream]]`: take the upstreams (and NO_PROXY) from the
+    /// proxy environment variables, as zero-config does.
+    pub upstreams_from_env: bool,
 }
 
 impl Default for PoolConfig {
@@ -420,6 +439,8 @@ impl Default for PoolConfig {
             max_attempts: 3,
             connect_deadline: Dur::secs(5),
             race_after: "auto".into(),
+            hedge_after: "auto".into(),
+            target_fail_cache: Dur::secs(5),
             fallback: Fallback::Fail,
             checks: Checks::All,
             backoff_base: Dur::millis(20),
@@ -430,14 +451,26 @@ impl Default for PoolConfig {
             drain_on_eject: false,
             idle_per_host: 256,
             idle_timeout: Dur::secs(60),
+            upstreams_from_env: false,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    #[default]
+    Auto,
+    Tcp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     pub enabled: bool,
+    /// Without `url`/`target`: `"auto"` makes the proxy answer a request
+    /// itself (HTTP `OPTIONS *`, the SOCKS5 greeting); `"tcp"` only connects.
+    pub check: CheckKind,
     pub interval: Dur,
     pub timeout: Dur,
     /// Optional URL fetched through the upstream; without it the check stops
@@ -456,6 +489,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             enabled: true,
+            check: CheckKind::Auto,
             interval: Dur::secs(5),
             timeout: Dur::secs(2),
             url: None,
@@ -467,7 +501,7 @@ impl Default for HealthConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker (gobreaker: ReadyToTrip).

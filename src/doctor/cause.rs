@@ -27,10 +27,11 @@ pub enum Cause {
     HttpError,
     SignatureMismatch,
     TimestampExpired,
+    IdleCut,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 21] = [
+    pub const ALL: [Cause; 22] = [
         Cause::ProxyDnsFailure,
         Cause::ProxyRefused,
         Cause::ProxyTimeout,
@@ -52,6 +53,7 @@ impl Cause {
         Cause::HttpError,
         Cause::SignatureMismatch,
         Cause::TimestampExpired,
+        Cause::IdleCut,
     ];
 
     pub fn code(self) -> &'static str {
@@ -77,6 +79,7 @@ impl Cause {
             Cause::HttpError => "http_error",
             Cause::SignatureMismatch => "signature_mismatch",
             Cause::TimestampExpired => "timestamp_expired",
+            Cause::IdleCut => "idle_cut",
         }
     }
 
@@ -104,6 +107,7 @@ impl Cause {
             Cause::HttpError => "The request reached the server, which answered with an error status: see the response.",
             Cause::SignatureMismatch => "The API Gateway computed another signature: compare StringToSign with `proxyguard sign --explain` (Accept, Content-Type, signed headers, parameter order) and check the AppSecret.",
             Cause::TimestampExpired => "X-Ca-Timestamp is outside the gateway's 15-minute window: fix this machine's clock (NTP).",
+            Cause::IdleCut => "Something on the path (SLB, NAT gateway, proxy) cuts connections idle longer than the cut: in Go set http.Transport.IdleConnTimeout and net.Dialer.KeepAlive below it, or run the app through `proxyguard serve` with `[pool] idle_timeout` below it (idle keep-alive connections are retired, and an idempotent request that failed on a reused connection is retried).",
         }
     }
 }
@@ -133,7 +137,9 @@ pub fn from_connect_error(err: &ConnectError, via_proxy: bool) -> Cause {
         ConnectError::ProxyAuthRequired { .. } => Cause::ProxyAuthRequired,
         ConnectError::ProxyAuthRejected { .. } => Cause::ProxyAuthRejected,
         ConnectError::ProxyForbidden { .. } => Cause::ProxyForbidden,
-        ConnectError::ProxyStatus { .. } => Cause::ProxyUpstreamError,
+        ConnectError::ProxyStatus { .. } | ConnectError::TargetFailed { .. } => {
+            Cause::ProxyUpstreamError
+        }
         ConnectError::SocksReply { code } => match code {
             0x02 => Cause::ProxyForbidden,
             0x04 => Cause::TargetDnsFailure,

@@ -1,5 +1,6 @@
 //! TLS through the tunnel, recording what the server presented so a failed
-//! verification can still be explained (issuer, validity, names).
+//! verification can still be explained (issuer, validity, names), and which
+//! roots verified it (the platform's, or `--cacert`).
 
 use std::sync::{Arc, Mutex};
 
@@ -7,29 +8,68 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-/// Wraps the platform verifier and keeps the presented chain.
+/// Extra roots and where they came from.
+#[derive(Debug)]
+struct Extra {
+    verifier: Arc<dyn ServerCertVerifier>,
+    roots: Vec<CertificateDer<'static>>,
+    label: String,
+}
+
+/// Verifies against the platform roots first, then with the extra roots, and
+/// keeps the presented chain and which roots verified it.
 #[derive(Debug)]
 pub struct Recording {
-    inner: Arc<dyn ServerCertVerifier>,
+    platform: Arc<dyn ServerCertVerifier>,
+    extra: Option<Extra>,
     pub chain: Mutex<Vec<CertificateDer<'static>>>,
+    /// Human description of the roots that verified the chain.
+    pub verified_by: Mutex<Option<String>>,
 }
 
 impl Recording {
-    pub fn new(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<Self>, String> {
+    /// `label` names where `extra_roots` came from (e.g. `--cacert FILE`).
+    pub fn new(extra_roots: &[CertificateDer<'static>], label: &str) -> Result<Arc<Self>, String> {
         crate::upstream::tls::ensure_provider();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let v = if extra_roots.is_empty() {
-            rustls_platform_verifier::Verifier::new()
+        let platform = rustls_platform_verifier::Verifier::new().with_provider(provider.clone());
+        let extra = if extra_roots.is_empty() {
+            None
         } else {
-            rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots.iter().cloned())
-                .map_err(|e| e.to_string())?
-        }
-        .with_provider(provider);
+            let v = rustls_platform_verifier::Verifier::new_with_extra_roots(
+                extra_roots.iter().cloned(),
+            )
+            .map_err(|e| e.to_string())?
+            .with_provider(provider);
+            Some(Extra {
+                verifier: Arc::new(v),
+                roots: extra_roots.to_vec(),
+                label: label.to_string(),
+            })
+        };
         Ok(Arc::new(Recording {
-            inner: Arc::new(v),
+            platform: Arc::new(platform),
+            extra,
             chain: Mutex::new(Vec::new()),
+            verified_by: Mutex::new(None),
         }))
     }
+
+    fn record(&self, by: String) {
+        if let Ok(mut v) = self.verified_by.lock() {
+            *v = Some(by);
+        }
+    }
+}
+
+/// The subject of the extra root that issued the top of `chain`, if any.
+fn issuing_root(chain: &[CertificateDer<'_>], roots: &[CertificateDer<'_>]) -> Option<String> {
+    let top = chain.last()?;
+    let (_, top) = x509_parser::parse_x509_certificate(top.as_ref()).ok()?;
+    roots.iter().find_map(|r| {
+        let (_, r) = x509_parser::parse_x509_certificate(r.as_ref()).ok()?;
+        (r.subject().as_raw() == top.issuer().as_raw()).then(|| r.subject().to_string())
+    })
 }
 
 impl ServerCertVerifier for Recording {
@@ -41,13 +81,38 @@ impl ServerCertVerifier for Recording {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.clone().into_owned()];
+        chain.extend(intermediates.iter().map(|i| i.clone().into_owned()));
+        let platform =
+            self.platform
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        let result = match (&platform, &self.extra) {
+            (Ok(_), _) => {
+                self.record("the platform roots".to_string());
+                platform
+            }
+            (Err(_), Some(x)) => {
+                let r = x.verifier.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp,
+                    now,
+                );
+                if r.is_ok() {
+                    let root = issuing_root(&chain, &x.roots)
+                        .map(|s| format!(" (root {s:?})"))
+                        .unwrap_or_default();
+                    self.record(format!("{}{root}", x.label));
+                }
+                r
+            }
+            (Err(_), None) => platform,
+        };
         if let Ok(mut c) = self.chain.lock() {
-            c.clear();
-            c.push(end_entity.clone().into_owned());
-            c.extend(intermediates.iter().map(|i| i.clone().into_owned()));
+            *c = chain;
         }
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        result
     }
 
     fn verify_tls12_signature(
@@ -56,7 +121,7 @@ impl ServerCertVerifier for Recording {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.platform.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -65,11 +130,11 @@ impl ServerCertVerifier for Recording {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.platform.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.platform.supported_verify_schemes()
     }
 }
 
@@ -85,6 +150,10 @@ pub struct CertSummary {
     pub expires_in_s: i64,
     /// Seconds until valid (positive when not yet valid).
     pub valid_in_s: i64,
+    /// basicConstraints CA:TRUE (a CA certificate used as a server's own).
+    pub is_ca: bool,
+    /// Subject and issuer are the same name.
+    pub self_signed: bool,
 }
 
 pub fn summarise(der: &CertificateDer<'_>) -> Option<CertSummary> {
@@ -106,9 +175,9 @@ pub fn summarise(der: &CertificateDer<'_>) -> Option<CertSummary> {
                             a.copy_from_slice(b);
                             std::net::Ipv6Addr::from(a).to_string()
                         }
-                        _ => format!("{b:?}"),
+                        _ => "(malformed IP address)".to_string(),
                     },
-                    other => format!("{other:?}"),
+                    other => other.to_string(),
                 })
                 .collect()
         })
@@ -119,6 +188,12 @@ pub fn summarise(der: &CertificateDer<'_>) -> Option<CertSummary> {
         .unwrap_or(0);
     let nb = cert.validity().not_before.timestamp();
     let na = cert.validity().not_after.timestamp();
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .map(|b| b.value.ca)
+        .unwrap_or(false);
     Some(CertSummary {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
@@ -127,5 +202,7 @@ pub fn summarise(der: &CertificateDer<'_>) -> Option<CertSummary> {
         not_after: cert.validity().not_after.to_string(),
         expires_in_s: na - now,
         valid_in_s: nb - now,
+        is_ca,
+        self_signed: cert.subject().as_raw() == cert.issuer().as_raw(),
     })
 }

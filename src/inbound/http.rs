@@ -21,7 +21,7 @@ use crate::config::redact::redact;
 use crate::forward::{strip_hop_by_hop, ForwardError};
 use crate::upstream::{ConnectError, Target};
 
-pub type RespBody = Either<Incoming, Full<Bytes>>;
+pub type RespBody = Either<crate::forward::ForwardedBody, Full<Bytes>>;
 
 /// Serves one client connection (keep-alive, many requests).
 pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State>) {
@@ -92,7 +92,7 @@ pub fn error_response(err: &ConnectError, upstream: Option<&str>) -> Response<Re
         err.proxy_status_error(),
         quote(&err.to_string())
     );
-    if let Some(u) = upstream {
+    if let Some(u) = upstream.or(err.next_hop()) {
         ps.push_str(&format!("; next-hop={}", quote(u)));
     }
     if let Ok(v) = HeaderValue::from_str(&ps) {
@@ -374,11 +374,24 @@ async fn forward_plain(
             );
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(ForwardError::Connect(e)) => {
+        Err(e) => forward_error(e, peer, &method, &uri.to_string(), started),
+    }
+}
+
+/// The response for a failed forward, with its access-log line.
+fn forward_error(
+    err: ForwardError,
+    peer: SocketAddr,
+    method: &Method,
+    uri: &str,
+    started: Instant,
+) -> Response<RespBody> {
+    match err {
+        ForwardError::Connect(e) => {
             access(
                 peer,
-                &method,
-                &uri.to_string(),
+                method,
+                uri,
                 "-",
                 e.http_status(),
                 started,
@@ -386,16 +399,44 @@ async fn forward_plain(
             );
             error_response(&e, None)
         }
-        Err(ForwardError::Upstream(msg)) => {
+        ForwardError::Client(msg) => {
+            // The client's own body broke: its fault, nobody else's.
+            access(peer, method, uri, "-", 400, started, "client_error");
+            let mut r = text(
+                StatusCode::BAD_REQUEST,
+                &format!("proxyguard: 400 Bad Request: {msg}"),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        ForwardError::Timeout { upstream, after } => {
             access(
                 peer,
-                &method,
-                &uri.to_string(),
-                "-",
-                502,
+                method,
+                uri,
+                &upstream,
+                504,
                 started,
-                "upstream_error",
+                "http_response_timeout",
             );
+            let mut r = text(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "proxyguard: 504 Gateway Timeout: no response head from {upstream} within {}ms",
+                    after.as_millis()
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "proxyguard; error=http_response_timeout; next-hop={}",
+                quote(&upstream)
+            )) {
+                r.headers_mut().insert("proxy-status", v);
+            }
+            r
+        }
+        ForwardError::Upstream(msg) => {
+            access(peer, method, uri, "-", 502, started, "upstream_error");
             let mut r = text(
                 StatusCode::BAD_GATEWAY,
                 &format!("proxyguard: 502 Bad Gateway: {msg}"),

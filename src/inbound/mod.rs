@@ -225,10 +225,19 @@ pub fn tunnel_cancel(
         Route::Upstream(m) if state.router.pool.config().drain_on_eject => Some(m.clone()),
         _ => None,
     };
+    let shutdown = state.shutdown.clone();
     async move {
-        match drain {
-            Some(m) => m.health.ejection().await,
-            None => std::future::pending::<()>().await,
+        let ejected = async {
+            match drain {
+                Some(m) => m.health.ejection().await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        // Ends at the upstream's ejection (`drain_on_eject`) or when the
+        // shutdown grace period is over.
+        tokio::select! {
+            _ = ejected => {}
+            _ = shutdown.expired() => {}
         }
     }
 }

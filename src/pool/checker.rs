@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use rand::Rng;
 
 use super::Member;
-use crate::config::schema::{Checks, HealthConfig};
+use crate::config::schema::{CheckKind, Checks, HealthConfig};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
 use crate::upstream::{ConnectError, NoopObserver, Target};
@@ -34,13 +33,9 @@ pub async fn check_once(router: &Router, m: &Member, cfg: &HealthConfig) -> Resu
                 .connect_for_http(&target, ctx, &mut obs)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (mut tx, conn) =
-                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(hc.conn))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let mut tx = crate::http_client::handshake::<_, Empty<Bytes>>(hc.conn)
+                .await
+                .map_err(|e| e.to_string())?;
             let path = if hc.absolute_form {
                 url.clone()
             } else {
@@ -78,9 +73,8 @@ pub async fn check_once(router: &Router, m: &Member, cfg: &HealthConfig) -> Resu
                 .map(|_| format!("tunnel to {target} ok"))
                 .map_err(|e: ConnectError| e.to_string())
         } else {
-            spec.probe(ctx, &mut obs)
+            spec.probe(ctx, cfg.check == CheckKind::Tcp, &mut obs)
                 .await
-                .map(|_| "handshake ok".to_string())
                 .map_err(|e| e.to_string())
         }
     };
@@ -112,7 +106,12 @@ pub fn spawn(router: Arc<Router>, cfg: HealthConfig, checks: Checks, shutdown: S
                 if !due {
                     continue;
                 }
-                let troubled = !m.health.eligible() || m.health.state() != super::State::Healthy;
+                // Out of service, or the last check failed: look again sooner,
+                // so a proxy that stopped answering is down within
+                // about `timeout + interval/4` after its first failed check.
+                let troubled = !m.health.eligible()
+                    || m.health.state() != super::State::Healthy
+                    || m.health.last_check().is_some_and(|c| !c.1);
                 if checks == Checks::Active
                     && !troubled
                     && !m.health.used_within(cfg.interval.0 * 3)

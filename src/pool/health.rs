@@ -106,6 +106,8 @@ pub struct Health {
     ewma_us: AtomicU64,
     /// Woken on ejection (tunnels drain on it with `drain_on_eject`).
     ejected: tokio::sync::Notify,
+    /// What was last announced (`upstream_down` sent and not yet `upstream_up`).
+    announced_down: std::sync::atomic::AtomicBool,
 }
 
 const SAMPLES: usize = 64;
@@ -140,7 +142,20 @@ impl Health {
             failures: AtomicU64::new(0),
             ewma_us: AtomicU64::new(0),
             ejected: tokio::sync::Notify::new(),
+            announced_down: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Records whether the upstream is usable now; `Some(usable)` when that
+    /// changes what was last announced (so each outage is announced once).
+    pub fn announce(&self, usable: bool) -> Option<bool> {
+        let was_down = self.announced_down.swap(!usable, Ordering::Relaxed);
+        (was_down == usable).then_some(usable)
+    }
+
+    /// False while active checks say the upstream is down.
+    pub fn check_passing(&self) -> bool {
+        self.lock().check_up
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -2,6 +2,7 @@
 //! reload and discovery), their health, the strategy that orders candidates,
 //! and the reporting of outcomes back into health.
 
+pub mod attempt;
 pub mod backoff;
 pub mod checker;
 pub mod health;
@@ -14,25 +15,68 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::config::adaptive::{from_samples, Adaptive};
 use crate::config::schema::{BreakerConfig, PoolConfig};
 use crate::config::{Applies, UpstreamEntry};
 use crate::upstream::{ConnectError, FaultClass, Target, UpstreamSpec};
 
 pub use health::{Health, State, Transition};
 
-/// One upstream in the pool with its health state.
+/// One upstream in the pool with its health state. A member's identity is
+/// its whole entry: a reload that changes any setting makes a new member
+/// (fresh health, new connections); an unchanged entry keeps its member.
 #[derive(Debug)]
 pub struct Member {
     pub entry: UpstreamEntry,
     pub health: Health,
+    /// Unique for the life of the process: keys pooled connections, so a
+    /// socket opened for one member is never reused by another.
+    pub id: u64,
 }
 
+static NEXT_MEMBER_ID: AtomicU64 = AtomicU64::new(1);
+
 impl Member {
+    pub fn new(entry: UpstreamEntry, breaker: &BreakerConfig) -> Arc<Member> {
+        Arc::new(Member {
+            health: Health::new(&entry, breaker),
+            entry,
+            id: NEXT_MEMBER_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
     pub fn spec(&self) -> &UpstreamSpec {
         &self.entry.spec
     }
     pub fn name(&self) -> &str {
         &self.entry.spec.name
+    }
+}
+
+/// `[pool]` as the request path reads it: parsed once per load.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_attempts: usize,
+    pub connect_deadline: Duration,
+    pub race_after: Adaptive,
+    pub hedge_after: Adaptive,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub target_fail_cache: Duration,
+}
+
+impl From<&PoolConfig> for Settings {
+    fn from(c: &PoolConfig) -> Self {
+        Settings {
+            max_attempts: c.max_attempts.max(1) as usize,
+            connect_deadline: c.connect_deadline.0,
+            // Validated at load; an unparsable value cannot get here.
+            race_after: Adaptive::parse(&c.race_after).unwrap_or(Adaptive::Auto),
+            hedge_after: Adaptive::parse(&c.hedge_after).unwrap_or(Adaptive::Off),
+            backoff_base: c.backoff_base.0,
+            backoff_cap: c.backoff_cap.0,
+            target_fail_cache: c.target_fail_cache.0,
+        }
     }
 }
 
@@ -76,10 +120,12 @@ pub struct Plan {
 /// The upstream set. Cheap to read from any task.
 pub struct Pool {
     members: ArcSwap<Vec<Arc<Member>>>,
+    settings: ArcSwap<Settings>,
     cfg: ArcSwap<PoolConfig>,
     breaker: ArcSwap<BreakerConfig>,
     rr: AtomicUsize,
     leader: Mutex<Option<String>>,
+    ejecting: Mutex<()>,
     pub stats: PoolStats,
     pub events: Arc<crate::events::EventBus>,
     all_down: std::sync::atomic::AtomicBool,
@@ -90,19 +136,17 @@ impl Pool {
     pub fn new(entries: Vec<UpstreamEntry>, cfg: PoolConfig, breaker: BreakerConfig) -> Self {
         let members = entries
             .into_iter()
-            .map(|entry| {
-                Arc::new(Member {
-                    health: Health::new(&entry, &breaker),
-                    entry,
-                })
-            })
+            .map(|entry| Member::new(entry, &breaker))
             .collect();
+        let settings = Settings::from(&cfg);
         Pool {
             members: ArcSwap::from_pointee(members),
+            settings: ArcSwap::from_pointee(settings),
             cfg: ArcSwap::from_pointee(cfg),
             breaker: ArcSwap::from_pointee(breaker),
             rr: AtomicUsize::new(0),
             leader: Mutex::new(None),
+            ejecting: Mutex::new(()),
             stats: PoolStats::default(),
             events: Arc::new(crate::events::EventBus::new()),
             all_down: std::sync::atomic::AtomicBool::new(false),
@@ -119,29 +163,44 @@ impl Pool {
         self.cfg.load_full()
     }
 
-    /// Replaces the upstream set (reload, discovery), keeping the health of
-    /// members whose name and URL did not change.
+    /// Replaces the upstream set (reload, discovery). A member whose whole
+    /// entry is unchanged (and the `[breaker]` settings too) keeps its health
+    /// and counters; any other is new, so every changed setting applies and
+    /// its pooled connections are never reused. Requests already holding a
+    /// replaced member finish on it (the old snapshot lives while used).
     pub fn replace(&self, entries: Vec<UpstreamEntry>, cfg: PoolConfig, breaker: BreakerConfig) {
         let old = self.members();
-        let members = entries
+        let same_breaker = **self.breaker.load() == breaker;
+        let members: Vec<Arc<Member>> = entries
             .into_iter()
-            .map(|entry| {
-                match old.iter().find(|m| {
-                    m.entry.spec.name == entry.spec.name
-                        && m.entry.spec.redacted_url() == entry.spec.redacted_url()
-                        && m.entry.spec.credentials == entry.spec.credentials
-                }) {
+            .map(
+                |entry| match old.iter().find(|m| same_breaker && m.entry == entry) {
                     Some(m) => m.clone(),
-                    None => Arc::new(Member {
-                        health: Health::new(&entry, &breaker),
-                        entry,
-                    }),
-                }
-            })
+                    None => Member::new(entry, &breaker),
+                },
+            )
             .collect();
+        self.settings.store(Arc::new(Settings::from(&cfg)));
         self.members.store(Arc::new(members));
         self.cfg.store(Arc::new(cfg));
         self.breaker.store(Arc::new(breaker));
+    }
+
+    /// The typed settings the request path reads.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// The attempt budget for one connection now.
+    pub fn budget(&self) -> attempt::Budget {
+        let s = self.settings.load();
+        attempt::Budget {
+            max_attempts: s.max_attempts,
+            deadline: s.connect_deadline,
+            race_after: self.race_after(),
+            backoff_base: s.backoff_base,
+            backoff_cap: s.backoff_cap,
+        }
     }
 
     /// Orders the candidates for one connection to `target`.
@@ -233,41 +292,71 @@ impl Pool {
     }
 
     /// Logs transitions, publishes them as events and keeps gauges current.
+    ///
+    /// `upstream_down` and `upstream_up` are about what clients get, not
+    /// about which mechanism noticed: one `upstream_down` when the upstream
+    /// stops being usable (ejection, failed checks or an open breaker,
+    /// whichever comes first), one `upstream_up` when it is usable again
+    /// *and* its last health check passed — an ejection that merely expires
+    /// while checks still fail is no recovery.
     pub fn transitions(&self, m: &Member, t: Vec<Transition>) {
         if t.is_empty() {
             return;
         }
         for tr in &t {
-            let (kind, detail) = match tr {
-                Transition::Ejected { until_ms, reason } => (
-                    "upstream_down",
-                    format!(
-                        "ejected for {until_ms} ms (reason {reason}): {}",
-                        m.health.last_error().map(|e| e.1).unwrap_or_default()
-                    ),
-                ),
-                Transition::CheckDown => (
-                    "upstream_down",
-                    format!(
-                        "health check failed: {}",
-                        m.health.last_check().map(|c| c.2).unwrap_or_default()
-                    ),
-                ),
-                Transition::Reinstated => ("upstream_up", "ejection ended".to_string()),
-                Transition::CheckUp => ("upstream_up", "health check passed".to_string()),
-                Transition::BreakerOpened => (
+            let breaker = match tr {
+                Transition::BreakerOpened => Some((
                     "breaker_open",
                     m.health.last_error().map(|e| e.1).unwrap_or_default(),
-                ),
+                )),
                 Transition::BreakerHalfOpen => {
-                    ("breaker_half_open", "trial connections allowed".to_string())
+                    Some(("breaker_half_open", "trial connections allowed".to_string()))
                 }
-                Transition::BreakerClosed => ("breaker_closed", "trial succeeded".to_string()),
+                Transition::BreakerClosed => {
+                    Some(("breaker_closed", "trial succeeded".to_string()))
+                }
+                _ => None,
             };
+            if let Some((kind, detail)) = breaker {
+                self.events.emit(kind, Some(m.name()), detail);
+            }
             if let Transition::Ejected { reason, .. } = tr {
                 metrics::counter!("proxyguard_ejections_total", "upstream" => m.name().to_string(), "reason" => reason.clone()).increment(1);
             }
-            self.events.emit(kind, Some(m.name()), detail);
+        }
+        let usable = m.health.eligible() && m.health.check_passing();
+        if let Some(now_up) = m.health.announce(usable) {
+            if now_up {
+                let why = if t.contains(&Transition::CheckUp) {
+                    "health check passed"
+                } else if t.contains(&Transition::BreakerClosed) {
+                    "trial connection succeeded"
+                } else {
+                    "ejection ended and the last health check passed"
+                };
+                self.events
+                    .emit("upstream_up", Some(m.name()), why.to_string());
+            } else {
+                let why = t
+                    .iter()
+                    .find_map(|tr| match tr {
+                        Transition::Ejected { until_ms, reason } => Some(format!(
+                            "ejected for {until_ms} ms (reason {reason}): {}",
+                            m.health.last_error().map(|e| e.1).unwrap_or_default()
+                        )),
+                        Transition::CheckDown => Some(format!(
+                            "health check failed: {}",
+                            m.health.last_check().map(|c| c.2).unwrap_or_default()
+                        )),
+                        Transition::BreakerOpened => Some(format!(
+                            "circuit breaker opened: {}",
+                            m.health.last_error().map(|e| e.1).unwrap_or_default()
+                        )),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "out of service".to_string());
+                self.events.emit("upstream_down", Some(m.name()), why);
+            }
         }
         let b = match m.health.breaker_state() {
             health::BreakerState::Closed => 0.0,
@@ -277,7 +366,7 @@ impl Pool {
         metrics::gauge!("proxyguard_upstream_breaker_state", "upstream" => m.name().to_string())
             .set(b);
         metrics::gauge!("proxyguard_upstream_up", "upstream" => m.name().to_string())
-            .set(if m.health.eligible() { 1.0 } else { 0.0 });
+            .set(if usable { 1.0 } else { 0.0 });
         let members = self.members();
         let any = members.iter().any(|x| x.health.eligible());
         if !any && !members.is_empty() {
@@ -299,10 +388,15 @@ impl Pool {
         }
         let cfg = self.cfg.load();
         let all = self.members();
-        let ejected = all.iter().filter(|x| x.health.is_ejected()).count();
-        let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
-        let may_eject = ejected < cap.max(if cfg.max_ejection_percent > 0 { 1 } else { 0 });
-        let t = m.health.record_failure(err, may_eject, cfg.base_ejection.0);
+        // Counting the ejected and ejecting one more is one step: two
+        // failures at once must not both pass the `max_ejection_percent` cap.
+        let t = {
+            let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+            let ejected = all.iter().filter(|x| x.health.is_ejected()).count();
+            let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
+            let may_eject = ejected < cap.max(if cfg.max_ejection_percent > 0 { 1 } else { 0 });
+            m.health.record_failure(err, may_eject, cfg.base_ejection.0)
+        };
         metrics::counter!("proxyguard_upstream_failures_total", "upstream" => m.name().to_string(), "reason" => health::reason_label(err)).increment(1);
         if t.iter().any(|t| matches!(t, Transition::Ejected { .. })) {
             self.stats.ejections.fetch_add(1, Ordering::Relaxed);
@@ -313,24 +407,21 @@ impl Pool {
     /// The delay before racing the next candidate: configured, or adaptive
     /// (3 × p90 of recent connect latencies, clamped to [50 ms, 1 s]).
     pub fn race_after(&self) -> Option<Duration> {
-        let cfg = self.cfg.load();
-        match crate::config::load::parse_race_after(&cfg.race_after) {
-            Some(Some(Some(d))) => Some(d),
-            Some(None) | None => None,
-            Some(Some(None)) => {
-                let mut s: Vec<Duration> = self
-                    .members()
-                    .iter()
-                    .flat_map(|m| m.health.samples())
-                    .collect();
-                if s.len() < 5 {
-                    return Some(Duration::from_millis(250));
-                }
-                s.sort();
-                let p90 = s[(s.len() * 9 / 10).min(s.len() - 1)];
-                Some((p90 * 3).clamp(Duration::from_millis(50), Duration::from_secs(1)))
-            }
-        }
+        self.settings.load().race_after.resolve(|| {
+            let samples = self
+                .members()
+                .iter()
+                .flat_map(|m| m.health.samples())
+                .collect();
+            from_samples(
+                samples,
+                0.9,
+                3,
+                Duration::from_millis(50),
+                Duration::from_secs(1),
+                Duration::from_millis(250),
+            )
+        })
     }
 }
 

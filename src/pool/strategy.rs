@@ -84,7 +84,6 @@ mod tests {
     use super::*;
     use crate::config::schema::BreakerConfig;
     use crate::config::{Applies, UpstreamEntry};
-    use crate::pool::Health;
     use crate::upstream::{Host, UpstreamSpec};
 
     fn members(weights: &[u32]) -> Vec<Arc<Member>> {
@@ -106,10 +105,7 @@ mod tests {
                     applies: Applies::ALL,
                     origin: "test".into(),
                 };
-                Arc::new(Member {
-                    health: Health::new(&entry, &BreakerConfig::default()),
-                    entry,
-                })
+                Member::new(entry, &BreakerConfig::default())
             })
             .collect()
     }

@@ -4,8 +4,8 @@
 //! Each direction starts with a 1 KiB buffer, so an idle tunnel costs almost
 //! nothing. Once a read fills that buffer the direction is treated as bulk:
 //! on Linux it switches to `splice(2)` through a pipe (bytes never enter user
-//! space); elsewhere it grows the buffer. Both halves share `&TcpStream`
-//! (tokio's readiness API takes `&self`), so no locking or splitting is needed.
+//! space); elsewhere it grows the buffer. The two directions run on
+//! `TcpStream::split` halves (borrowed, no locking).
 
 use std::io;
 use std::net::Shutdown;

@@ -1,5 +1,11 @@
 //! The fallback cache: the last good response to each GET, bounded in
 //! entries, served only up to a maximum age when no backend can answer.
+//!
+//! It is shared by every client of the route, so it holds only responses
+//! that are the same for everyone: never one to a request carrying
+//! `Authorization` or `Cookie`, never one marked `Cache-Control: private`,
+//! `no-store` or `no-cache`, never one that sets a cookie, and never one with
+//! a `Vary` (the stored response may not fit the next request's headers).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +15,26 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 type Entry = (StatusCode, HeaderMap, Bytes, Instant);
+
+/// Whether a request may be answered from (and fill) the shared cache.
+pub fn request_may_use_cache(h: &HeaderMap) -> bool {
+    !h.contains_key(http::header::AUTHORIZATION) && !h.contains_key(http::header::COOKIE)
+}
+
+/// Whether a response may be stored for everyone.
+pub fn response_may_be_stored(h: &HeaderMap) -> bool {
+    let forbidden = h
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_ascii_lowercase())
+        .any(|d| {
+            let name = d.split('=').next().unwrap_or("").trim().to_string();
+            matches!(name.as_str(), "private" | "no-store" | "no-cache")
+        });
+    !forbidden && !h.contains_key(http::header::VARY) && !h.contains_key(http::header::SET_COOKIE)
+}
 
 pub struct Cache {
     max: usize,
@@ -47,6 +73,31 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_answers_are_never_shared() {
+        let mut req = HeaderMap::new();
+        assert!(request_may_use_cache(&req));
+        req.insert(http::header::AUTHORIZATION, "Bearer a".parse().unwrap());
+        assert!(!request_may_use_cache(&req));
+        let mut req = HeaderMap::new();
+        req.insert(http::header::COOKIE, "s=1".parse().unwrap());
+        assert!(!request_may_use_cache(&req));
+        for (k, v) in [
+            ("cache-control", "max-age=60, private"),
+            ("cache-control", "no-store"),
+            ("cache-control", "No-Cache"),
+            ("vary", "Accept-Language"),
+            ("set-cookie", "s=1"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(k, v.parse().unwrap());
+            assert!(!response_may_be_stored(&h), "{k}: {v}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("cache-control", "public, max-age=60".parse().unwrap());
+        assert!(response_may_be_stored(&h));
+    }
 
     #[test]
     fn bounded_and_aged() {

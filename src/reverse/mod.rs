@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,9 +23,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::schema::{BreakerConfig, RouteConfig};
+use crate::config::schema::RouteConfig;
 use crate::config::{Applies, UpstreamEntry};
 use crate::forward::strip_hop_by_hop;
+use crate::http_client::IdlePool;
 use crate::pool::{Member, Pool};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
@@ -46,7 +47,10 @@ pub struct ReverseRoute {
     router: Arc<Router>,
     ctx: ConnectContext,
     tls: Arc<rustls::ClientConfig>,
-    idle: Mutex<HashMap<String, Vec<SendRequest<ReqBody>>>>,
+    /// Idle keep-alive connections by backend member id.
+    idle: Arc<IdlePool<u64, SendRequest<ReqBody>>>,
+    /// `via = "pool"`: reach backends through the forward pool.
+    via_pool: bool,
     inflight: HashMap<String, AtomicUsize>,
     rr: AtomicUsize,
     cache: cache::Cache,
@@ -118,9 +122,10 @@ impl ReverseRoute {
             };
         let mut pool_cfg = all.file.pool.clone();
         pool_cfg.max_attempts = cfg.max_attempts;
+        let idle_timeout = pool_cfg.idle_timeout.0;
         Ok(ReverseRoute {
             cfg: cfg.clone(),
-            pool: Pool::new(entries, pool_cfg, BreakerConfig::default()),
+            pool: Pool::new(entries, pool_cfg, all.file.breaker.clone()),
             ctx: ConnectContext {
                 resolver: router.ctx.resolver.clone(),
                 timeouts: all.timeouts,
@@ -128,7 +133,8 @@ impl ReverseRoute {
             },
             router,
             tls,
-            idle: Mutex::new(HashMap::new()),
+            idle: Arc::new(IdlePool::new(64, 4096, idle_timeout)),
+            via_pool: cfg.via == "pool",
             inflight,
             rr: AtomicUsize::new(0),
             cache: cache::Cache::new(cfg.fallback.as_ref().map(|f| f.max_entries).unwrap_or(0)),
@@ -187,7 +193,7 @@ impl ReverseRoute {
     async fn connect(&self, m: &Member) -> Result<Box<dyn Io>, ConnectError> {
         let spec = m.spec();
         let target = Target::new(spec.host.clone(), spec.port);
-        let tcp: Box<dyn Io> = if self.cfg.via == "pool" {
+        let tcp: Box<dyn Io> = if self.via_pool {
             Box::new(self.router.tunnel(&target).await?.0)
         } else {
             Box::new(tcp_connect(&self.ctx, &spec.host, spec.port, false, &mut NoopObserver).await?)
@@ -212,39 +218,25 @@ impl ReverseRoute {
     }
 
     async fn sender(&self, m: &Member) -> Result<(SendRequest<ReqBody>, bool), ConnectError> {
-        if let Ok(mut idle) = self.idle.lock() {
-            if let Some(list) = idle.get_mut(m.name()) {
-                while let Some(tx) = list.pop() {
-                    if tx.is_ready() && !tx.is_closed() {
-                        return Ok((tx, true));
-                    }
-                }
-            }
+        if let Some(tx) = self.idle.checkout(&m.id) {
+            return Ok((tx, true));
         }
         let io = self.connect(m).await?;
-        let (tx, conn) = hyper::client::conn::http1::handshake::<_, ReqBody>(TokioIo::new(io))
+        let tx = crate::http_client::handshake::<_, ReqBody>(io)
             .await
             .map_err(|e| ConnectError::Io {
                 phase: Phase::FirstByte,
                 detail: e.to_string(),
                 proxy: false,
             })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         Ok((tx, false))
     }
 
-    fn checkin(self: &Arc<Self>, name: String, mut tx: SendRequest<ReqBody>) {
-        let me = self.clone();
+    fn checkin(&self, m: &Member, mut tx: SendRequest<ReqBody>) {
+        let (idle, id) = (self.idle.clone(), m.id);
         tokio::spawn(async move {
             if tx.ready().await.is_ok() {
-                if let Ok(mut idle) = me.idle.lock() {
-                    let l = idle.entry(name).or_default();
-                    if l.len() < 64 {
-                        l.push(tx);
-                    }
-                }
+                idle.checkin(id, tx);
             }
         });
     }
@@ -386,7 +378,12 @@ impl ReverseRoute {
             }
         }
         let cache_key = format!("{} {}", parts.method, parts.uri);
-        let retry_5xx = idempotent || buffered.is_some();
+        // A retry re-sends only a body held in full: a streamed body is gone
+        // once sent, and an empty replay would run a different request.
+        // A 5xx is retried only for idempotent methods (the backend may have
+        // acted on a POST before answering 502).
+        let retry_5xx = idempotent && buffered.is_some();
+        let cacheable_request = cache::request_may_use_cache(&parts.headers);
         let order = self.order();
         let mut last_err: Option<String> = None;
         let mut attempts = 0;
@@ -471,17 +468,22 @@ impl ReverseRoute {
                     },
                 );
                 last_err = Some(format!("{}: answered {status}", m.name()));
-                self.checkin(m.name().to_string(), tx);
+                self.checkin(m, tx);
                 continue;
             }
             self.pool.report_success(m, t0.elapsed());
-            self.checkin(m.name().to_string(), tx);
+            self.checkin(m, tx);
             tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status, duration_ms = started.elapsed().as_millis() as u64, "request");
             let (mut rp, rb) = resp.into_parts();
             strip_hop_by_hop(&mut rp.headers);
             // Remember good GETs for the fallback.
             if let Some(fb) = &self.cfg.fallback {
-                if fb.cache_get.is_some() && parts.method == Method::GET && status == 200 {
+                if fb.cache_get.is_some()
+                    && parts.method == Method::GET
+                    && status == 200
+                    && cacheable_request
+                    && cache::response_may_be_stored(&rp.headers)
+                {
                     let small = rb
                         .size_hint()
                         .exact()
@@ -506,17 +508,19 @@ impl ReverseRoute {
         }
         self.fallback(
             &parts.method,
-            &cache_key,
+            cacheable_request.then_some(cache_key.as_str()),
             last_err.unwrap_or_else(|| "no backend available".into()),
             peer,
             started,
         )
     }
 
+    /// `key` is None when the request may not be answered from the cache
+    /// (it carries credentials).
     fn fallback(
         &self,
         method: &Method,
-        key: &str,
+        key: Option<&str>,
         why: String,
         peer: SocketAddr,
         started: Instant,
@@ -527,7 +531,7 @@ impl ReverseRoute {
             why.replace(['"', '\\'], "'")
         );
         if let Some(fb) = &self.cfg.fallback {
-            if let (Some(age), true) = (fb.cache_get, *method == Method::GET) {
+            if let (Some(age), true, Some(key)) = (fb.cache_get, *method == Method::GET, key) {
                 if let Some((status, headers, body, stored)) = self.cache.get(key, age.0) {
                     let mut r = Response::new(Either::Right(Full::new(body)));
                     *r.status_mut() = status;
@@ -711,5 +715,10 @@ impl ReverseRoute {
     /// The backend pool (for status and tests).
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The route's configuration (read-only, for status).
+    pub fn config(&self) -> &RouteConfig {
+        &self.cfg
     }
 }

@@ -18,6 +18,16 @@ pub enum Scheme {
     Acs3,
 }
 
+/// `--shell` of `sign --curl`: which shell the printed command is for.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CurlShell {
+    /// POSIX sh, bash, zsh (single quotes)
+    #[default]
+    Sh,
+    /// PowerShell (`curl.exe`, single quotes with '' inside)
+    Powershell,
+}
+
 /// Arguments of `proxyguard sign`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SignArgs {
@@ -66,6 +76,9 @@ pub struct SignArgs {
     /// Print a ready-to-run curl command
     #[arg(long, conflicts_with = "explain")]
     pub curl: bool,
+    /// Quote the --curl command for this shell
+    #[arg(long, value_enum, default_value = "sh", requires = "curl")]
+    pub shell: CurlShell,
     /// Print the StringToSign (line ends shown as \n) and the signature
     #[arg(long)]
     pub explain: bool,
@@ -212,6 +225,18 @@ fn iso_timestamp(t: &str) -> Result<String, SignError> {
         })
 }
 
+/// Quote for PowerShell: single quotes (no `$` expansion), `'` written as `''`.
+pub fn powershell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=%+".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
 /// Quote for a POSIX shell: single quotes, `'` written as `'\''`.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
@@ -246,7 +271,12 @@ struct Output<'a> {
 impl Output<'_> {
     fn curl(&self, url: &str, added: &[(String, String)], suppress_accept: bool) -> String {
         let method = &self.req.method;
-        let mut parts: Vec<String> = vec!["curl".into()];
+        // PowerShell 5 aliases `curl` to Invoke-WebRequest: name the program.
+        let (program, shell_quote): (&str, fn(&str) -> String) = match self.args.shell {
+            CurlShell::Sh => ("curl", shell_quote),
+            CurlShell::Powershell => ("curl.exe", powershell_quote),
+        };
+        let mut parts: Vec<String> = vec![program.into()];
         if method == "HEAD" {
             parts.push("--head".into());
         } else {
@@ -431,6 +461,8 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(shell_quote("abc"), "abc");
+        assert_eq!(powershell_quote("a'b $x"), "'a''b $x'");
+        assert_eq!(powershell_quote("@body.json"), "'@body.json'");
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
         assert_eq!(shell_quote(""), "''");

@@ -56,6 +56,42 @@ pub enum FaultClass {
     Local,
 }
 
+/// What went wrong between a working proxy and the target, as far as the
+/// proxy's answer tells (squid's `X-Squid-Error`, the status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetFault {
+    Refused,
+    Dns,
+    Timeout,
+    Unreachable,
+}
+
+impl TargetFault {
+    /// RFC 9209 `Proxy-Status` error type.
+    pub fn proxy_status_error(self) -> &'static str {
+        match self {
+            TargetFault::Refused => "connection_refused",
+            TargetFault::Dns => "dns_error",
+            TargetFault::Timeout => "connection_timeout",
+            TargetFault::Unreachable => "destination_unavailable",
+        }
+    }
+
+    /// Reads a proxy's error answer: `X-Squid-Error` names the failure
+    /// (with the errno for connect failures); otherwise the status decides.
+    pub fn from_reply(status: u16, squid_error: Option<&str>) -> TargetFault {
+        let mut words = squid_error.unwrap_or("").split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("ERR_DNS_FAIL"), _) => TargetFault::Dns,
+            (Some("ERR_CONNECT_FAIL"), Some("111")) => TargetFault::Refused,
+            (Some("ERR_CONNECT_FAIL"), Some("110")) => TargetFault::Timeout,
+            (Some("ERR_READ_TIMEOUT" | "ERR_LIFETIME_EXP"), _) => TargetFault::Timeout,
+            _ if status == 504 => TargetFault::Timeout,
+            _ => TargetFault::Unreachable,
+        }
+    }
+}
+
 /// TLS failure kinds worth telling apart for a human.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsKind {
@@ -107,6 +143,17 @@ pub enum ConnectError {
     ProxyForbidden { status: u16 },
     #[error("proxy answered {status} {reason}")]
     ProxyStatus { status: u16, reason: String },
+    /// A working proxy could not reach the target (CONNECT answered
+    /// 500/502/503/504). Whether that is the target's fault or the proxy's is
+    /// decided by asking another upstream (see `pool::attempt`).
+    #[error("proxy answered {status} {reason}: the target could not be reached through it")]
+    TargetFailed {
+        status: u16,
+        reason: String,
+        kind: TargetFault,
+        /// The upstream that reported it (set by the attempt engine).
+        next_hop: Option<String>,
+    },
     #[error("SOCKS5 proxy replied {code:#04x} ({})", socks_reply_text(*code))]
     SocksReply { code: u8 },
     #[error("proxy protocol error: {detail}")]
@@ -195,8 +242,10 @@ impl ConnectError {
             }
             ConnectError::ProxyForbidden { .. } => FaultClass::Policy,
             ConnectError::SocksReply { code: 0x02 } => FaultClass::Policy,
-            // A proxy 5xx / SOCKS failure: the proxy could not serve this; count it
-            // against the proxy (another upstream may reach the target).
+            // The proxy worked and reports that the target failed.
+            ConnectError::TargetFailed { .. } => FaultClass::Target,
+            ConnectError::SocksReply { code: 0x03..=0x06 } => FaultClass::Target,
+            // Anything else the proxy answered is its own failure.
             ConnectError::ProxyStatus { .. }
             | ConnectError::SocksReply { .. }
             | ConnectError::ProxyProtocol { .. } => FaultClass::Upstream,
@@ -207,6 +256,41 @@ impl ConnectError {
     /// True when the failure concerns the upstream proxy (not the target).
     pub fn is_proxy_side(&self) -> bool {
         !matches!(self.fault(), FaultClass::Target | FaultClass::Local)
+    }
+
+    /// True when a working proxy reported that it could not (or would not)
+    /// reach this target: the target may be dead, or the proxy may be wrong.
+    /// Only another upstream reaching the same target tells which.
+    pub fn needs_second_opinion(&self) -> bool {
+        match self {
+            ConnectError::TargetFailed { .. }
+            | ConnectError::ProxyForbidden { .. }
+            | ConnectError::SocksReply { .. } => {
+                matches!(self.fault(), FaultClass::Target | FaultClass::Policy)
+            }
+            _ => false,
+        }
+    }
+
+    /// The same failure as the upstream's own fault, once another upstream
+    /// reached the target this one reported as failed.
+    pub fn confirmed_upstream_fault(&self) -> ConnectError {
+        match self {
+            ConnectError::TargetFailed { status, reason, .. } => ConnectError::ProxyStatus {
+                status: *status,
+                reason: format!("{reason} (another upstream reached the target)"),
+            },
+            ConnectError::SocksReply { code } if self.fault() == FaultClass::Target => {
+                ConnectError::ProxyStatus {
+                    status: 502,
+                    reason: format!(
+                        "SOCKS5 reply {code:#04x} ({}) while another upstream reached the target",
+                        socks_reply_text(*code)
+                    ),
+                }
+            }
+            other => other.clone(),
+        }
     }
 
     /// RFC 9209 `Proxy-Status` error type.
@@ -223,6 +307,7 @@ impl ConnectError {
             }
             ConnectError::ProxyForbidden { .. } => "connection_refused",
             ConnectError::ProxyStatus { .. } => "proxy_next_hop_error",
+            ConnectError::TargetFailed { kind, .. } => kind.proxy_status_error(),
             ConnectError::SocksReply { code } => match code {
                 0x05 => "connection_refused",
                 0x03 | 0x04 => "destination_unavailable",
@@ -243,6 +328,10 @@ impl ConnectError {
             ConnectError::Timeout { .. } => 504,
             ConnectError::SocksReply { code: 0x06 } => 504,
             ConnectError::ProxyStatus { status: 504, .. } => 504,
+            ConnectError::TargetFailed {
+                kind: TargetFault::Timeout,
+                ..
+            } => 504,
             ConnectError::Prohibited(_) => 403,
             _ => 502,
         }
@@ -256,9 +345,22 @@ impl ConnectError {
             ConnectError::Timeout { .. } => 0x06,
             ConnectError::ProxyForbidden { .. } => 0x02,
             ConnectError::SocksReply { code } => *code,
+            ConnectError::TargetFailed { kind, .. } => match kind {
+                TargetFault::Refused => 0x05,
+                TargetFault::Timeout => 0x06,
+                TargetFault::Dns | TargetFault::Unreachable => 0x04,
+            },
             ConnectError::NoRoute(_) => 0x03,
             ConnectError::Prohibited(_) => 0x02,
             _ => 0x01,
+        }
+    }
+
+    /// The upstream a target failure was reported through, if known.
+    pub fn next_hop(&self) -> Option<&str> {
+        match self {
+            ConnectError::TargetFailed { next_hop, .. } => next_hop.as_deref(),
+            _ => None,
         }
     }
 

@@ -69,6 +69,30 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     read_reply_head(io).await
 }
 
+/// Sends `OPTIONS * HTTP/1.0` (no Host, so the proxy cannot forward it) and
+/// reads the status line the proxy answers itself. A 407 means our
+/// credentials are missing or wrong; any other status means it is alive.
+pub async fn options_probe<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    creds: Option<&Credentials>,
+) -> Result<ReplyHead, ConnectError> {
+    let mut req = String::from("OPTIONS * HTTP/1.0\r\nUser-Agent: proxyguard-health\r\n");
+    if let Some(c) = creds {
+        req.push_str("Proxy-Authorization: ");
+        req.push_str(&basic_auth(c));
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    io.write_all(req.as_bytes())
+        .await
+        .map_err(|e| ConnectError::from_io(&e, Phase::ProxyHandshake, "", true))?;
+    let (head, _) = read_reply_head(io).await?;
+    if head.status == 407 {
+        check_reply(&head, creds.is_some())?;
+    }
+    Ok(head)
+}
+
 /// Reads an HTTP response head without consuming bytes past it into nowhere:
 /// extra bytes are returned to the caller.
 pub async fn read_reply_head<S: AsyncRead + Unpin>(
@@ -168,6 +192,18 @@ pub fn check_reply(head: &ReplyHead, had_credentials: bool) -> Result<(), Connec
             }
         }
         403 => Err(ConnectError::ProxyForbidden { status: 403 }),
+        // The proxy is alive and says its path to the target failed
+        // (tinyproxy 500 "Unable to connect", squid 503 ERR_CONNECT_FAIL,
+        // privoxy 500, gateways' 502/504).
+        status @ (500 | 502 | 503 | 504) => Err(ConnectError::TargetFailed {
+            status,
+            reason: match head.header("x-squid-error") {
+                Some(e) => format!("{} ({e})", head.reason),
+                None => head.reason.clone(),
+            },
+            kind: super::error::TargetFault::from_reply(status, head.header("x-squid-error")),
+            next_hop: None,
+        }),
         status => Err(ConnectError::ProxyStatus {
             status,
             reason: head.reason.clone(),

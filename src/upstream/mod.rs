@@ -1,13 +1,14 @@
 //! Connectors: how to reach a target through one upstream (or directly).
 //!
 //! Every feature (serve, doctor, health checks, reverse mode) opens
-//! connections through [`Upstream::connect_tunnel`] and
-//! [`Upstream::connect_for_http`], so there is exactly one place that speaks
-//! CONNECT or SOCKS5. Each phase has a hard wall-clock deadline that does not
+//! connections through [`UpstreamSpec::connect_tunnel`] and
+//! [`UpstreamSpec::connect_for_http`], so there is exactly one place that
+//! speaks CONNECT or SOCKS5. Each phase has a hard wall-clock deadline that does not
 //! depend on the operating system's TCP retry timers.
 
 pub mod conn;
 pub mod error;
+pub mod happy_eyeballs;
 pub mod http_connect;
 pub mod resolve;
 pub mod socks5;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 pub use conn::Conn;
-pub use error::{ConnectError, FaultClass, Phase};
+pub use error::{ConnectError, FaultClass, Phase, TargetFault};
 pub use resolve::Resolver;
 pub use target::{Host, Target};
 
@@ -77,7 +78,7 @@ pub enum UpstreamUrlError {
 }
 
 /// One upstream as configured: where it is and how to speak to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub name: String,
     pub scheme: Scheme,
@@ -207,6 +208,10 @@ pub struct Timeouts {
     pub handshake: Duration,
     /// TLS handshake (to an `https://` proxy, or doctor's target TLS).
     pub tls: Duration,
+    /// Plain HTTP: from the request being sent to the response head.
+    pub response_head: Duration,
+    /// Plain HTTP: longest pause inside a response body before it is cut.
+    pub body_idle: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -215,6 +220,8 @@ impl Default for Timeouts {
             connect: Duration::from_secs(3),
             handshake: Duration::from_secs(5),
             tls: Duration::from_secs(5),
+            response_head: Duration::from_secs(30),
+            body_idle: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -257,8 +264,9 @@ pub struct HttpConn {
     pub proxy_authorization: Option<String>,
 }
 
-/// Opens TCP to `host:port` under `ctx.timeouts.connect`, trying each address
-/// in turn within the one deadline.
+/// Opens TCP to `host:port` under `ctx.timeouts.connect` (DNS included).
+/// Several addresses are raced the Happy Eyeballs v2 way (see
+/// [`happy_eyeballs`]): a silent address costs 250 ms, not the budget.
 pub async fn tcp_connect(
     ctx: &ConnectContext,
     host: &Host,
@@ -276,34 +284,25 @@ pub async fn tcp_connect(
         obs.phase(Phase::Dns, start.elapsed(), &format!("{addrs:?}"));
     }
     let tcp_start = Instant::now();
-    let mut last_err = None;
-    for addr in &addrs {
-        let remaining = budget.saturating_sub(start.elapsed());
-        if remaining.is_zero() {
-            break;
+    let remaining = budget.saturating_sub(start.elapsed());
+    let ordered = happy_eyeballs::interleave(&addrs);
+    let attempt = |addr: SocketAddr| async move {
+        TcpStream::connect(addr)
+            .await
+            .map(|s| (s, addr))
+            .map_err(|e| ConnectError::from_io(&e, Phase::Tcp, &addr.to_string(), proxy))
+    };
+    let raced = happy_eyeballs::race(&ordered, happy_eyeballs::STAGGER, attempt);
+    match tokio::time::timeout(remaining, raced).await {
+        Ok(Ok((s, addr))) => {
+            let _ = s.set_nodelay(true);
+            obs.connected(addr);
+            obs.phase(Phase::Tcp, tcp_start.elapsed(), &addr.to_string());
+            Ok(s)
         }
-        match tokio::time::timeout(remaining, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                obs.connected(*addr);
-                obs.phase(Phase::Tcp, tcp_start.elapsed(), &addr.to_string());
-                return Ok(s);
-            }
-            Ok(Err(e)) => {
-                last_err = Some(ConnectError::from_io(
-                    &e,
-                    Phase::Tcp,
-                    &addr.to_string(),
-                    proxy,
-                ))
-            }
-            Err(_) => {
-                last_err = Some(ConnectError::timeout(Phase::Tcp, budget, proxy));
-                break;
-            }
-        }
+        Ok(Err(Some(e))) => Err(e),
+        Ok(Err(None)) | Err(_) => Err(ConnectError::timeout(Phase::Tcp, budget, proxy)),
     }
-    Err(last_err.unwrap_or_else(|| ConnectError::timeout(Phase::Tcp, budget, proxy)))
 }
 
 /// Runs `fut` under `limit`, mapping expiry to a timeout in `phase`.
@@ -400,25 +399,40 @@ impl UpstreamSpec {
         }
     }
 
-    /// A handshake-only liveness probe: TCP (and TLS) to the proxy, plus the
-    /// SOCKS5 method negotiation (and auth) for SOCKS proxies. Used by health
-    /// checks when no check URL or target is configured.
+    /// A liveness probe that needs the proxy process itself to answer, so a
+    /// proxy that accepts TCP but never answers (hung, or a full accept queue
+    /// behind a load balancer) is found down. HTTP(S) proxies get
+    /// `OPTIONS * HTTP/1.0` without a Host — squid, tinyproxy and privoxy all
+    /// answer it themselves with a status line and contact nobody; any status
+    /// but 407 is alive. SOCKS5 proxies must answer the method negotiation
+    /// (and auth). `tcp_only` stops after TCP (and TLS).
     pub async fn probe(
         &self,
         ctx: &ConnectContext,
+        tcp_only: bool,
         obs: &mut dyn PhaseObserver,
-    ) -> Result<(), ConnectError> {
+    ) -> Result<String, ConnectError> {
         if self.is_direct() {
-            return Ok(());
+            return Ok("direct".into());
         }
         let mut conn = self.connect_proxy(ctx, obs).await?;
-        if matches!(self.scheme, Scheme::Socks5 | Scheme::Socks5h) {
-            within(ctx.timeouts.handshake, Phase::ProxyHandshake, true, async {
-                socks5::negotiate_auth(&mut conn, self.credentials.as_ref()).await
-            })
-            .await?;
+        if tcp_only {
+            return Ok("tcp connect ok".into());
         }
-        Ok(())
+        within(ctx.timeouts.handshake, Phase::ProxyHandshake, true, async {
+            match self.scheme {
+                Scheme::Socks5 | Scheme::Socks5h => {
+                    socks5::negotiate_auth(&mut conn, self.credentials.as_ref()).await?;
+                    Ok("SOCKS5 negotiation ok".to_string())
+                }
+                _ => {
+                    let head =
+                        http_connect::options_probe(&mut conn, self.credentials.as_ref()).await?;
+                    Ok(format!("OPTIONS * answered {}", head.status))
+                }
+            }
+        })
+        .await
     }
 
     /// Opens a connection suitable for sending plain HTTP requests to `target`:

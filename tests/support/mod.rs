@@ -7,6 +7,8 @@
 //! spawned process is killed (process group, SIGTERM then SIGKILL) on drop.
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod hey;
 pub mod rawclient;
 
 use std::collections::{HashMap, HashSet};
@@ -1470,6 +1472,9 @@ pub struct GoOpts {
     pub cafile: Option<PathBuf>,
     pub method: String,
     pub env: Vec<(String, String)>,
+    /// Request body length in bytes (0: none).
+    pub body: usize,
+    pub keepalive: bool,
 }
 
 impl GoOpts {
@@ -1482,7 +1487,19 @@ impl GoOpts {
             cafile: None,
             method: "GET".into(),
             env: Vec::new(),
+            body: 0,
+            keepalive: true,
         }
+    }
+    /// Sends `len` bytes of body with each request (use with a method).
+    pub fn body(mut self, len: usize) -> Self {
+        self.body = len;
+        self
+    }
+    /// A new connection per request.
+    pub fn no_keepalive(mut self) -> Self {
+        self.keepalive = false;
+        self
     }
     pub fn n(mut self, n: usize) -> Self {
         self.n = n;
@@ -1595,7 +1612,10 @@ impl GoClient {
             .arg("-timeout")
             .arg(format!("{}ms", opts.timeout.as_millis()))
             .arg("-method")
-            .arg(&opts.method);
+            .arg(&opts.method)
+            .arg("-body")
+            .arg(opts.body.to_string())
+            .arg(format!("-keepalive={}", opts.keepalive));
         if let Some(ca) = &opts.cafile {
             cmd.arg("-cafile").arg(ca);
         }
@@ -1692,3 +1712,4 @@ impl Drop for HttpSink {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+pub mod doctor_peers;

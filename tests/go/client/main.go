@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -48,6 +49,8 @@ func main() {
 	timeout := flag.Duration("timeout", 10*time.Second, "per-request timeout")
 	cafile := flag.String("cafile", "", "extra CA certificate (PEM) to trust")
 	method := flag.String("method", "GET", "HTTP method")
+	bodyLen := flag.Int("body", 0, "send a request body of this many bytes")
+	keepAlive := flag.Bool("keepalive", true, "reuse connections between requests")
 	flag.Parse()
 	if *url == "" {
 		fmt.Fprintln(os.Stderr, "-url is required")
@@ -81,6 +84,11 @@ func main() {
 		MaxIdleConns:        *c * 2,
 		MaxIdleConnsPerHost: *c * 2,
 		IdleConnTimeout:     30 * time.Second,
+		DisableKeepAlives:   !*keepAlive,
+	}
+	payload := make([]byte, *bodyLen)
+	for i := range payload {
+		payload[i] = byte('a' + i%26)
 	}
 	client := &http.Client{Transport: tr, Timeout: *timeout}
 
@@ -97,7 +105,11 @@ func main() {
 			defer wg.Done()
 			for range jobs {
 				start := time.Now()
-				req, err := http.NewRequest(*method, *url, nil)
+				var rd io.Reader
+				if *bodyLen > 0 {
+					rd = bytes.NewReader(payload)
+				}
+				req, err := http.NewRequest(*method, *url, rd)
 				var body []byte
 				var status int
 				if err == nil {

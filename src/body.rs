@@ -1,0 +1,208 @@
+//! Body wrappers for forwarding.
+//!
+//! - [`ClientBody`] remembers whether the *client's* request body failed
+//!   (bad chunked encoding, a Content-Length body abandoned half way), so that
+//!   failure is answered as the client's (400) and never counted against the
+//!   upstream that was receiving it.
+//! - [`IdleBody`] cuts a response body that stalls for longer than
+//!   `body_idle`: it ends in an error, so the client sees a truncated
+//!   response (hyper closes the connection without the final chunk), never a
+//!   complete-looking one. A stall or a body the upstream breaks off is
+//!   reported once through `on_fault` (the upstream's fault).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// The client's request body, watched for errors.
+pub struct ClientBody<B> {
+    inner: B,
+    failed: Arc<AtomicBool>,
+}
+
+impl<B> ClientBody<B> {
+    pub fn new(inner: B) -> (Self, Arc<AtomicBool>) {
+        let failed = Arc::new(AtomicBool::new(false));
+        (
+            ClientBody {
+                inner,
+                failed: failed.clone(),
+            },
+            failed,
+        )
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for ClientBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &r {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream stalled mid-body for longer than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent no body data for {0:?}: response cut")]
+pub struct BodyStalled(pub Duration);
+
+/// Called once when the upstream stalls or breaks off the body.
+pub type OnFault = Box<dyn FnOnce(BodyFault) + Send>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    Stalled(Duration),
+    Broken,
+}
+
+/// A response body with an idle deadline between frames.
+pub struct IdleBody<B> {
+    inner: B,
+    idle: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+    on_fault: Option<OnFault>,
+}
+
+impl<B> IdleBody<B> {
+    /// `idle = None` passes the body through untouched.
+    pub fn new(inner: B, idle: Option<Duration>) -> Self {
+        IdleBody {
+            inner,
+            idle,
+            timer: None,
+            on_fault: None,
+        }
+    }
+
+    pub fn on_fault(mut self, f: OnFault) -> Self {
+        self.on_fault = Some(f);
+        self
+    }
+
+    fn fault(&mut self, f: BodyFault) {
+        if let Some(cb) = self.on_fault.take() {
+            cb(f);
+        }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.timer = None;
+                if let Some(Err(_)) = &r {
+                    this.fault(BodyFault::Broken);
+                }
+                Poll::Ready(r.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(idle) = this.idle else {
+                    return Poll::Pending;
+                };
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + idle))
+                });
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.timer = None;
+                        this.fault(BodyFault::Stalled(idle));
+                        Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+use std::future::Future;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    type Item = Result<Frame<Bytes>, std::io::Error>;
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_body_is_cut_with_an_error() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
+        let stream = tokio_stream_from(rx);
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let s2 = seen.clone();
+        let mut body = IdleBody::new(StreamBody::new(stream), Some(Duration::from_secs(1)))
+            .on_fault(Box::new(move |f| *s2.lock().unwrap() = Some(f)));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), Bytes::from_static(b"abc"));
+        // Nothing more arrives: after 1 s the body fails instead of ending.
+        let r = body.frame().await.unwrap();
+        assert!(r.is_err());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(BodyFault::Stalled(Duration::from_secs(1)))
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn client_body_error_is_remembered() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
+        let (mut body, failed) = ClientBody::new(StreamBody::new(tokio_stream_from(rx)));
+        tx.send(Err(std::io::Error::other("bad chunk")))
+            .await
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(failed.load(Ordering::Relaxed));
+    }
+
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::Receiver<Item>,
+    ) -> impl futures_util::Stream<Item = Item> + Unpin {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+}

@@ -1,0 +1,191 @@
+//! One exchange with an upstream (idle connection or a new one through the
+//! attempt engine, under the `response_head` deadline), and hedging a safe
+//! request on a second upstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::Request;
+use tokio::time::Instant;
+
+use super::headers::build;
+use super::{key_for, member, Forwarder, OutBody, PoolKey};
+use crate::pool::Member;
+use crate::route::{Route, Router};
+use crate::upstream::{ConnectError, Target};
+
+/// One exchange's result.
+pub(super) enum Outcome {
+    Answered {
+        resp: Response<Incoming>,
+        route: Route,
+        key: PoolKey,
+        tx: SendRequest<OutBody>,
+        absolute: bool,
+        had_auth: bool,
+    },
+    /// No connection could be made (the attempt engine already reported it).
+    NoConnection(ConnectError),
+    /// A pooled connection was found closed; the request comes back unsent
+    /// when hyper had not written it yet.
+    Stale(Option<Request<OutBody>>),
+    /// A fresh connection failed during the exchange.
+    Broken {
+        route: Route,
+        error: String,
+        unsent: Option<Request<OutBody>>,
+    },
+    TimedOut {
+        route: Route,
+        after: Duration,
+    },
+}
+
+impl Forwarder {
+    /// A safe request: the exchange, plus a second one on another upstream
+    /// if the first has not answered after `hedge_after`. The first answer
+    /// wins; the other is dropped (its connection closes).
+    pub(super) async fn hedged(
+        &self,
+        router: &Router,
+        target: &Target,
+        parts: &http::request::Parts,
+        excluded: &[Arc<Member>],
+        fresh: bool,
+    ) -> Outcome {
+        let empty = || Either::Right(Empty::new());
+        let first = self.once(router, target, parts, empty(), excluded, fresh);
+        let plan = router.plain_plan(target).excluding(excluded);
+        let lead = plan.routes().first().and_then(|r| member(r).cloned());
+        let (Some(lead), Some(delay)) = (lead, self.hedge_after(router)) else {
+            return first.await;
+        };
+        let mut others: Vec<Arc<Member>> = excluded.to_vec();
+        others.push(lead);
+        let hedge_possible = plan
+            .routes()
+            .iter()
+            .filter_map(member)
+            .any(|m| !others.iter().any(|o| Arc::ptr_eq(o, m)));
+        if !hedge_possible {
+            return first.await;
+        }
+        tokio::pin!(first);
+        tokio::select! {
+            o = &mut first => return o,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        metrics::counter!("proxyguard_hedges_total").increment(1);
+        tracing::debug!(target = %target, after_ms = delay.as_millis() as u64, "hedging on another upstream");
+        let second = self.once(router, target, parts, empty(), &others, true);
+        tokio::pin!(second);
+        tokio::select! {
+            o = &mut first => match o {
+                o @ Outcome::Answered { .. } => o,
+                _ => second.await,
+            },
+            o = &mut second => match o {
+                o @ Outcome::Answered { .. } => {
+                    metrics::counter!("proxyguard_hedges_won_total").increment(1);
+                    o
+                }
+                _ => first.await,
+            },
+        }
+    }
+
+    /// One exchange: an idle connection on a route the plan allows (most
+    /// preferred first), else a new one through the attempt engine.
+    pub(super) async fn once(
+        &self,
+        router: &Router,
+        target: &Target,
+        parts: &http::request::Parts,
+        body: OutBody,
+        excluded: &[Arc<Member>],
+        fresh: bool,
+    ) -> Outcome {
+        let plan = router.plain_plan(target).excluding(excluded);
+        let reused = if fresh {
+            None
+        } else {
+            plan.routes().into_iter().find_map(|route| {
+                let key = key_for(&route, target);
+                self.idle.checkout(&key).map(|tx| (tx, key, route))
+            })
+        };
+        let (mut tx, key, route, absolute, auth, was_reused) = match reused {
+            Some((tx, key, route)) => {
+                let auth = member(&route).and_then(|m| {
+                    m.spec()
+                        .credentials
+                        .as_ref()
+                        .map(crate::upstream::http_connect::basic_auth)
+                });
+                let absolute = matches!(key, PoolKey::Proxy(_));
+                (tx, key, route, absolute, auth, true)
+            }
+            None => {
+                let (hc, route) = match router.http_conn(plan, target).await {
+                    Ok(x) => x,
+                    Err(e) => return Outcome::NoConnection(e),
+                };
+                let key = key_for(&route, target);
+                let tx = match crate::http_client::handshake::<_, OutBody>(hc.conn).await {
+                    Ok(tx) => tx,
+                    Err(e) => {
+                        return Outcome::Broken {
+                            route,
+                            error: e.to_string(),
+                            unsent: None,
+                        }
+                    }
+                };
+                (
+                    tx,
+                    key,
+                    route,
+                    hc.absolute_form,
+                    hc.proxy_authorization,
+                    false,
+                )
+            }
+        };
+        let req = build(parts, target, absolute, auth.as_deref(), body);
+        let limit = router.ctx.timeouts.response_head;
+        let started = Instant::now();
+        match tokio::time::timeout(limit, tx.try_send_request(req)).await {
+            Err(_) => Outcome::TimedOut {
+                route,
+                after: limit,
+            },
+            Ok(Ok(resp)) => {
+                self.record_head_latency(started.elapsed());
+                Outcome::Answered {
+                    resp,
+                    route,
+                    key,
+                    tx,
+                    absolute,
+                    had_auth: auth.is_some(),
+                }
+            }
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                if was_reused {
+                    Outcome::Stale(unsent)
+                } else {
+                    Outcome::Broken {
+                        route,
+                        error: e.into_error().to_string(),
+                        unsent,
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Plain-HTTP forwarding (absolute-form requests).
+//!
+//! One request: plan (the same decision picks an idle connection and, on a
+//! miss, dials) → send with a `response_head` deadline → classify the answer.
+//! A safe request (idempotent, no body) may be hedged on a second upstream
+//! after `hedge_after` (first answer wins, the other is cancelled) and is
+//! retried on another upstream after a 407, a proxy's own gateway error, a
+//! broken fresh connection or a response-head timeout. An unsafe one is sent
+//! once, on a fresh connection (a pooled one may be closed under it); a
+//! connection that fails before the request was written hands it back
+//! unsent, so even a POST is then retried.
+//!
+//! Whose fault: the client's broken body is answered 400 and blamed on
+//! nobody; a pooled connection closed by the server is blamed on nobody;
+//! the rest counts against the upstream that failed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::SendRequest;
+
+mod exchange;
+mod headers;
+
+pub use headers::strip_hop_by_hop;
+
+use exchange::Outcome;
+use headers::{idempotent, proxy_gateway_error};
+
+use crate::body::{ClientBody, IdleBody};
+use crate::config::adaptive::from_samples;
+use crate::http_client::IdlePool;
+use crate::pool::Member;
+use crate::route::{Route, Router};
+use crate::upstream::{ConnectError, Phase, Scheme, Target};
+
+pub type OutBody = Either<ClientBody<Incoming>, Empty<Bytes>>;
+
+/// A forwarded response: the upstream's body under the `body_idle` deadline.
+pub type ForwardedBody = IdleBody<Incoming>;
+
+/// Why a forwarded request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("upstream failed before answering: {0}")]
+    Upstream(String),
+    #[error("no response head from {upstream} within {}ms", after.as_millis())]
+    Timeout { upstream: String, after: Duration },
+    /// The client's own request body broke (bad chunking, abandoned upload).
+    #[error("the request body from the client was malformed or cut short: {0}")]
+    Client(String),
+}
+
+/// Idle connections are keyed by pool member identity, never by name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum PoolKey {
+    /// An HTTP(S) proxy: one connection serves any target.
+    Proxy(u64),
+    /// A tunnel through a SOCKS upstream to one target.
+    Tunnel(u64, Target),
+    Direct(Target),
+}
+
+/// Upper bound on idle connections across all keys.
+const IDLE_MAX_TOTAL: usize = 8192;
+/// Response-head latencies kept for the adaptive `hedge_after`.
+const HEAD_SAMPLES: usize = 128;
+
+pub struct Forwarder {
+    idle: Arc<IdlePool<PoolKey, SendRequest<OutBody>>>,
+    via: bool,
+    head_latency: Mutex<VecDeque<Duration>>,
+}
+
+/// A response body that stalls or breaks off mid-way: the client gets a
+/// truncated response (nothing can be retried once bytes were sent). It is
+/// logged and counted but blamed on nobody: through a proxy it cannot be
+/// told apart from an origin that stalls or dies mid-body, and a client
+/// looping on such an origin must not eject healthy upstreams. A proxy that
+/// stops answering altogether is found by its health check.
+fn note_body_fault(m: Arc<Member>) -> crate::body::OnFault {
+    Box::new(move |f| {
+        let kind = match f {
+            crate::body::BodyFault::Stalled(_) => "stalled",
+            crate::body::BodyFault::Broken => "broken",
+        };
+        metrics::counter!("proxyguard_responses_cut_total", "upstream" => m.name().to_string(), "kind" => kind).increment(1);
+        tracing::warn!(upstream = m.name(), kind, "response body cut short");
+    })
+}
+
+fn key_for(route: &Route, target: &Target) -> PoolKey {
+    match route {
+        Route::Upstream(m) if matches!(m.spec().scheme, Scheme::Http | Scheme::Https) => {
+            PoolKey::Proxy(m.id)
+        }
+        Route::Upstream(m) => PoolKey::Tunnel(m.id, target.clone()),
+        _ => PoolKey::Direct(target.clone()),
+    }
+}
+
+fn member(route: &Route) -> Option<&Arc<Member>> {
+    match route {
+        Route::Upstream(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// Per-request retry state.
+struct Tries {
+    n: u32,
+    stale: u32,
+    /// Upstreams excluded from the next plan (failed this request).
+    excluded: Vec<Arc<Member>>,
+    /// Upstream proxies that answered this request with a gateway error.
+    gateway_failed: Vec<Arc<Member>>,
+}
+
+const MAX_TRIES: u32 = 3;
+const MAX_STALE: u32 = 3;
+
+impl Forwarder {
+    pub fn new(per_host: usize, idle_timeout: Duration, via: bool) -> Self {
+        Forwarder {
+            idle: Arc::new(IdlePool::new(per_host, IDLE_MAX_TOTAL, idle_timeout)),
+            via,
+            head_latency: Mutex::new(VecDeque::with_capacity(HEAD_SAMPLES)),
+        }
+    }
+
+    /// Idle upstream connections held now.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
+    }
+
+    fn record_head_latency(&self, d: Duration) {
+        let mut g = self.head_latency.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() == HEAD_SAMPLES {
+            g.pop_front();
+        }
+        g.push_back(d);
+    }
+
+    /// `hedge_after` now: configured, or 2 × p95 of recent response-head
+    /// latency clamped to [50 ms, 5 s] (500 ms until there are samples).
+    fn hedge_after(&self, router: &Router) -> Option<Duration> {
+        router.pool.settings().hedge_after.resolve(|| {
+            let samples = self
+                .head_latency
+                .lock()
+                .map(|g| g.iter().copied().collect())
+                .unwrap_or_default();
+            from_samples(
+                samples,
+                0.95,
+                2,
+                Duration::from_millis(50),
+                Duration::from_secs(5),
+                Duration::from_millis(500),
+            )
+        })
+    }
+
+    fn checkin_later(&self, key: PoolKey, mut tx: SendRequest<OutBody>) {
+        let idle = self.idle.clone();
+        tokio::spawn(async move {
+            if tx.ready().await.is_ok() {
+                idle.checkin(key, tx);
+            }
+        });
+    }
+
+    /// Forwards `req` to `target`.
+    pub async fn forward(
+        &self,
+        router: &Router,
+        target: &Target,
+        req: Request<Incoming>,
+    ) -> Result<(Response<ForwardedBody>, Route), ForwardError> {
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if self.via {
+            parts
+                .headers
+                .append(header::VIA, HeaderValue::from_static("1.1 proxyguard"));
+        }
+        let empty = body.is_end_stream();
+        let safe = empty && idempotent(&parts.method);
+        let (body, client_failed) = ClientBody::new(body);
+        let mut body: Option<OutBody> = Some(if empty {
+            Either::Right(Empty::new())
+        } else {
+            Either::Left(body)
+        });
+        let body_idle = router.ctx.timeouts.body_idle;
+        let mut tries = Tries {
+            n: 0,
+            stale: 0,
+            excluded: Vec::new(),
+            gateway_failed: Vec::new(),
+        };
+        loop {
+            tries.n += 1;
+            // An unsafe request never goes on a pooled connection: a proxy
+            // may close an idle one (tinyproxy closes after every response
+            // without saying so) just as the request is written, and then it
+            // cannot be retried. A fresh connection costs one handshake.
+            let fresh = tries.stale > 0 || !safe;
+            let outcome = if safe {
+                self.hedged(router, target, &parts, &tries.excluded, fresh)
+                    .await
+            } else {
+                let b = body.take().unwrap_or_else(|| Either::Right(Empty::new()));
+                self.once(router, target, &parts, b, &tries.excluded, fresh)
+                    .await
+            };
+            match self.judge(
+                router,
+                target,
+                outcome,
+                safe,
+                &client_failed,
+                &mut tries,
+                &mut body,
+            )? {
+                Some((resp, route)) => {
+                    let (p, b) = resp.into_parts();
+                    let mut b = IdleBody::new(b, body_idle);
+                    if let Some(m) = member(&route) {
+                        b = b.on_fault(note_body_fault(m.clone()));
+                    }
+                    return Ok((Response::from_parts(p, b), route));
+                }
+                None => continue,
+            }
+        }
+    }
+
+    /// Decides what an outcome means: the response to return, an error, or
+    /// `None` to try again.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        router: &Router,
+        target: &Target,
+        outcome: Outcome,
+        safe: bool,
+        client_failed: &AtomicBool,
+        tries: &mut Tries,
+        body: &mut Option<OutBody>,
+    ) -> Result<Option<(Response<Incoming>, Route)>, ForwardError> {
+        let can_retry = safe && tries.n < MAX_TRIES;
+        let client_fault = || client_failed.load(Ordering::Relaxed);
+        match outcome {
+            Outcome::NoConnection(e) => Err(ForwardError::Connect(e)),
+            Outcome::Answered {
+                resp,
+                route,
+                key,
+                tx,
+                absolute,
+                had_auth,
+            } => {
+                let m = member(&route).cloned();
+                if let (true, Some(m), 407) = (absolute, &m, resp.status().as_u16()) {
+                    // A 407 from our upstream proxy is its own auth failure,
+                    // never meant for our client: count it and try another.
+                    let scheme = resp
+                        .headers()
+                        .get(header::PROXY_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.split_whitespace().next())
+                        .unwrap_or("unknown")
+                        .to_string();
+                    let err = if had_auth {
+                        ConnectError::ProxyAuthRejected { scheme }
+                    } else {
+                        ConnectError::ProxyAuthRequired { scheme }
+                    };
+                    router.pool.report_failure(m, &err);
+                    if can_retry {
+                        tries.excluded.push(m.clone());
+                        return Ok(None);
+                    }
+                    return Err(ForwardError::Connect(err));
+                }
+                let gateway_error = absolute && proxy_gateway_error(&resp);
+                if let (true, true, Some(m)) = (gateway_error, can_retry, &m) {
+                    tries.gateway_failed.push(m.clone());
+                    tries.excluded.push(m.clone());
+                    let untried = router
+                        .plain_plan(target)
+                        .routes()
+                        .iter()
+                        .filter_map(member)
+                        .any(|x| !tries.excluded.iter().any(|t| Arc::ptr_eq(t, x)));
+                    if untried {
+                        tracing::debug!(
+                            upstream = m.name(),
+                            status = resp.status().as_u16(),
+                            "gateway error from upstream proxy; retrying on another"
+                        );
+                        metrics::counter!("proxyguard_retries_total").increment(1);
+                        return Ok(None);
+                    }
+                }
+                if !gateway_error {
+                    // Another upstream served what these could not: that was
+                    // their fault, not the origin's.
+                    for f in tries
+                        .gateway_failed
+                        .iter()
+                        .filter(|f| m.as_ref().is_none_or(|m| !Arc::ptr_eq(f, m)))
+                    {
+                        router.pool.report_failure(
+                            f,
+                            &ConnectError::ProxyStatus {
+                                status: 502,
+                                reason: "gateway error another upstream did not have".into(),
+                            },
+                        );
+                    }
+                }
+                self.checkin_later(key, tx);
+                Ok(Some((resp, route)))
+            }
+            Outcome::Stale(unsent) => {
+                // The server closed a pooled connection: nobody's fault.
+                if client_fault() {
+                    return Err(ForwardError::Client("request body failed".into()));
+                }
+                tries.stale += 1;
+                tries.n -= 1;
+                let again = match unsent {
+                    Some(req) => {
+                        *body = Some(req.into_body());
+                        true
+                    }
+                    None => safe,
+                };
+                if again && tries.stale <= MAX_STALE {
+                    return Ok(None);
+                }
+                Err(ForwardError::Upstream(
+                    "a reused connection was closed by the upstream".into(),
+                ))
+            }
+            Outcome::Broken {
+                route,
+                error,
+                unsent,
+            } => {
+                if client_fault() {
+                    return Err(ForwardError::Client(error));
+                }
+                if let Some(m) = member(&route) {
+                    router.pool.report_failure(
+                        m,
+                        &ConnectError::Reset {
+                            phase: Phase::FirstByte,
+                            proxy: true,
+                        },
+                    );
+                    tries.excluded.push(m.clone());
+                }
+                if let Some(req) = unsent {
+                    *body = Some(req.into_body());
+                    if tries.n < MAX_TRIES {
+                        return Ok(None);
+                    }
+                } else if can_retry {
+                    tracing::debug!(error = %error, "request failed before an answer; retrying (idempotent, no body)");
+                    return Ok(None);
+                }
+                Err(ForwardError::Upstream(error))
+            }
+            Outcome::TimedOut { route, after } => {
+                if let Some(m) = member(&route) {
+                    router.pool.report_failure(
+                        m,
+                        &ConnectError::Timeout {
+                            phase: Phase::FirstByte,
+                            after,
+                            proxy: true,
+                        },
+                    );
+                    tries.excluded.push(m.clone());
+                }
+                if can_retry {
+                    return Ok(None);
+                }
+                Err(ForwardError::Timeout {
+                    upstream: route.name().to_string(),
+                    after,
+                })
+            }
+        }
+    }
+}
