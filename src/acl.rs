@@ -51,7 +51,8 @@ impl Rule {
         if let Ok(n) = s.parse::<IpNet>() {
             return Some(Rule::Net(n));
         }
-        if let Ok(ip) = s.parse::<IpAddr>() {
+        let unbracketed = s.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = unbracketed.parse::<IpAddr>() {
             return Some(Rule::Net(IpNet::from(unmap(ip))));
         }
         let (suffix, name) = match s.strip_prefix("*.").or_else(|| s.strip_prefix('.')) {
@@ -536,6 +537,7 @@ mod tests {
                 .reason,
             "not_allowed"
         );
+        assert_eq!(Rule::parse("[::1]"), Rule::parse("::1/128"));
         assert!(Rule::parse("bogus word!").is_none());
         assert!(Rule::parse("").is_none());
     }

@@ -292,7 +292,17 @@ async fn handle(
         };
         return Ok(connect(req_upgrade(&mut req), target, scope, ctx, state, started).await);
     }
+    Ok(forward_plain(req, ctx, state, started).await)
+}
 
+/// An absolute-form request: checked, then forwarded.
+async fn forward_plain(
+    req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+    state: Arc<State>,
+    started: Instant,
+) -> Response<RespBody> {
+    let peer = ctx.peer;
     let uri = req.uri().clone();
     let target = match (uri.scheme_str(), uri.authority()) {
         (Some("http"), Some(a)) => Target::parse_authority(a.as_str(), Some(80)),
@@ -306,12 +316,12 @@ async fn handle(
                 started,
                 "bad_scheme",
             );
-            return Ok(text(
+            return text(
                 StatusCode::BAD_REQUEST,
                 &format!(
                     "proxyguard: cannot forward {s}:// in absolute-form; use CONNECT for https"
                 ),
-            ));
+            );
         }
         _ => {
             access(
@@ -323,14 +333,14 @@ async fn handle(
                 started,
                 "not_proxy_request",
             );
-            return Ok(text(
+            return text(
                 StatusCode::BAD_REQUEST,
                 "proxyguard: this is a forward proxy; send absolute-form requests (http://host/path) or CONNECT",
-            ));
+            );
         }
     };
     let Some(target) = target else {
-        return Ok(text(StatusCode::BAD_REQUEST, "proxyguard: bad host in URL"));
+        return text(StatusCode::BAD_REQUEST, "proxyguard: bad host in URL");
     };
     let (target, scope) = match acl_check(&ctx, target, false) {
         Ok(x) => x,
@@ -344,7 +354,7 @@ async fn handle(
                 started,
                 "destination_ip_prohibited",
             );
-            return Ok(prohibited(&d));
+            return prohibited(&d);
         }
     };
     let method = req.method().clone();
@@ -362,44 +372,49 @@ async fn handle(
                 started,
                 "ok",
             );
-            Ok(Response::from_parts(parts, Either::Left(body)))
+            Response::from_parts(parts, Either::Left(body))
         }
-        Err(ForwardError::Connect(e)) => {
+        Err(e) => forward_error(e, peer, &method, &uri.to_string(), started),
+    }
+}
+
+/// The response for a failed forward, with its access-log line.
+fn forward_error(
+    err: ForwardError,
+    peer: SocketAddr,
+    method: &Method,
+    uri: &str,
+    started: Instant,
+) -> Response<RespBody> {
+    match err {
+        ForwardError::Connect(e) => {
             access(
                 peer,
-                &method,
-                &uri.to_string(),
+                method,
+                uri,
                 "-",
                 e.http_status(),
                 started,
                 e.proxy_status_error(),
             );
-            Ok(error_response(&e, None))
+            error_response(&e, None)
         }
-        Err(ForwardError::Client(msg)) => {
+        ForwardError::Client(msg) => {
             // The client's own body broke: its fault, nobody else's.
-            access(
-                peer,
-                &method,
-                &uri.to_string(),
-                "-",
-                400,
-                started,
-                "client_error",
-            );
+            access(peer, method, uri, "-", 400, started, "client_error");
             let mut r = text(
                 StatusCode::BAD_REQUEST,
                 &format!("proxyguard: 400 Bad Request: {msg}"),
             );
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Ok(r)
+            r
         }
-        Err(ForwardError::Timeout { upstream, after }) => {
+        ForwardError::Timeout { upstream, after } => {
             access(
                 peer,
-                &method,
-                &uri.to_string(),
+                method,
+                uri,
                 &upstream,
                 504,
                 started,
@@ -418,18 +433,10 @@ async fn handle(
             )) {
                 r.headers_mut().insert("proxy-status", v);
             }
-            Ok(r)
+            r
         }
-        Err(ForwardError::Upstream(msg)) => {
-            access(
-                peer,
-                &method,
-                &uri.to_string(),
-                "-",
-                502,
-                started,
-                "upstream_error",
-            );
+        ForwardError::Upstream(msg) => {
+            access(peer, method, uri, "-", 502, started, "upstream_error");
             let mut r = text(
                 StatusCode::BAD_GATEWAY,
                 &format!("proxyguard: 502 Bad Gateway: {msg}"),
@@ -440,7 +447,7 @@ async fn handle(
             )) {
                 r.headers_mut().insert("proxy-status", v);
             }
-            Ok(r)
+            r
         }
     }
 }

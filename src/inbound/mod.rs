@@ -135,6 +135,7 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
         return;
     };
     state.own.add(local);
+    state.limits.spawn_trimmer(state.shutdown.clone());
     let acl = Arc::new(Acl::new(&state.acl_rules, local, state.own.clone()));
     loop {
         let (stream, peer) = tokio::select! {

@@ -384,6 +384,7 @@ impl UpstreamSpec {
                             .resolver
                             .resolve(&target.host, target.port, ctx.timeouts.connect, false)
                             .await?;
+                        crate::acl::check_resolved(&addrs).map_err(ConnectError::Prohibited)?;
                         Target::new(Host::Ip(addrs[0].ip()), target.port)
                     }
                     _ => target.clone(),

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod doctor_peers;
 pub mod faults;
 pub mod hey;
+pub mod rawclient;
 
 mod ca;
 mod echo;
