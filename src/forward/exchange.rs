@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::headers::build;
 use super::{key_for, member, Forwarder, OutBody, PoolKey};
 use crate::pool::Member;
-use crate::route::{Route, Router};
+use crate::route::{PlainPlan, Route, Router};
 use crate::upstream::{ConnectError, Target};
 
 /// One exchange's result.
@@ -58,22 +58,21 @@ impl Forwarder {
         fresh: bool,
     ) -> Outcome {
         let empty = || Either::Right(Empty::new());
-        let first = self.once(router, target, parts, empty(), excluded, fresh);
         let plan = router.plain_plan(target).excluding(excluded);
-        let lead = plan.routes().first().and_then(|r| member(r).cloned());
-        let (Some(lead), Some(delay)) = (lead, self.hedge_after(router)) else {
+        let routes = plan.routes();
+        // A hedge needs a second upstream besides the one the plan leads with.
+        let lead = routes.first().and_then(|r| member(r).cloned());
+        let hedge_to = routes.iter().skip(1).filter_map(member).next().is_some();
+        let delay = match (&lead, hedge_to) {
+            (Some(_), true) => self.hedge_after(router),
+            _ => None,
+        };
+        let first = self.once(router, target, parts, empty(), plan, fresh);
+        let (Some(lead), Some(delay)) = (lead, delay) else {
             return first.await;
         };
         let mut others: Vec<Arc<Member>> = excluded.to_vec();
         others.push(lead);
-        let hedge_possible = plan
-            .routes()
-            .iter()
-            .filter_map(member)
-            .any(|m| !others.iter().any(|o| Arc::ptr_eq(o, m)));
-        if !hedge_possible {
-            return first.await;
-        }
         tokio::pin!(first);
         tokio::select! {
             o = &mut first => return o,
@@ -81,7 +80,8 @@ impl Forwarder {
         }
         metrics::counter!("proxyguard_hedges_total").increment(1);
         tracing::debug!(target = %target, after_ms = delay.as_millis() as u64, "hedging on another upstream");
-        let second = self.once(router, target, parts, empty(), &others, true);
+        let second_plan = router.plain_plan(target).excluding(&others);
+        let second = self.once(router, target, parts, empty(), second_plan, true);
         tokio::pin!(second);
         tokio::select! {
             o = &mut first => match o {
@@ -106,10 +106,9 @@ impl Forwarder {
         target: &Target,
         parts: &http::request::Parts,
         body: OutBody,
-        excluded: &[Arc<Member>],
+        plan: PlainPlan,
         fresh: bool,
     ) -> Outcome {
-        let plan = router.plain_plan(target).excluding(excluded);
         let reused = if fresh {
             None
         } else {

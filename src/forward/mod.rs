@@ -15,7 +15,7 @@
 //! the rest counts against the upstream that failed.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,7 +79,13 @@ pub struct Forwarder {
     idle: Arc<IdlePool<PoolKey, SendRequest<OutBody>>>,
     via: bool,
     head_latency: Mutex<VecDeque<Duration>>,
+    head_samples_seen: AtomicU64,
+    /// The adaptive hedge delay in µs (0: not enough samples yet).
+    hedge_auto_us: AtomicU64,
 }
+
+/// `hedge_after = "auto"` before five response-head samples exist.
+const HEDGE_DEFAULT: Duration = Duration::from_millis(500);
 
 /// A response body that stalls or breaks off mid-way: the client gets a
 /// truncated response (nothing can be retried once bytes were sent). It is
@@ -134,6 +140,8 @@ impl Forwarder {
             idle: Arc::new(IdlePool::new(per_host, IDLE_MAX_TOTAL, idle_timeout)),
             via,
             head_latency: Mutex::new(VecDeque::with_capacity(HEAD_SAMPLES)),
+            head_samples_seen: AtomicU64::new(0),
+            hedge_auto_us: AtomicU64::new(0),
         }
     }
 
@@ -142,31 +150,37 @@ impl Forwarder {
         self.idle.len()
     }
 
+    /// Keeps a response-head latency; every 16th sample refreshes the
+    /// adaptive hedge delay (so no request sorts samples on its path).
     fn record_head_latency(&self, d: Duration) {
         let mut g = self.head_latency.lock().unwrap_or_else(|e| e.into_inner());
         if g.len() == HEAD_SAMPLES {
             g.pop_front();
         }
         g.push_back(d);
+        let n = self.head_samples_seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % 16 == 0 || n == 5 {
+            let auto = from_samples(
+                g.iter().copied().collect(),
+                0.95,
+                2,
+                Duration::from_millis(50),
+                Duration::from_secs(5),
+                HEDGE_DEFAULT,
+            );
+            self.hedge_auto_us
+                .store(auto.as_micros() as u64, Ordering::Relaxed);
+        }
     }
 
     /// `hedge_after` now: configured, or 2 × p95 of recent response-head
     /// latency clamped to [50 ms, 5 s] (500 ms until there are samples).
     fn hedge_after(&self, router: &Router) -> Option<Duration> {
         router.pool.settings().hedge_after.resolve(|| {
-            let samples = self
-                .head_latency
-                .lock()
-                .map(|g| g.iter().copied().collect())
-                .unwrap_or_default();
-            from_samples(
-                samples,
-                0.95,
-                2,
-                Duration::from_millis(50),
-                Duration::from_secs(5),
-                Duration::from_millis(500),
-            )
+            match self.hedge_auto_us.load(Ordering::Relaxed) {
+                0 => HEDGE_DEFAULT,
+                us => Duration::from_micros(us),
+            }
         })
     }
 
@@ -220,8 +234,8 @@ impl Forwarder {
                     .await
             } else {
                 let b = body.take().unwrap_or_else(|| Either::Right(Empty::new()));
-                self.once(router, target, &parts, b, &tries.excluded, fresh)
-                    .await
+                let plan = router.plain_plan(target).excluding(&tries.excluded);
+                self.once(router, target, &parts, b, plan, fresh).await
             };
             match self.judge(
                 router,
