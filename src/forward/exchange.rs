@@ -129,12 +129,15 @@ impl Forwarder {
                 (tx, key, route, absolute, auth, true)
             }
             None => {
-                let (hc, route) = match router.http_conn(plan, target).await {
+                // Dialling is the rare path with the largest future: boxed,
+                // so every request does not carry (and move) its state.
+                let (hc, route) = match Box::pin(router.http_conn(plan, target)).await {
                     Ok(x) => x,
                     Err(e) => return Outcome::NoConnection(e),
                 };
                 let key = key_for(&route, target);
-                let tx = match crate::http_client::handshake::<_, OutBody>(hc.conn).await {
+                let tx = match Box::pin(crate::http_client::handshake::<_, OutBody>(hc.conn)).await
+                {
                     Ok(tx) => tx,
                     Err(e) => {
                         return Outcome::Broken {

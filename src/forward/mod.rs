@@ -150,7 +150,7 @@ impl Forwarder {
         self.idle.len()
     }
 
-    /// Keeps a response-head latency; every 16th sample refreshes the
+    /// Keeps a response-head latency; every 64th sample refreshes the
     /// adaptive hedge delay (so no request sorts samples on its path).
     fn record_head_latency(&self, d: Duration) {
         let mut g = self.head_latency.lock().unwrap_or_else(|e| e.into_inner());
@@ -159,7 +159,7 @@ impl Forwarder {
         }
         g.push_back(d);
         let n = self.head_samples_seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % 16 == 0 || n == 5 {
+        if n % 64 == 0 || n == 5 {
             let auto = from_samples(
                 g.iter().copied().collect(),
                 0.95,
