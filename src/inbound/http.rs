@@ -290,7 +290,18 @@ async fn handle(
                 return Ok(prohibited(&d));
             }
         };
-        return Ok(connect(req_upgrade(&mut req), target, scope, ctx, state, started).await);
+        // Boxed: hyper keeps (and moves) the service future with every
+        // connection, and the tunnel's future is large; only CONNECTs pay
+        // for the allocation.
+        return Ok(Box::pin(connect(
+            req_upgrade(&mut req),
+            target,
+            scope,
+            ctx,
+            state,
+            started,
+        ))
+        .await);
     }
     Ok(forward_plain(req, ctx, state, started).await)
 }
