@@ -33,9 +33,20 @@ pub fn listen_addrs(config_toml: &str) -> Vec<SocketAddr> {
     out
 }
 
+/// The `[admin] addr` of a config, when it names one and admin is enabled.
+pub fn admin_addr(config_toml: &str) -> Option<SocketAddr> {
+    let v: toml::Value = toml::from_str(config_toml).ok()?;
+    let admin = v.get("admin")?;
+    if admin.get("enabled").and_then(|e| e.as_bool()) == Some(false) {
+        return None;
+    }
+    admin.get("addr")?.as_str()?.parse().ok()
+}
+
 impl Proxyguard {
     /// `serve --config FILE --log-format json`, proxy env cleared; waits for
-    /// the first `[[listen]] addr` to accept.
+    /// the first `[[listen]] addr` to accept, and for `[admin] addr` when the
+    /// config names one (it is bound after the listeners).
     pub fn start(config_toml: &str) -> Proxyguard {
         Proxyguard::start_with(config_toml, &[], &[])
     }
@@ -55,6 +66,10 @@ impl Proxyguard {
         let mut child = Child::spawn_env("proxyguard", cmd, dir.path(), env);
         if let Some(a) = addr {
             wait_started(&mut child, a, "proxyguard");
+        }
+        if let Some(a) = admin_addr(config_toml) {
+            // A test of a busy admin port expects it not to come up: bounded.
+            wait_port(a, Duration::from_secs(10));
         }
         Proxyguard {
             child,
