@@ -122,14 +122,6 @@ impl DeadTargets {
         }
         m.insert(t.clone(), (Instant::now(), e.clone()));
     }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 enum Established {

@@ -46,6 +46,17 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The `/status` document (also decides `/healthz`).
+    fn snapshot(&self) -> status::Status {
+        status::build(
+            &self.router,
+            &self.routes,
+            &self.history,
+            self.started,
+            &self.listeners,
+        )
+    }
+
     /// Every pool: the upstream pool, then each reverse route's backends.
     fn pools(&self) -> impl Iterator<Item = &crate::pool::Pool> {
         std::iter::once(&self.router.pool).chain(self.routes.iter().map(|(_, r)| r.pool()))
@@ -94,13 +105,7 @@ async fn handle(
 
 /// `/status` with the active inbound-auth bans added.
 fn status_json(admin: &Admin) -> Vec<u8> {
-    let s = status::build(
-        &admin.router,
-        &admin.routes,
-        &admin.history,
-        admin.started,
-        &admin.listeners,
-    );
+    let s = admin.snapshot();
     let mut v = serde_json::to_value(&s).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert(
@@ -144,13 +149,7 @@ async fn route(
         },
         (Method::GET, "/status") => resp(StatusCode::OK, "application/json", status_json(&admin)),
         (Method::GET, "/healthz") => {
-            let s = status::build(
-                &admin.router,
-                &admin.routes,
-                &admin.history,
-                admin.started,
-                &admin.listeners,
-            );
+            let s = admin.snapshot();
             if s.can_serve {
                 resp(StatusCode::OK, "text/plain", "ok\n")
             } else {

@@ -145,11 +145,6 @@ impl Forwarder {
         }
     }
 
-    /// Idle upstream connections held now.
-    pub fn idle_connections(&self) -> usize {
-        self.idle.len()
-    }
-
     /// Keeps a response-head latency; every 64th sample refreshes the
     /// adaptive hedge delay (so no request sorts samples on its path).
     fn record_head_latency(&self, d: Duration) {

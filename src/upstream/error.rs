@@ -253,11 +253,6 @@ impl ConnectError {
         }
     }
 
-    /// True when the failure concerns the upstream proxy (not the target).
-    pub fn is_proxy_side(&self) -> bool {
-        !matches!(self.fault(), FaultClass::Target | FaultClass::Local)
-    }
-
     /// True when a working proxy reported that it could not (or would not)
     /// reach this target: the target may be dead, or the proxy may be wrong.
     /// Only another upstream reaching the same target tells which.
