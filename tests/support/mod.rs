@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod etcd;
 pub mod doctor_peers;
 pub mod faults;
 pub mod hey;
