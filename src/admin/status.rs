@@ -104,6 +104,17 @@ pub struct UpstreamStatus {
     pub last_error: Option<LastError>,
     pub last_check: Option<LastCheck>,
     pub history: Vec<Sample>,
+    /// Why it is ejected (`timeout`, `refused`, `auth`, ..., or `fleet`).
+    pub ejection_reason: Option<String>,
+    /// Other gateways of the fleet reporting it down (`[fleet]`).
+    pub fleet_down: Vec<FleetReport>,
+}
+
+/// One other gateway's down report about an upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub gateway: String,
+    pub reason: String,
 }
 
 /// One reverse-mode route and its backends.
@@ -168,6 +179,13 @@ fn member_status(m: &Member, history: &History) -> UpstreamStatus {
             detail: d,
         }),
         history: history.of(m.name()),
+        ejection_reason: m.health.ejection_reason().map(str::to_string),
+        fleet_down: m
+            .health
+            .fleet_down()
+            .into_iter()
+            .map(|(gateway, reason)| FleetReport { gateway, reason })
+            .collect(),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod adaptive;
 pub mod duration;
 pub mod env;
+pub mod fleet;
 pub mod load;
 pub mod locate;
 pub mod noproxy;
