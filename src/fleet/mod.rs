@@ -95,8 +95,10 @@ fn now_ms() -> u64 {
 async fn connect(s: &FleetSettings) -> Result<etcd_client::Client, FleetError> {
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(CALL_TIMEOUT)
-        // HTTP/2 pings notice a silently dead etcd within about a third of ttl.
-        .with_keep_alive(s.ttl / 3, s.ttl / 3)
+        // HTTP/2 pings notice a silently dead etcd. etcd answers pings more
+        // frequent than every 5 s (its default --grpc-keepalive-min-time)
+        // with GOAWAY "too many pings", so every 10 s, 5 s to answer.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
     call(
         "connect",

@@ -1,0 +1,290 @@
+//! Fleet health (`[fleet]`) with real parts on loopback: one real etcd,
+//! three proxyguard gateways, three tinyproxy upstreams (the first behind a
+//! fault relay that can blackhole it), curl as the client.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::etcd::Etcd;
+use support::faults::{Fault, FaultRelay};
+use support::*;
+
+/// Hang guard for every condition polled below (never a speed assertion).
+const WAIT: Duration = Duration::from_secs(40);
+
+struct Gateway {
+    pg: Proxyguard,
+    admin: SocketAddr,
+}
+
+impl Gateway {
+    /// A gateway with `ups` = (name, url, priority), checks off (only its
+    /// traffic and the fleet inform it), quorum 1.
+    fn start(id: &str, etcd: &Etcd, prefix: &str, ups: &[(&str, String, i32)]) -> Gateway {
+        let (listen, admin) = (free_addr(), free_addr());
+        let mut cfg = format!(
+            "bypass_loopback = false\n\n[[listen]]\naddr = \"{listen}\"\n\n[admin]\naddr = \"{admin}\"\n\n\
+             [health]\nenabled = false\n\n[pool]\nbase_ejection = \"1s\"\n\n"
+        );
+        for (name, url, prio) in ups {
+            cfg.push_str(&format!(
+                "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\npriority = {prio}\nmax_fails = 1\n\n"
+            ));
+        }
+        cfg.push_str(&format!(
+            "[fleet]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nid = \"{id}\"\nquorum = 1\nttl = \"3s\"\n",
+            etcd.endpoint()
+        ));
+        Gateway {
+            pg: Proxyguard::start(&cfg),
+            admin,
+        }
+    }
+
+    fn status(&self) -> Value {
+        let r = curl(&["-s", &format!("http://{}/status", self.admin)]);
+        serde_json::from_str(&r.body).unwrap_or(Value::Null)
+    }
+
+    fn upstream(&self, name: &str) -> Value {
+        self.status()["upstreams"]
+            .as_array()
+            .and_then(|a| a.iter().find(|u| u["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    fn events(&self, kind: &str) -> usize {
+        self.status()["events"]
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["kind"] == kind).count())
+            .unwrap_or(0)
+    }
+
+    /// One request through a CONNECT tunnel of the gateway (a blackholed
+    /// upstream never completes the CONNECT handshake, so racing blames it);
+    /// asserts it succeeded.
+    fn request(&self, origin: &EchoServer) {
+        let r = curl(&["-p", "-x", &self.pg.url(), &format!("{}/fleet", origin.url())]);
+        assert_eq!(
+            r.status,
+            200,
+            "a client of this gateway failed: {r:?}\n{}",
+            self.pg.logs()
+        );
+    }
+
+    fn wait_for(&self, what: &str, mut f: impl FnMut(&Gateway) -> bool) {
+        let ok = wait_until(WAIT, || f(self));
+        assert!(
+            ok,
+            "{what}: not within {WAIT:?}\nstatus: {}\n{}",
+            self.status(),
+            self.pg.logs()
+        );
+    }
+}
+
+fn fleet_ejected(u: &Value, by: &str) -> bool {
+    u["state"] == "ejected"
+        && u["ejection_reason"] == "fleet"
+        && u["fleet_down"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["gateway"] == by))
+}
+
+fn healthy_without_reports(u: &Value) -> bool {
+    u["state"] == "healthy" && u["fleet_down"].as_array().is_some_and(|a| a.is_empty())
+}
+
+fn sent_to(u: &Value) -> u64 {
+    u["successes"].as_u64().unwrap_or(0) + u["failures"].as_u64().unwrap_or(0)
+}
+
+/// Drives gateway 1 (which prefers u1) until `done`, every request succeeding.
+fn drive_until(g1: &Gateway, origin: &EchoServer, what: &str, mut done: impl FnMut() -> bool) {
+    let ok = wait_until(WAIT, || {
+        g1.request(origin);
+        done()
+    });
+    assert!(ok, "{what}: not within {WAIT:?}\nstatus: {}\n{}", g1.status(), g1.pg.logs());
+}
+
+#[test]
+fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
+    let mut etcd = Etcd::start();
+    let origin = EchoServer::start();
+    let tiny: Vec<Tinyproxy> = (0..3)
+        .map(|_| Tinyproxy::start(TinyOpts::default()))
+        .collect();
+    let relay = FaultRelay::start(tiny[0].addr(), Fault::Pass);
+    let prefix = "/pgtest/fleet/";
+    let (u1, u2, u3) = (relay.url("http"), tiny[1].url(), tiny[2].url());
+    // Gateway 1 prefers u1; gateways 2 and 3 keep it as their last resort,
+    // so only gateway 1's traffic meets it.
+    let g1 = Gateway::start(
+        "g1",
+        &etcd,
+        prefix,
+        &[
+            ("u1", u1.clone(), 0),
+            ("u2", u2.clone(), 1),
+            ("u3", u3.clone(), 2),
+        ],
+    );
+    let others: Vec<Gateway> = ["g2", "g3"]
+        .iter()
+        .map(|id| {
+            Gateway::start(
+                id,
+                &etcd,
+                prefix,
+                &[
+                    ("u2", u2.clone(), 0),
+                    ("u3", u3.clone(), 1),
+                    ("u1", u1.clone(), 2),
+                ],
+            )
+        })
+        .collect();
+    let all: Vec<&Gateway> = std::iter::once(&g1).chain(others.iter()).collect();
+    for g in &all {
+        g.wait_for("fleet_connected", |g| g.events("fleet_connected") == 1);
+        g.request(&origin);
+    }
+
+    // u1 blackholed: gateway 1 meets it, ejects it and tells the fleet.
+    relay.set(Fault::Silent);
+    drive_until(&g1, &origin, "gateway 1 ejects u1", || {
+        g1.upstream("u1")["state"] == "ejected"
+    });
+    assert_ne!(
+        g1.upstream("u1")["ejection_reason"],
+        "fleet",
+        "its own verdict"
+    );
+    for g in &others {
+        g.wait_for("u1 ejected with reason fleet", |g| {
+            fleet_ejected(&g.upstream("u1"), "g1")
+        });
+        g.request(&origin);
+        assert_eq!(
+            sent_to(&g.upstream("u1")),
+            0,
+            "gateways 2 and 3 never sent to u1"
+        );
+    }
+    let keys = etcd.get_prefix(prefix);
+    assert!(
+        keys.contains("/pgtest/fleet/http:%2F%2F127.0.0.1:") && keys.contains("\"state\":\"down\""),
+        "{keys}"
+    );
+    assert!(
+        !keys.contains("\"gateway\":\"g2\"") && !keys.contains("\"gateway\":\"g3\""),
+        "{keys}"
+    );
+    // The CLI table and the page show it too.
+    let table = proxyguard_run(
+        &["status", "--admin", &format!("http://{}", others[0].admin)],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(table.stdout.contains("ejected:fleet"), "{}", table.stdout);
+    let dom = support::browser::chromium_dom(&format!("http://{}/", others[0].admin));
+    assert!(
+        dom.contains("data-ejection-reason=\"fleet\"") && dom.contains("data-fleet-down=\"1\""),
+        "{dom}"
+    );
+
+    // u1 recovers: gateway 1's next success reports it up, the others readmit it.
+    relay.set(Fault::Pass);
+    drive_until(&g1, &origin, "the fleet readmits u1", || {
+        others
+            .iter()
+            .all(|g| healthy_without_reports(&g.upstream("u1")))
+    });
+    assert!(etcd.get_prefix(prefix).contains("\"state\":\"up\""));
+
+    // etcd lost: an event, pools unchanged, requests still served.
+    etcd.kill();
+    for g in &all {
+        g.wait_for("fleet_disconnected", |g| {
+            g.events("fleet_disconnected") >= 1
+        });
+        let st = g.status();
+        let ups = st["upstreams"].as_array().cloned().unwrap_or_default();
+        assert_eq!(ups.len(), 3, "{st}");
+        assert!(ups.iter().all(|u| u["state"] == "healthy"), "{st}");
+        g.request(&origin);
+    }
+    let metrics = curl(&["-s", &format!("http://{}/metrics", g1.admin)]).body;
+    assert!(
+        metrics.contains("proxyguard_fleet_connected 0"),
+        "{metrics}"
+    );
+
+    // etcd back: the watch and the publisher resume; a new outage is shared.
+    etcd.restart();
+    for g in &all {
+        g.wait_for("fleet_connected again", |g| {
+            g.events("fleet_connected") >= 2
+        });
+    }
+    relay.set(Fault::Silent);
+    drive_until(&g1, &origin, "gateway 1 ejects u1 again", || {
+        g1.upstream("u1")["state"] == "ejected"
+    });
+    for g in &others {
+        g.wait_for("u1 ejected by the fleet again", |g| {
+            fleet_ejected(&g.upstream("u1"), "g1")
+        });
+        g.request(&origin);
+        assert_eq!(sent_to(&g.upstream("u1")), 0);
+    }
+}
+
+#[test]
+fn a_dead_target_publishes_nothing() {
+    let etcd = Etcd::start();
+    let origin = EchoServer::start();
+    let tiny: Vec<Tinyproxy> = (0..2)
+        .map(|_| Tinyproxy::start(TinyOpts::default()))
+        .collect();
+    let relay = FaultRelay::start(tiny[0].addr(), Fault::Pass);
+    let prefix = "/pgtest/target/";
+    let g = Gateway::start(
+        "solo",
+        &etcd,
+        prefix,
+        &[("u1", relay.url("http"), 0), ("u2", tiny[1].url(), 1)],
+    );
+    g.wait_for("fleet_connected", |g| g.events("fleet_connected") == 1);
+    // CONNECT and plain requests to a closed port, through healthy upstreams.
+    let dead = free_addr();
+    for _ in 0..3 {
+        let r = curl(&["-x", &g.pg.url(), "-k", &format!("https://{dead}/")]);
+        assert_ne!(r.exit_code, 0, "{r:?}");
+        let r = curl(&["-x", &g.pg.url(), &format!("http://{dead}/")]);
+        assert!(r.status >= 500, "{r:?}");
+    }
+    for name in ["u1", "u2"] {
+        let u = g.upstream(name);
+        assert_eq!(u["state"], "healthy", "{u}");
+        assert_eq!(u["failures"], 0, "a target fault is nobody's: {u}");
+    }
+    // The publisher works (an upstream fault shows up), and what it wrote is
+    // u1's verdict alone: the dead target left nothing before it.
+    relay.set(Fault::Silent);
+    let ok = wait_until(WAIT, || {
+        g.request(&origin);
+        etcd.get_prefix(prefix).contains("\"state\":\"down\"")
+    });
+    assert!(ok, "u1's verdict never published\n{}", g.pg.logs());
+    let keys = etcd.get_prefix(prefix);
+    let lines: Vec<&str> = keys.lines().filter(|l| l.starts_with(prefix)).collect();
+    assert_eq!(lines.len(), 1, "{keys}");
+    assert!(lines[0].contains(&relay.addr.port().to_string()), "{keys}");
+    assert!(!keys.contains(&tiny[1].port().to_string()), "{keys}");
+}
