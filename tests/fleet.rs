@@ -23,11 +23,18 @@ struct Gateway {
 impl Gateway {
     /// A gateway with `ups` = (name, url, priority), checks off (only its
     /// traffic and the fleet inform it), quorum 1.
-    fn start(id: &str, etcd: &Etcd, prefix: &str, ups: &[(&str, String, i32)]) -> Gateway {
+    /// `pool` adds `[pool]` keys.
+    fn start(
+        id: &str,
+        etcd: &Etcd,
+        prefix: &str,
+        pool: &str,
+        ups: &[(&str, String, i32)],
+    ) -> Gateway {
         let (listen, admin) = (free_addr(), free_addr());
         let mut cfg = format!(
             "bypass_loopback = false\n\n[[listen]]\naddr = \"{listen}\"\n\n[admin]\naddr = \"{admin}\"\n\n\
-             [health]\nenabled = false\n\n[pool]\nbase_ejection = \"1s\"\n\n"
+             [health]\nenabled = false\n\n[pool]\nbase_ejection = \"1s\"\n{pool}\n\n"
         );
         for (name, url, prio) in ups {
             cfg.push_str(&format!(
@@ -67,7 +74,12 @@ impl Gateway {
     /// upstream never completes the CONNECT handshake, so racing blames it);
     /// asserts it succeeded.
     fn request(&self, origin: &EchoServer) {
-        let r = curl(&["-p", "-x", &self.pg.url(), &format!("{}/fleet", origin.url())]);
+        let r = curl(&[
+            "-p",
+            "-x",
+            &self.pg.url(),
+            &format!("{}/fleet", origin.url()),
+        ]);
         assert_eq!(
             r.status,
             200,
@@ -109,12 +121,19 @@ fn drive_until(g1: &Gateway, origin: &EchoServer, what: &str, mut done: impl FnM
         g1.request(origin);
         done()
     });
-    assert!(ok, "{what}: not within {WAIT:?}\nstatus: {}\n{}", g1.status(), g1.pg.logs());
+    assert!(
+        ok,
+        "{what}: not within {WAIT:?}\nstatus: {}\n{}",
+        g1.status(),
+        g1.pg.logs()
+    );
 }
 
 #[test]
 fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
     let mut etcd = Etcd::start();
+    let t0 = std::time::Instant::now();
+    let stage = |what: &str| eprintln!("fleet: {what} at {:?}", t0.elapsed());
     let origin = EchoServer::start();
     let tiny: Vec<Tinyproxy> = (0..3)
         .map(|_| Tinyproxy::start(TinyOpts::default()))
@@ -128,6 +147,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
         "g1",
         &etcd,
         prefix,
+        "",
         &[
             ("u1", u1.clone(), 0),
             ("u2", u2.clone(), 1),
@@ -137,10 +157,13 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
     let others: Vec<Gateway> = ["g2", "g3"]
         .iter()
         .map(|id| {
+            // Racing only after 2 s: u1, their third choice, is never
+            // raced in by a slow moment of u2 and u3 on a loaded machine.
             Gateway::start(
                 id,
                 &etcd,
                 prefix,
+                "race_after = \"2s\"",
                 &[
                     ("u2", u2.clone(), 0),
                     ("u3", u3.clone(), 1),
@@ -155,6 +178,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
         g.request(&origin);
     }
 
+    stage("started");
     // u1 blackholed: gateway 1 meets it, ejects it and tells the fleet.
     relay.set(Fault::Silent);
     drive_until(&g1, &origin, "gateway 1 ejects u1", || {
@@ -176,6 +200,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
             "gateways 2 and 3 never sent to u1"
         );
     }
+    stage("gateways 2 and 3 ejected u1 (fleet)");
     let keys = etcd.get_prefix(prefix);
     assert!(
         keys.contains("/pgtest/fleet/http:%2F%2F127.0.0.1:") && keys.contains("\"state\":\"down\""),
@@ -198,6 +223,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
         "{dom}"
     );
 
+    stage("page and table checked");
     // u1 recovers: gateway 1's next success reports it up, the others readmit it.
     relay.set(Fault::Pass);
     drive_until(&g1, &origin, "the fleet readmits u1", || {
@@ -207,6 +233,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
     });
     assert!(etcd.get_prefix(prefix).contains("\"state\":\"up\""));
 
+    stage("the fleet readmitted u1");
     // etcd lost: an event, pools unchanged, requests still served.
     etcd.kill();
     for g in &all {
@@ -225,6 +252,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
         "{metrics}"
     );
 
+    stage("etcd lost, everyone still serving");
     // etcd back: the watch and the publisher resume; a new outage is shared.
     etcd.restart();
     for g in &all {
@@ -232,6 +260,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
             g.events("fleet_connected") >= 2
         });
     }
+    stage("the watch resumed");
     relay.set(Fault::Silent);
     drive_until(&g1, &origin, "gateway 1 ejects u1 again", || {
         g1.upstream("u1")["state"] == "ejected"
@@ -243,6 +272,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
         g.request(&origin);
         assert_eq!(sent_to(&g.upstream("u1")), 0);
     }
+    stage("gateways 2 and 3 ejected u1 (fleet) again");
 }
 
 #[test]
@@ -258,6 +288,7 @@ fn a_dead_target_publishes_nothing() {
         "solo",
         &etcd,
         prefix,
+        "",
         &[("u1", relay.url("http"), 0), ("u2", tiny[1].url(), 1)],
     );
     g.wait_for("fleet_connected", |g| g.events("fleet_connected") == 1);
