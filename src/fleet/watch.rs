@@ -3,7 +3,8 @@
 //! revision. Losing etcd raises `fleet_disconnected`, sets
 //! `proxyguard_fleet_connected` to 0 and drops the fleet's reports (each
 //! gateway falls back to its own verdicts); reconnecting (with backoff)
-//! raises `fleet_connected` and reads everything again.
+//! raises `fleet_connected` and reads everything again. The view is applied
+//! again every second, so members added by a reload or discovery get it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,6 +15,10 @@ use super::{backoff, call, connect, parse_key, FleetError, Report};
 use crate::config::fleet::FleetSettings;
 use crate::route::Router;
 use crate::shutdown::Shutdown;
+
+/// How often the view is applied again (for members added since: a
+/// member that already holds these reports sees no change).
+const REAPPLY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One gateway's report as seen here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,9 +186,19 @@ async fn session(
             format!("watching {} on {}", s.prefix, s.endpoints.join(", ")),
         );
     }
+    // Members that a reload or discovery adds later get the current view.
+    let mut reapply = tokio::time::interval(REAPPLY_EVERY);
+    reapply.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             m = stream.message() => m,
+            _ = reapply.tick() => {
+                let ids: Vec<String> = view.reports.keys().cloned().collect();
+                for id in &ids {
+                    apply(router, s, id, view, view);
+                }
+                continue;
+            }
             _ = shutdown.triggered() => return Ok(()),
         };
         let resp = match msg {
