@@ -174,7 +174,7 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
         .collect();
     let all: Vec<&Gateway> = std::iter::once(&g1).chain(others.iter()).collect();
     for g in &all {
-        g.wait_for("fleet_connected", |g| g.events("fleet_connected") == 1);
+        g.wait_for("fleet_connected", |g| g.events("fleet_connected") >= 1);
         g.request(&origin);
     }
 
@@ -235,29 +235,36 @@ fn one_gateway_learns_a_dead_upstream_and_the_fleet_stops_using_it() {
 
     stage("the fleet readmitted u1");
     // etcd lost: an event, pools unchanged, requests still served.
+    let counts = |kind: &str| all.iter().map(|g| g.events(kind)).collect::<Vec<_>>();
+    let (lost_before, back_before) = (counts("fleet_disconnected"), counts("fleet_connected"));
     etcd.kill();
-    for g in &all {
+    for (g, n) in all.iter().zip(&lost_before) {
         g.wait_for("fleet_disconnected", |g| {
-            g.events("fleet_disconnected") >= 1
+            g.events("fleet_disconnected") > *n
         });
+        g.wait_for("proxyguard_fleet_connected 0", |g| {
+            let m = curl(&["-s", &format!("http://{}/metrics", g.admin)]).body;
+            m.contains("proxyguard_fleet_connected 0")
+        });
+        // The same three members, no fleet reports left, still serving.
         let st = g.status();
         let ups = st["upstreams"].as_array().cloned().unwrap_or_default();
-        assert_eq!(ups.len(), 3, "{st}");
-        assert!(ups.iter().all(|u| u["state"] == "healthy"), "{st}");
+        let names: Vec<&str> = ups.iter().filter_map(|u| u["name"].as_str()).collect();
+        assert_eq!(names.len(), 3, "{st}");
+        assert!(
+            ups.iter().all(|u| u["ejection_reason"] != "fleet"
+                && u["fleet_down"].as_array().is_some_and(|a| a.is_empty())),
+            "{st}"
+        );
         g.request(&origin);
     }
-    let metrics = curl(&["-s", &format!("http://{}/metrics", g1.admin)]).body;
-    assert!(
-        metrics.contains("proxyguard_fleet_connected 0"),
-        "{metrics}"
-    );
 
     stage("etcd lost, everyone still serving");
     // etcd back: the watch and the publisher resume; a new outage is shared.
     etcd.restart();
-    for g in &all {
+    for (g, n) in all.iter().zip(&back_before) {
         g.wait_for("fleet_connected again", |g| {
-            g.events("fleet_connected") >= 2
+            g.events("fleet_connected") > *n
         });
     }
     stage("the watch resumed");
@@ -288,10 +295,12 @@ fn a_dead_target_publishes_nothing() {
         "solo",
         &etcd,
         prefix,
-        "",
+        // Racing only after 2 s: no slow moment of a healthy upstream on a
+        // loaded machine is blamed (which would publish it).
+        "race_after = \"2s\"",
         &[("u1", relay.url("http"), 0), ("u2", tiny[1].url(), 1)],
     );
-    g.wait_for("fleet_connected", |g| g.events("fleet_connected") == 1);
+    g.wait_for("fleet_connected", |g| g.events("fleet_connected") >= 1);
     // CONNECT and plain requests to a closed port, through healthy upstreams.
     let dead = free_addr();
     for _ in 0..3 {
