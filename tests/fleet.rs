@@ -314,6 +314,8 @@ fn a_dead_target_publishes_nothing() {
         assert_eq!(u["state"], "healthy", "{u}");
         assert_eq!(u["failures"], 0, "a target fault is nobody's: {u}");
     }
+    let keys = etcd.get_prefix(prefix);
+    assert!(keys.trim().is_empty(), "{keys}");
     // The publisher works (an upstream fault shows up), and what it wrote is
     // u1's verdict alone: the dead target left nothing before it.
     relay.set(Fault::Silent);
