@@ -49,6 +49,8 @@ pub struct State {
     pub client_header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// SO_KEEPALIVE on accepted client sockets.
+    pub tcp_keepalive: Option<crate::tcp_keepalive::TcpKeepalive>,
     /// Connection slots (global and per client), shared by all listeners.
     pub limits: Arc<limits::Limits>,
     /// Brute-force bans on inbound credentials.
@@ -75,12 +77,14 @@ impl State {
             forwarder: Forwarder::new(
                 cfg.file.pool.idle_per_host,
                 cfg.file.pool.idle_timeout.0,
+                cfg.file.pool.upstream_idle.0,
                 cfg.via,
             ),
             shutdown,
             client_header_timeout: cfg.client_header_timeout,
             idle_timeout: cfg.idle_timeout,
             max_header_bytes: cfg.max_header_bytes,
+            tcp_keepalive: cfg.timeouts.tcp_keepalive,
             limits: limits::Limits::new(
                 cfg.max_connections,
                 cfg.security.max_connections_per_client,
@@ -166,6 +170,7 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
             _ = state.shutdown.triggered() => return,
         };
         let _ = stream.set_nodelay(true);
+        crate::tcp_keepalive::apply(state.tcp_keepalive, &stream);
         let state = state.clone();
         let live = state.shutdown.live();
         let ctx = Arc::new(ConnCtx {
