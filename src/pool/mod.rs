@@ -446,7 +446,11 @@ pub fn log_transitions(m: &Member, t: Vec<Transition>) {
             Transition::BreakerOpened => tracing::warn!(upstream = m.name(), "breaker opened"),
             Transition::BreakerHalfOpen => tracing::info!(upstream = m.name(), "breaker half-open"),
             Transition::BreakerClosed => tracing::info!(upstream = m.name(), "breaker closed"),
-            Transition::CheckDown => tracing::warn!(upstream = m.name(), "health check: down"),
+            Transition::CheckDown => tracing::warn!(
+                upstream = m.name(),
+                error = m.health.last_check().map(|c| c.2).unwrap_or_default(),
+                "health check: down"
+            ),
             Transition::CheckUp => tracing::info!(upstream = m.name(), "health check: up"),
         }
     }
