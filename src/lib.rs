@@ -26,4 +26,5 @@ pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod signer;
+pub mod tls_acceptor;
 pub mod upstream;
