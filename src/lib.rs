@@ -27,4 +27,5 @@ pub mod server;
 pub mod shutdown;
 pub mod signer;
 pub mod tcp_keepalive;
+pub mod tls_acceptor;
 pub mod upstream;

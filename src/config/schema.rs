@@ -232,6 +232,8 @@ pub enum Protocol {
     Socks5,
     #[default]
     Mixed,
+    /// HTTP inside TLS (`curl --proxy https://…`); needs `cert` and `key`.
+    Https,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,6 +242,11 @@ pub struct ListenConfig {
     pub addr: Spanned<String>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// TLS listener (`https`, or `mixed` accepting TLS too): see config/listen_tls.rs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Spanned<String>>,
 }
 
 impl Default for ListenConfig {
@@ -247,6 +254,8 @@ impl Default for ListenConfig {
         ListenConfig {
             addr: Spanned::new(0..0, "127.0.0.1:3128".to_string()),
             protocol: Protocol::Mixed,
+            cert: None,
+            key: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::forward::Forwarder;
 use crate::relay::RelayStats;
 use crate::route::{Route, Router};
 use crate::shutdown::Shutdown;
+use crate::tls_acceptor::{HandshakeError, ServerTls, TLS_HANDSHAKE_BYTE};
 use crate::upstream::Target;
 
 pub use admission::Admission;
@@ -133,8 +134,14 @@ fn defer_accept(sock: &tokio::net::TcpSocket) {
 #[cfg(not(target_os = "linux"))]
 fn defer_accept(_sock: &tokio::net::TcpSocket) {}
 
-/// Accepts connections until shutdown.
-pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
+/// Accepts connections until shutdown. `tls` is the certificate of an
+/// `https` listener, or of a `mixed` one that accepts TLS as well.
+pub async fn serve_listener(
+    listener: TcpListener,
+    protocol: Protocol,
+    tls: Option<Arc<ServerTls>>,
+    state: Arc<State>,
+) {
     let Ok(local) = listener.local_addr() else {
         return;
     };
@@ -178,13 +185,14 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
             slot,
             acl: acl.clone(),
         });
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _g = GaugeGuard::new("proxyguard_client_connections_active");
             metrics::counter!("proxyguard_client_connections_total").increment(1);
             use tracing::Instrument;
             let slot = ctx.slot.clone();
             tokio::select! {
-                _ = handle(stream, ctx, protocol, state)
+                _ = handle(stream, ctx, protocol, tls, state)
                     .instrument(tracing::info_span!("conn", client = %peer)) => {}
                 _ = slot.shed() => {
                     tracing::debug!(client = %peer, "shed: no request yet and the connection limit is reached");
@@ -195,16 +203,31 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
     }
 }
 
-async fn handle(stream: TcpStream, ctx: Arc<ConnCtx>, protocol: Protocol, state: Arc<State>) {
+/// What a connection turned out to speak.
+enum Speaks {
+    Http,
+    Socks5,
+    Tls,
+}
+
+async fn handle(
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    protocol: Protocol,
+    tls: Option<Arc<ServerTls>>,
+    state: Arc<State>,
+) {
     let peer = ctx.peer;
-    let proto = match protocol {
-        Protocol::Http => Protocol::Http,
-        Protocol::Socks5 => Protocol::Socks5,
+    let speaks = match protocol {
+        Protocol::Http => Speaks::Http,
+        Protocol::Socks5 => Speaks::Socks5,
+        Protocol::Https => Speaks::Tls,
         Protocol::Mixed => {
             let mut b = [0u8; 1];
             match tokio::time::timeout(state.client_header_timeout, stream.peek(&mut b)).await {
-                Ok(Ok(1)) if b[0] == 0x05 => Protocol::Socks5,
-                Ok(Ok(1)) => Protocol::Http,
+                Ok(Ok(1)) if b[0] == 0x05 => Speaks::Socks5,
+                Ok(Ok(1)) if b[0] == TLS_HANDSHAKE_BYTE && tls.is_some() => Speaks::Tls,
+                Ok(Ok(1)) => Speaks::Http,
                 Ok(_) => return,
                 Err(_) => {
                     tracing::info!(target: "access", client = %peer, outcome = "client_header_timeout", "no request");
@@ -213,10 +236,33 @@ async fn handle(stream: TcpStream, ctx: Arc<ConnCtx>, protocol: Protocol, state:
             }
         }
     };
-    match proto {
-        Protocol::Socks5 => socks5::serve(stream, ctx, state).await,
-        _ => http::serve(stream, ctx, state).await,
+    match (speaks, tls) {
+        (Speaks::Socks5, _) => socks5::serve(stream, ctx, state).await,
+        (Speaks::Tls, Some(tls)) => match tls.accept(stream, state.client_header_timeout).await {
+            Ok(s) => http::serve(s, ctx, state).await,
+            Err(e) => tls_failed(peer, &e),
+        },
+        // Validation gives every https listener its certificate.
+        (Speaks::Tls, None) => {}
+        (Speaks::Http, _) => http::serve(stream, ctx, state).await,
     }
+}
+
+/// A client's TLS handshake with us failed: the client's business (an
+/// untrusted certificate, a plaintext client on a TLS port), counted and
+/// logged, never blamed on an upstream.
+fn tls_failed(peer: SocketAddr, e: &HandshakeError) {
+    let reason = e.reason();
+    metrics::counter!("proxyguard_tls_handshake_failures_total", "reason" => reason).increment(1);
+    tracing::info!(
+        target: "access",
+        kind = "tls",
+        client = %peer,
+        outcome = "tls_handshake_failed",
+        reason,
+        error = %e,
+        "TLS handshake with the client failed"
+    );
 }
 
 /// What ends a live tunnel early: nothing, or (with `pool.drain_on_eject`)
