@@ -31,6 +31,17 @@ impl Gateway {
         pool: &str,
         ups: &[(&str, String, i32)],
     ) -> Gateway {
+        Gateway::start_ttl(id, etcd, prefix, pool, ups, "3s")
+    }
+
+    fn start_ttl(
+        id: &str,
+        etcd: &Etcd,
+        prefix: &str,
+        pool: &str,
+        ups: &[(&str, String, i32)],
+        ttl: &str,
+    ) -> Gateway {
         let (listen, admin) = (free_addr(), free_addr());
         let mut cfg = format!(
             "bypass_loopback = false\n\n[[listen]]\naddr = \"{listen}\"\n\n[admin]\naddr = \"{admin}\"\n\n\
@@ -42,7 +53,7 @@ impl Gateway {
             ));
         }
         cfg.push_str(&format!(
-            "[fleet]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nid = \"{id}\"\nquorum = 1\nttl = \"3s\"\n",
+            "[fleet]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nid = \"{id}\"\nquorum = 1\nttl = \"{ttl}\"\n",
             etcd.endpoint()
         ));
         Gateway {
@@ -291,7 +302,9 @@ fn a_dead_target_publishes_nothing() {
         .collect();
     let relay = FaultRelay::start(tiny[0].addr(), Fault::Pass);
     let prefix = "/pgtest/target/";
-    let g = Gateway::start(
+    // A long ttl: at the end, its reports must vanish by the revoke at
+    // shutdown, well before the lease could expire.
+    let mut g = Gateway::start_ttl(
         "solo",
         &etcd,
         prefix,
@@ -299,6 +312,7 @@ fn a_dead_target_publishes_nothing() {
         // loaded machine is blamed (which would publish it).
         "race_after = \"2s\"",
         &[("u1", relay.url("http"), 0), ("u2", tiny[1].url(), 1)],
+        "60s",
     );
     g.wait_for("fleet_connected", |g| g.events("fleet_connected") >= 1);
     // CONNECT and plain requests to a closed port, through healthy upstreams.
@@ -329,4 +343,15 @@ fn a_dead_target_publishes_nothing() {
     assert_eq!(lines.len(), 1, "{keys}");
     assert!(lines[0].contains(&relay.addr.port().to_string()), "{keys}");
     assert!(!keys.contains(&tiny[1].port().to_string()), "{keys}");
+
+    // A clean stop revokes the lease: the reports go at once, not after 60 s.
+    g.pg.child.stop();
+    let gone = wait_until(Duration::from_secs(20), || {
+        etcd.get_prefix(prefix).trim().is_empty()
+    });
+    assert!(
+        gone,
+        "reports left after shutdown: {}",
+        etcd.get_prefix(prefix)
+    );
 }

@@ -138,7 +138,12 @@ async fn backoff(round: u32, shutdown: &Shutdown) -> bool {
 }
 
 /// Starts publishing this gateway's verdicts and watching the fleet's.
-pub fn spawn(s: FleetSettings, router: Arc<Router>, shutdown: Shutdown) {
+/// The publisher's handle: awaited at shutdown, so it can revoke its lease.
+pub fn spawn(
+    s: FleetSettings,
+    router: Arc<Router>,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     router.pool.set_fleet_sink(tx);
     metrics::gauge!("proxyguard_fleet_connected").set(0.0);
@@ -149,8 +154,8 @@ pub fn spawn(s: FleetSettings, router: Arc<Router>, shutdown: Shutdown) {
         ttl = ?s.ttl,
         "fleet health: publishing and watching through etcd"
     );
-    tokio::spawn(publish::run(s.clone(), rx, shutdown.clone()));
-    tokio::spawn(watch::run(s, router, shutdown));
+    tokio::spawn(watch::run(s.clone(), router, shutdown.clone()));
+    tokio::spawn(publish::run(s, rx, shutdown))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! one lease of `ttl`, kept alive while the gateway runs. After losing etcd
 //! it reconnects with backoff, keeps its lease if etcd still has it (else
 //! takes a new one) and writes every current verdict again. On shutdown it
-//! tries to revoke the lease, so its reports vanish at once.
+//! revokes the lease (serve's stop awaits this task), so its reports vanish
+//! at once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
