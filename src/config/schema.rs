@@ -374,7 +374,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Add `Via: 1.1 proxyguard` to forwarded plain-HTTP requests.
+    /// Add `Via: 1.1 proxyguard` to forwarded plain-HTTP requests and
+    /// their responses.
     pub via: bool,
 }
 

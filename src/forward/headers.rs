@@ -6,7 +6,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
 use super::OutBody;
-use crate::upstream::Target;
+use crate::upstream::{ConnectError, Target};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy credentials, which
 /// must never travel further.
@@ -70,6 +70,23 @@ pub(super) fn proxy_gateway_error(resp: &Response<Incoming>) -> bool {
                 || reason.contains("privoxy")
         }
         _ => false,
+    }
+}
+
+/// The upstream proxy's own 407 (its credentials, never meant for our
+/// client) as the error that counts against it.
+pub(super) fn proxy_auth_error(resp: &Response<Incoming>, had_auth: bool) -> ConnectError {
+    let scheme = resp
+        .headers()
+        .get(header::PROXY_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("unknown")
+        .to_string();
+    if had_auth {
+        ConnectError::ProxyAuthRejected { scheme }
+    } else {
+        ConnectError::ProxyAuthRequired { scheme }
     }
 }
 

@@ -28,11 +28,13 @@ use hyper::client::conn::http1::SendRequest;
 
 mod exchange;
 mod headers;
+mod upgrade;
 
 pub use headers::strip_hop_by_hop;
+pub use upgrade::{wants_upgrade, Upgrade};
 
 use exchange::Outcome;
-use headers::{idempotent, proxy_gateway_error};
+use headers::{idempotent, proxy_auth_error, proxy_gateway_error};
 
 use crate::body::{ClientBody, IdleBody};
 use crate::config::adaptive::from_samples;
@@ -179,6 +181,14 @@ impl Forwarder {
         })
     }
 
+    /// `Via: 1.1 proxyguard` on a forwarded request or response, with
+    /// `[http] via = true`.
+    fn add_via(&self, h: &mut http::HeaderMap) {
+        if self.via {
+            h.append(header::VIA, HeaderValue::from_static("1.1 proxyguard"));
+        }
+    }
+
     fn checkin_later(&self, key: PoolKey, mut tx: SendRequest<OutBody>) {
         let idle = self.idle.clone();
         tokio::spawn(async move {
@@ -197,11 +207,7 @@ impl Forwarder {
     ) -> Result<(Response<ForwardedBody>, Route), ForwardError> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if self.via {
-            parts
-                .headers
-                .append(header::VIA, HeaderValue::from_static("1.1 proxyguard"));
-        }
+        self.add_via(&mut parts.headers);
         let empty = body.is_end_stream();
         let safe = empty && idempotent(&parts.method);
         let (body, client_failed) = ClientBody::new(body);
@@ -242,7 +248,8 @@ impl Forwarder {
                 &mut body,
             )? {
                 Some((resp, route)) => {
-                    let (p, b) = resp.into_parts();
+                    let (mut p, b) = resp.into_parts();
+                    self.add_via(&mut p.headers);
                     let mut b = IdleBody::new(b, body_idle);
                     if let Some(m) = member(&route) {
                         b = b.on_fault(note_body_fault(m.clone()));
@@ -283,18 +290,7 @@ impl Forwarder {
                 if let (true, Some(m), 407) = (absolute, &m, resp.status().as_u16()) {
                     // A 407 from our upstream proxy is its own auth failure,
                     // never meant for our client: count it and try another.
-                    let scheme = resp
-                        .headers()
-                        .get(header::PROXY_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.split_whitespace().next())
-                        .unwrap_or("unknown")
-                        .to_string();
-                    let err = if had_auth {
-                        ConnectError::ProxyAuthRejected { scheme }
-                    } else {
-                        ConnectError::ProxyAuthRequired { scheme }
-                    };
+                    let err = proxy_auth_error(&resp, had_auth);
                     router.pool.report_failure(m, &err);
                     if can_retry {
                         tries.excluded.push(m.clone());

@@ -5,6 +5,7 @@ pub mod bans;
 pub mod http;
 pub mod limits;
 pub mod socks5;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
