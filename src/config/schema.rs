@@ -311,6 +311,9 @@ pub struct TimeoutsConfig {
     pub idle: Dur,
     /// On SIGINT/SIGTERM, how long live tunnels may continue.
     pub shutdown_grace: Dur,
+    /// `Expect: 100-continue`: how long the request body waits for the
+    /// upstream's `100 Continue` (or final answer) before it is sent anyway.
+    pub expect_continue: Dur,
 }
 
 impl Default for TimeoutsConfig {
@@ -324,6 +327,7 @@ impl Default for TimeoutsConfig {
             client_header: Dur::secs(10),
             idle: Dur::secs(300),
             shutdown_grace: Dur::secs(10),
+            expect_continue: Dur::secs(1),
         }
     }
 }

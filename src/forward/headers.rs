@@ -5,6 +5,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use super::expect::ContinueGate;
 use super::OutBody;
 use crate::upstream::{ConnectError, Target};
 
@@ -126,6 +129,14 @@ pub(super) fn build(
         if let Ok(v) = HeaderValue::from_str(a) {
             req.headers_mut().insert(header::PROXY_AUTHORIZATION, v);
         }
+    }
+    if let Some(gate) = parts.extensions.get::<Arc<ContinueGate>>() {
+        let gate = gate.clone();
+        hyper::ext::on_informational(&mut req, move |r| {
+            if r.status() == http::StatusCode::CONTINUE {
+                gate.go();
+            }
+        });
     }
     req
 }

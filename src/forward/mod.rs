@@ -27,6 +27,7 @@ use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 
 mod exchange;
+mod expect;
 mod headers;
 mod upgrade;
 
@@ -34,6 +35,7 @@ pub use headers::strip_hop_by_hop;
 pub use upgrade::{wants_upgrade, Upgrade};
 
 use exchange::Outcome;
+use expect::{expects_continue, ContinueGate, Gated};
 use headers::{idempotent, proxy_auth_error, proxy_gateway_error};
 
 use crate::body::{ClientBody, IdleBody};
@@ -43,7 +45,7 @@ use crate::pool::Member;
 use crate::route::{Route, Router};
 use crate::upstream::{ConnectError, Phase, Scheme, Target};
 
-pub type OutBody = Either<ClientBody<Incoming>, Empty<Bytes>>;
+pub type OutBody = Either<Gated<ClientBody<Incoming>>, Empty<Bytes>>;
 
 /// A forwarded response: the upstream's body under the `body_idle` deadline.
 pub type ForwardedBody = IdleBody<Incoming>;
@@ -80,6 +82,8 @@ const HEAD_SAMPLES: usize = 128;
 pub struct Forwarder {
     idle: Arc<IdlePool<PoolKey, SendRequest<OutBody>>>,
     via: bool,
+    /// `[timeouts] expect_continue`.
+    expect_wait: Duration,
     head_latency: Mutex<VecDeque<Duration>>,
     head_samples_seen: AtomicU64,
     /// The adaptive hedge delay in µs (0: not enough samples yet).
@@ -137,10 +141,11 @@ const MAX_TRIES: u32 = 3;
 const MAX_STALE: u32 = 3;
 
 impl Forwarder {
-    pub fn new(per_host: usize, idle_timeout: Duration, via: bool) -> Self {
+    pub fn new(per_host: usize, idle_timeout: Duration, via: bool, expect_wait: Duration) -> Self {
         Forwarder {
             idle: Arc::new(IdlePool::new(per_host, IDLE_MAX_TOTAL, idle_timeout)),
             via,
+            expect_wait,
             head_latency: Mutex::new(VecDeque::with_capacity(HEAD_SAMPLES)),
             head_samples_seen: AtomicU64::new(0),
             hedge_auto_us: AtomicU64::new(0),
@@ -211,6 +216,16 @@ impl Forwarder {
         let empty = body.is_end_stream();
         let safe = empty && idempotent(&parts.method);
         let (body, client_failed) = ClientBody::new(body);
+        // `Expect: 100-continue`: the body waits for the upstream's verdict.
+        let gate = (!empty && expects_continue(&parts.headers))
+            .then(|| Arc::new(ContinueGate::new(self.expect_wait)));
+        let body = match &gate {
+            Some(g) => {
+                parts.extensions.insert(g.clone());
+                Gated::new(body, g.clone())
+            }
+            None => Gated::open(body),
+        };
         let mut body: Option<OutBody> = Some(if empty {
             Either::Right(Empty::new())
         } else {
@@ -253,6 +268,12 @@ impl Forwarder {
                     let mut b = IdleBody::new(b, body_idle);
                     if let Some(m) = member(&route) {
                         b = b.on_fault(note_body_fault(m.clone()));
+                    }
+                    if let Some(g) = gate.filter(|g| g.answered()) {
+                        // Answered before the body was asked for: the
+                        // client never sends it; the upstream connection
+                        // closes once this response has been passed on.
+                        b = b.on_drop(Box::new(move || g.stop()));
                     }
                     return Ok((Response::from_parts(p, b), route));
                 }

@@ -72,7 +72,7 @@ impl Forwarder {
         let body: OutBody = if body.is_end_stream() {
             Either::Right(Empty::new())
         } else {
-            Either::Left(ClientBody::new(body).0)
+            Either::Left(super::Gated::open(ClientBody::new(body).0))
         };
         let (hc, route) = Box::pin(router.http_conn(router.plain_plan(target), target)).await?;
         let m = member(&route).cloned();

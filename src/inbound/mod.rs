@@ -78,6 +78,7 @@ impl State {
                 cfg.file.pool.idle_per_host,
                 cfg.file.pool.idle_timeout.0,
                 cfg.via,
+                cfg.file.timeouts.expect_continue.0,
             ),
             shutdown,
             client_header_timeout: cfg.client_header_timeout,
