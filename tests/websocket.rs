@@ -167,3 +167,29 @@ fn tinyproxy_strips_upgrades_and_the_refusal_is_passed_through() {
     assert!(head.starts_with("HTTP/1.1 426"), "{head}\n{}", pg.logs());
     assert!(head.to_ascii_lowercase().contains("tinyproxy"), "{head}");
 }
+
+#[test]
+fn an_upgrade_is_never_hedged_nor_retried_once_sent() {
+    // u0 accepts and never answers; u1 is a working tinyproxy. A safe GET
+    // would be hedged (or retried after the response-head timeout) on u1;
+    // an upgrade request is sent once and the client gets the 504.
+    let ws = WsEcho::start();
+    let tiny = Tinyproxy::start(TinyOpts::default());
+    let silent = support::faults::FaultRelay::start(tiny.addr(), support::faults::Fault::Silent);
+    let u1 = support::faults::FaultRelay::start(tiny.addr(), support::faults::Fault::Pass);
+    let pg = gateway(
+        &[silent.url("http"), u1.url("http")],
+        "bypass_loopback = false",
+        "[pool]\nrace_after = \"off\"\nhedge_after = \"100ms\"\n\
+         [health]\nenabled = false\n[timeouts]\nresponse_head = \"2s\"\n",
+    );
+    let (_s, head) = raw_upgrade(pg.addr(), ws.addr(), "/once");
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}\n{}", pg.logs());
+    assert_eq!(silent.accepted(), 1);
+    assert_eq!(u1.accepted(), 0, "the upgrade went to a second upstream");
+    // The same setup hedges a plain GET on u1: the check above can fail.
+    let echo = EchoServer::start();
+    let r = curl(&["-x", &pg.url(), &format!("{}/hedged", echo.url())]);
+    assert_eq!(r.status, 200, "{r:?}\n{}", pg.logs());
+    assert!(u1.accepted() >= 1);
+}
