@@ -53,37 +53,11 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     crate::admin::alerts::spawn(cfg.file.alert.clone(), router.clone(), shutdown.clone());
     let routes = crate::reverse::start(cfg, router.clone(), shutdown.clone()).await?;
     routes.iter().for_each(|(a, _)| state.own.add(*a));
-    let mut tasks = Vec::new();
-    let mut addrs = Vec::new();
-    let mut tls_all = Vec::new();
-    for l in &cfg.listeners {
-        let tls = match &l.tls {
-            Some(files) => Some(
-                ServerTls::load(files.clone(), ALPN_HTTP11).map_err(|source| ServeError::Tls {
-                    addr: l.addr,
-                    source,
-                })?,
-            ),
-            None => None,
-        };
-        tls_all.extend(tls.clone());
-        warn_clear_credentials(cfg, l);
-        let listener = inbound::bind(l.addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: l.addr,
-                source,
-            })?;
-        let local = listener.local_addr().unwrap_or(l.addr);
-        addrs.push(local);
-        tracing::info!(addr = %local, protocol = ?l.protocol, tls = l.tls.is_some(), "listening");
-        tasks.push(tokio::spawn(inbound::serve_listener(
-            listener,
-            l.protocol,
-            tls,
-            state.clone(),
-        )));
-    }
+    let Bound {
+        mut tasks,
+        addrs,
+        tls: tls_all,
+    } = bind_listeners(cfg, &state).await?;
     let tls_all = Arc::new(tls_all);
     for u in &cfg.upstreams {
         tracing::info!(
@@ -159,6 +133,51 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
         tasks,
         grace: cfg.shutdown_grace,
     })
+}
+
+/// The forward listeners, bound and serving.
+struct Bound {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    addrs: Vec<std::net::SocketAddr>,
+    /// Certificates of the TLS listeners.
+    tls: Vec<Arc<ServerTls>>,
+}
+
+async fn bind_listeners(cfg: &Config, state: &Arc<State>) -> Result<Bound, ServeError> {
+    let mut b = Bound {
+        tasks: Vec::new(),
+        addrs: Vec::new(),
+        tls: Vec::new(),
+    };
+    for l in &cfg.listeners {
+        let tls = match &l.tls {
+            Some(files) => Some(
+                ServerTls::load(files.clone(), ALPN_HTTP11).map_err(|source| ServeError::Tls {
+                    addr: l.addr,
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        b.tls.extend(tls.clone());
+        warn_clear_credentials(cfg, l);
+        let listener = inbound::bind(l.addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: l.addr,
+                source,
+            })?;
+        let local = listener.local_addr().unwrap_or(l.addr);
+        b.addrs.push(local);
+        tracing::info!(addr = %local, protocol = ?l.protocol, tls = l.tls.is_some(), "listening");
+        b.tasks.push(tokio::spawn(inbound::serve_listener(
+            listener,
+            l.protocol,
+            tls,
+            state.clone(),
+        )));
+    }
+    Ok(b)
 }
 
 /// Basic credentials (and SOCKS5 passwords) sent to a listener other
