@@ -327,17 +327,20 @@ fn raise_fd_limit() {}
 /// Runs the gateway until a signal arrives.
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
     raise_fd_limit();
+    // SIGHUP is caught from before the listeners accept: a reload sent as
+    // soon as the port answers must not hit the default action (exit).
+    #[cfg(unix)]
+    let hup = cfg
+        .path
+        .as_ref()
+        .and_then(|_| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok());
     let running = start(&cfg, Shutdown::new()).await?;
     #[cfg(unix)]
-    if let Some(path) = cfg.path.clone() {
+    if let (Some(path), Some(mut hup)) = (cfg.path.clone(), hup) {
         let router = running.state.router.clone();
         let certs = running.tls.clone();
         let started_with = cfg.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading {}", path.display());
                 reload_all(&certs);
