@@ -120,17 +120,30 @@ pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 pub fn raw_upgrade(proxy: SocketAddr, origin: SocketAddr, path: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let h = upgrade_on(&mut s, origin, path);
+    (s, h)
+}
+
+/// Writes the absolute-form upgrade request on `s`; returns the response head.
+pub fn upgrade_on<S: Read + Write>(s: &mut S, origin: SocketAddr, path: &str) -> String {
     let head = format!(
         "GET http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\nConnection: Upgrade\r\n\
          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n"
     );
     s.write_all(head.as_bytes()).unwrap();
-    let h = super::rawclient::read_head(&mut s);
-    (s, h)
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") && got.len() < 16384 {
+        match s.read(&mut b) {
+            Ok(1) => got.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// Writes one final frame, masked as a client must.
-pub fn send_frame(s: &mut TcpStream, opcode: u8, payload: &[u8]) {
+pub fn send_frame<S: Write>(s: &mut S, opcode: u8, payload: &[u8]) {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
     let mut f = vec![0x80 | opcode];
     match payload.len() {
@@ -150,7 +163,7 @@ pub fn send_frame(s: &mut TcpStream, opcode: u8, payload: &[u8]) {
 }
 
 /// Reads one unmasked frame from the server: (opcode, payload).
-pub fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+pub fn read_frame<S: Read>(s: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
     let mut h = [0u8; 2];
     s.read_exact(&mut h)?;
     let len = match h[1] & 0x7f {
