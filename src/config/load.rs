@@ -287,6 +287,8 @@ impl Config {
                 tls: t.tls.0,
                 response_head: t.response_head.0,
                 body_idle: Some(t.body_idle.0),
+                // Validated above.
+                tcp_keepalive: t.tcp_keepalive.settings().unwrap_or_default(),
             },
             client_header_timeout: t.client_header.0,
             idle_timeout: t.idle.0,

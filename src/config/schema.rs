@@ -314,6 +314,9 @@ pub struct TimeoutsConfig {
     /// `Expect: 100-continue`: how long the request body waits for the
     /// upstream's `100 Continue` (or final answer) before it is sent anyway.
     pub expect_continue: Dur,
+    /// SO_KEEPALIVE on client, upstream and tunnel sockets: keeps NAT and
+    /// load-balancer entries alive and finds dead peers.
+    pub tcp_keepalive: crate::tcp_keepalive::KeepaliveConfig,
 }
 
 impl Default for TimeoutsConfig {
@@ -328,6 +331,7 @@ impl Default for TimeoutsConfig {
             idle: Dur::secs(300),
             shutdown_grace: Dur::secs(10),
             expect_continue: Dur::secs(1),
+            tcp_keepalive: Default::default(),
         }
     }
 }
@@ -440,7 +444,11 @@ pub struct PoolConfig {
     pub drain_on_eject: bool,
     /// Idle keep-alive connections kept per upstream and target.
     pub idle_per_host: usize,
+    /// Idle keep-alive connections to origins (direct) live this long.
     pub idle_timeout: Dur,
+    /// Idle keep-alive connections to upstream proxies are retired after
+    /// this long, before a proxy, SLB or NAT on the path cuts them.
+    pub upstream_idle: Dur,
     /// With no `[[upstream]]`: take the upstreams (and NO_PROXY) from the
     /// proxy environment variables, as zero-config does.
     pub upstreams_from_env: bool,
@@ -465,6 +473,7 @@ impl Default for PoolConfig {
             drain_on_eject: false,
             idle_per_host: 256,
             idle_timeout: Dur::secs(60),
+            upstream_idle: Dur::secs(10),
             upstreams_from_env: false,
         }
     }

@@ -51,6 +51,8 @@ pub struct State {
     pub client_header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// SO_KEEPALIVE on accepted client sockets.
+    pub tcp_keepalive: Option<crate::tcp_keepalive::TcpKeepalive>,
     /// Connection slots (global and per client), shared by all listeners.
     pub limits: Arc<limits::Limits>,
     /// Brute-force bans on inbound credentials.
@@ -77,6 +79,7 @@ impl State {
             forwarder: Forwarder::new(
                 cfg.file.pool.idle_per_host,
                 cfg.file.pool.idle_timeout.0,
+                cfg.file.pool.upstream_idle.0,
                 cfg.via,
                 cfg.file.timeouts.expect_continue.0,
             ),
@@ -84,6 +87,7 @@ impl State {
             client_header_timeout: cfg.client_header_timeout,
             idle_timeout: cfg.idle_timeout,
             max_header_bytes: cfg.max_header_bytes,
+            tcp_keepalive: cfg.timeouts.tcp_keepalive,
             limits: limits::Limits::new(
                 cfg.max_connections,
                 cfg.security.max_connections_per_client,
@@ -175,6 +179,7 @@ pub async fn serve_listener(
             _ = state.shutdown.triggered() => return,
         };
         let _ = stream.set_nodelay(true);
+        crate::tcp_keepalive::apply(state.tcp_keepalive, &stream);
         let state = state.clone();
         let live = state.shutdown.live();
         let ctx = Arc::new(ConnCtx {
@@ -233,12 +238,20 @@ async fn handle(
             }
         }
     };
+    // The SOCKS5 and TLS paths' futures are several times the size of the
+    // plain HTTP one: boxed, so that every connection's task (spawned,
+    // moved and polled with this future inside) does not carry their size.
     match (speaks, tls) {
-        (Speaks::Socks5, _) => socks5::serve(stream, ctx, state).await,
-        (Speaks::Tls, Some(tls)) => match tls.accept(stream, state.client_header_timeout).await {
-            Ok(s) => http::serve(s, ctx, state).await,
-            Err(e) => tls_failed(peer, &e),
-        },
+        (Speaks::Socks5, _) => Box::pin(socks5::serve(stream, ctx, state)).await,
+        (Speaks::Tls, Some(tls)) => {
+            Box::pin(async move {
+                match tls.accept(stream, state.client_header_timeout).await {
+                    Ok(s) => http::serve(s, ctx, state).await,
+                    Err(e) => tls_failed(peer, &e),
+                }
+            })
+            .await
+        }
         // Validation gives every https listener its certificate.
         (Speaks::Tls, None) => {}
         (Speaks::Http, _) => http::serve(stream, ctx, state).await,
