@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod faults;
 pub mod hey;
 pub mod rawclient;
+pub mod websocket;
 
 mod ca;
 mod echo;
