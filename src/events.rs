@@ -30,6 +30,9 @@ pub const KINDS: &[&str] = &[
     "config_reload",
     "config_reload_failed",
     "auth_ban",
+    "discovery_update",
+    "discovery_error",
+    "discovery_recovered",
 ];
 
 pub struct EventBus {

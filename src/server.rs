@@ -43,6 +43,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
         shutdown.clone(),
     );
     crate::admin::alerts::spawn(cfg.file.alert.clone(), router.clone(), shutdown.clone());
+    crate::discovery::start(cfg, router.clone(), shutdown.clone()).await;
     let routes = crate::reverse::start(cfg, router.clone(), shutdown.clone()).await?;
     routes.iter().for_each(|(a, _)| state.own.add(*a));
     let mut tasks = Vec::new();
@@ -73,7 +74,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
             "upstream"
         );
     }
-    if cfg.upstreams.is_empty() {
+    if cfg.upstreams.is_empty() && cfg.discovery.is_empty() {
         tracing::info!("no upstreams configured: connecting directly");
     }
     let mut admin_addr = None;

@@ -95,6 +95,8 @@ pub struct UpstreamStatus {
     pub url: String,
     pub zone: Option<String>,
     pub priority: i32,
+    /// Where the member came from: config, dns, etcd, file, env or route.
+    pub source: String,
     /// healthy | ejected | down | breaker_open | half_open
     pub state: String,
     pub breaker: String,
@@ -142,6 +144,8 @@ pub struct Status {
     pub routes: Vec<RouteStatus>,
     pub counters: PoolCounters,
     pub events: Vec<crate::events::Event>,
+    /// `[[discovery]]` sources (empty without any).
+    pub discovery: Vec<crate::discovery::SourceStatus>,
 }
 
 fn member_status(m: &Member, history: &History) -> UpstreamStatus {
@@ -150,6 +154,7 @@ fn member_status(m: &Member, history: &History) -> UpstreamStatus {
         url: m.spec().redacted_url(),
         zone: m.entry.zone.clone(),
         priority: m.entry.priority,
+        source: crate::discovery::source_of(&m.entry.origin).to_string(),
         state: m.health.state().as_str().to_string(),
         breaker: m.health.breaker_state().as_str().to_string(),
         ewma_ms: m
@@ -221,5 +226,6 @@ pub fn build(
             ejections: s.ejections.load(Ordering::Relaxed),
         },
         events: router.pool.events.recent(),
+        discovery: router.pool.discovery_status(),
     }
 }

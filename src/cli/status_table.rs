@@ -5,8 +5,8 @@ use serde_json::Value;
 
 fn header(first: &str) -> String {
     format!(
-        "{:<24} {:<13} {:<10} {:>9} {:>8} {:>8}  last error\n",
-        first, "state", "breaker", "latency", "ok", "failed"
+        "{:<24} {:<7} {:<13} {:<10} {:>9} {:>8} {:>8}  last error\n",
+        first, "source", "state", "breaker", "latency", "ok", "failed"
     )
 }
 
@@ -16,14 +16,32 @@ fn row(u: &Value) -> String {
         .map(|x| format!("{x:.1}ms"))
         .unwrap_or_else(|| "-".into());
     format!(
-        "{:<24} {:<13} {:<10} {:>9} {:>8} {:>8}  {}\n",
+        "{:<24} {:<7} {:<13} {:<10} {:>9} {:>8} {:>8}  {}\n",
         u["name"].as_str().unwrap_or("?"),
+        u["source"].as_str().unwrap_or("-"),
         u["state"].as_str().unwrap_or("?"),
         u["breaker"].as_str().unwrap_or("?"),
         lat,
         u["successes"].as_u64().unwrap_or(0),
         u["failures"].as_u64().unwrap_or(0),
         u["last_error"]["message"].as_str().unwrap_or("")
+    )
+}
+
+/// One `[[discovery]]` source: its set size and whether it answers.
+fn discovery_line(d: &Value) -> String {
+    let state = if d["ok"].as_bool().unwrap_or(false) {
+        "ok".to_string()
+    } else {
+        format!(
+            "FAILING (keeping its last set): {}",
+            d["last_error"].as_str().unwrap_or("?")
+        )
+    };
+    format!(
+        "discovery {} · {} upstreams · {state}\n",
+        d["id"].as_str().unwrap_or("?"),
+        d["members"].as_u64().unwrap_or(0)
     )
 }
 
@@ -45,6 +63,9 @@ pub fn render(v: &Value) -> String {
         for u in &ups {
             out.push_str(&row(u));
         }
+    }
+    for d in v["discovery"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&discovery_line(&d));
     }
     for r in v["routes"].as_array().cloned().unwrap_or_default() {
         out.push_str(&format!(
@@ -78,7 +99,11 @@ mod tests {
         let v = serde_json::json!({
             "version": "0.1.0", "uptime_s": 3, "strategy": "failover", "can_serve": true,
             "upstreams": [{"name": "corp", "state": "healthy", "breaker": "closed",
-                           "ewma_ms": 1.25, "successes": 4, "failures": 0}],
+                           "ewma_ms": 1.25, "successes": 4, "failures": 0, "source": "config"},
+                          {"name": "etcd:b", "state": "healthy", "breaker": "closed",
+                           "successes": 0, "failures": 0, "source": "etcd"}],
+            "discovery": [{"id": "etcd:/pg/", "kind": "etcd", "members": 1, "ok": false,
+                           "last_error": "connection lost"}],
             "routes": [{"listen": "127.0.0.1:8443", "via": "direct", "local_zone": "a",
                         "can_serve": true,
                         "backends": [{"name": "http://10.0.0.1:80", "state": "ejected",
@@ -87,6 +112,14 @@ mod tests {
         });
         let t = render(&v);
         assert!(t.contains("corp ") && t.contains("1.2ms"), "{t}");
+        assert!(
+            t.contains(" config ") && t.contains("etcd:b") && t.contains(" etcd "),
+            "{t}"
+        );
+        assert!(
+            t.contains("discovery etcd:/pg/ · 1 upstreams · FAILING (keeping its last set): connection lost"),
+            "{t}"
+        );
         assert!(
             t.contains("route 127.0.0.1:8443 · via direct · local zone a · serving"),
             "{t}"

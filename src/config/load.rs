@@ -112,6 +112,8 @@ pub struct Config {
     pub source_name: String,
     /// The file to re-read on reload (None for zero-config).
     pub path: Option<std::path::PathBuf>,
+    /// `[[discovery]]` sources (config/discovery.rs).
+    pub discovery: Vec<super::discovery::Source>,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -268,6 +270,7 @@ impl Config {
         sections::alerts(&cx, &file)?;
         sections::routes(&cx, &file, &admission.allow)?;
         sections::no_open_proxy(&cx, &file, &listeners, &admission)?;
+        let discovery = super::discovery::validate(&cx, &file)?;
         let t = &file.timeouts;
         let cfg = Config {
             listeners,
@@ -296,6 +299,7 @@ impl Config {
             file,
             source_name: source.to_string(),
             path: None,
+            discovery,
         };
         cfg.check_loops()?;
         Ok(cfg)

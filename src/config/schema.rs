@@ -32,6 +32,9 @@ pub struct FileConfig {
     pub route: Vec<RouteConfig>,
     /// Destination ACL: see docs/security.md.
     pub acl: super::security::AclConfig,
+    /// Upstream sets learnt at run time: see docs/fleet.md.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub discovery: Vec<super::discovery::DiscoveryConfig>,
 }
 
 /// A reverse-proxy route: a local listener forwarding to backends in zones.
@@ -221,6 +224,7 @@ impl Default for FileConfig {
             alert: Vec::new(),
             route: Vec::new(),
             acl: Default::default(),
+            discovery: Vec::new(),
         }
     }
 }
