@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::error::{ResolveError, ResolveErrorKind};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::TokioAsyncResolver;
 
 use super::sink::host_port;
@@ -46,7 +48,6 @@ impl Dns {
         opts.cache_size = 0;
         opts.timeout = QUERY_TIMEOUT;
         opts.attempts = 1;
-        opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
         let config = match spec.server {
             Some(s) => {
                 opts.use_hosts_file = false;
@@ -73,13 +74,31 @@ impl Dns {
         format!("{name}.")
     }
 
+    /// The A and AAAA addresses of `name` (asked apart, so a server that
+    /// fails one family fails the round instead of silently halving it).
     async fn addresses(&self, name: &str) -> Result<(Vec<IpAddr>, Instant), String> {
-        let l = self
-            .resolver
-            .lookup_ip(Self::fqdn(name))
-            .await
-            .map_err(|e| format!("{name}: {e}"))?;
-        Ok((l.iter().collect(), l.valid_until()))
+        let fq = Self::fqdn(name);
+        let (v4, v6) = tokio::join!(
+            self.resolver.ipv4_lookup(fq.clone()),
+            self.resolver.ipv6_lookup(fq)
+        );
+        let mut ips = Vec::new();
+        let mut until = Instant::now() + Duration::from_secs(3600);
+        match v4 {
+            Ok(l) => {
+                until = until.min(l.valid_until());
+                ips.extend(l.iter().map(|a| IpAddr::V4(a.0)));
+            }
+            Err(e) => no_records(name, "A", e)?,
+        }
+        match v6 {
+            Ok(l) => {
+                until = until.min(l.valid_until());
+                ips.extend(l.iter().map(|a| IpAddr::V6(a.0)));
+            }
+            Err(e) => no_records(name, "AAAA", e)?,
+        }
+        Ok((ips, until))
     }
 
     /// One round: what the records say now, and when they expire.
@@ -100,11 +119,13 @@ impl Dns {
             }
             DnsRecord::Srv => {
                 let name = &self.spec.name;
-                let srv = self
-                    .resolver
-                    .srv_lookup(Self::fqdn(name))
-                    .await
-                    .map_err(|e| format!("{name} SRV: {e}"))?;
+                let srv = match self.resolver.srv_lookup(Self::fqdn(name)).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        no_records(name, "SRV", e)?;
+                        return Ok((Vec::new(), Instant::now()));
+                    }
+                };
                 let mut until = srv.as_lookup().valid_until();
                 let mut found = Vec::new();
                 for r in srv.iter().take(MAX_MEMBERS) {
@@ -114,6 +135,9 @@ impl Dns {
                         continue; // "." = the service is not offered there
                     }
                     let (ips, u) = self.addresses(target).await?;
+                    if ips.is_empty() {
+                        return Err(format!("{name} SRV: target {target} has no address"));
+                    }
                     until = until.min(u);
                     found.extend(ips.into_iter().map(|ip| Found {
                         ip,
@@ -125,6 +149,21 @@ impl Dns {
                 Ok((found, until))
             }
         }
+    }
+}
+
+/// An answer without records (NXDOMAIN, or no data) is an empty set; any
+/// other failure (SERVFAIL, REFUSED, timeout, unreachable) fails the round.
+fn no_records(name: &str, what: &str, e: ResolveError) -> Result<(), String> {
+    match e.kind() {
+        ResolveErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        } => Ok(()),
+        ResolveErrorKind::NoRecordsFound { response_code, .. } => Err(format!(
+            "{name} {what}: the name server answered {response_code}"
+        )),
+        _ => Err(format!("{name} {what}: {e}")),
     }
 }
 

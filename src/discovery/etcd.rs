@@ -101,6 +101,14 @@ pub fn parse(prefix: &str, key: &str, value: &[u8]) -> Result<UpstreamEntry, Str
     cfg.to_entry(name, "etcd")
 }
 
+/// An etcd client error in one line (a gRPC status as `code: message`).
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
 /// Why a session ended (the connection, the watch, or shutdown).
 enum End {
     Shutdown,
@@ -116,7 +124,7 @@ impl Etcd {
             .with_keep_alive_while_idle(true);
         Client::connect(&self.spec.endpoints, Some(opts))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| describe(&e))
     }
 
     /// Reads the prefix, reports it, then follows the watch until the
@@ -132,7 +140,7 @@ impl Etcd {
             .await
         {
             Ok(g) => g,
-            Err(e) => return End::Lost(format!("cannot read the prefix: {e}")),
+            Err(e) => return End::Lost(format!("cannot read the prefix: {}", describe(&e))),
         };
         let revision = got.header().map_or(0, |h| h.revision());
         let mut keys = Keys::default();
@@ -147,7 +155,7 @@ impl Etcd {
             .with_start_revision(revision + 1);
         let (_watcher, mut stream) = match client.watch(prefix, Some(watch)).await {
             Ok(w) => w,
-            Err(e) => return End::Lost(format!("cannot watch the prefix: {e}")),
+            Err(e) => return End::Lost(format!("cannot watch the prefix: {}", describe(&e))),
         };
         loop {
             let msg = tokio::select! {
@@ -157,7 +165,7 @@ impl Etcd {
             let resp = match msg {
                 Ok(Some(r)) => r,
                 Ok(None) => return End::Lost("the watch ended".into()),
-                Err(e) => return End::Lost(format!("connection lost: {e}")),
+                Err(e) => return End::Lost(format!("connection lost: {}", describe(&e))),
             };
             if resp.canceled() {
                 return End::Lost(format!("the watch was cancelled: {}", resp.cancel_reason()));

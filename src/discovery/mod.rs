@@ -191,6 +191,10 @@ pub const FIRST_ROUND_WAIT: Duration = Duration::from_secs(5);
 pub async fn start(cfg: &Config, router: Arc<Router>, shutdown: Shutdown) {
     let own: Vec<std::net::SocketAddr> = cfg.listeners.iter().map(|l| l.addr).collect();
     let mut first = Vec::new();
+    // Listed in config order, whichever answers first.
+    for s in &cfg.discovery {
+        router.pool.note_source(&s.id, s.kind().as_str(), None);
+    }
     for s in &cfg.discovery {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sink = Sink::new(s, router.clone(), own.clone(), tx);

@@ -208,3 +208,113 @@ mod tests {
         assert_eq!(host_port("::1".parse().unwrap(), 80), "[::1]:80");
     }
 }
+
+#[cfg(test)]
+mod round_tests {
+    use super::*;
+    use crate::config::discovery::{FileSpec, SourceSpec};
+    use crate::config::{Applies, Config};
+    use crate::upstream::UpstreamSpec;
+
+    fn entry(name: &str, port: u16) -> UpstreamEntry {
+        UpstreamEntry {
+            spec: UpstreamSpec::parse(name, &format!("http://127.0.0.1:{port}")).unwrap(),
+            zone: None,
+            priority: 0,
+            weight: 1,
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+            applies: Applies::ALL,
+            origin: "file".into(),
+        }
+    }
+
+    fn kinds(r: &Router) -> Vec<&'static str> {
+        r.pool.events.recent().iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn failures_and_empty_answers_keep_the_last_good_set() {
+        let cfg = Config::from_toml(
+            "[[listen]]\naddr = \"127.0.0.1:3128\"\n[[upstream]]\nname = \"s\"\nurl = \"http://127.0.0.1:9\"\n",
+            "t",
+        )
+        .unwrap();
+        let router = Arc::new(Router::new(&cfg));
+        let source = Source {
+            id: "file:/x/*".into(),
+            spec: SourceSpec::File(FileSpec {
+                pattern: "/x/*".into(),
+                interval: Duration::from_secs(1),
+            }),
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let own = vec!["127.0.0.1:3128".parse().unwrap()];
+        let mut sink = Sink::new(&source, router.clone(), own, tx);
+        let names = || -> Vec<String> {
+            router
+                .pool
+                .members()
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect()
+        };
+        sink.report(
+            Some(vec![entry("file:a", 1), entry("file:b", 2)]),
+            Vec::new(),
+        );
+        assert!(rx.try_recv().is_ok(), "first round not signalled");
+        assert_eq!(names(), ["s", "file:a", "file:b"]);
+        let a = router.pool.members()[1].clone();
+        // Unchanged set: nothing replaced, no event.
+        sink.report(
+            Some(vec![entry("file:a", 1), entry("file:b", 2)]),
+            Vec::new(),
+        );
+        assert!(Arc::ptr_eq(&a, &router.pool.members()[1]));
+        assert_eq!(kinds(&router), ["discovery_update"]);
+        // Failure, then an empty answer: kept, one event per new failure.
+        sink.report(None, vec!["timed out".into()]);
+        sink.report(None, vec!["timed out".into()]);
+        sink.report(Some(Vec::new()), Vec::new());
+        assert_eq!(names(), ["s", "file:a", "file:b"]);
+        let st = &router.pool.discovery_status()[0];
+        assert!(
+            !st.ok && st.last_error.as_deref().unwrap().contains("no upstreams"),
+            "{st:?}"
+        );
+        assert_eq!(kinds(&router), ["discovery_update", "discovery_error"]);
+        // A partial update: b goes, a keeps its member; recovered.
+        sink.report(Some(vec![entry("file:a", 1)]), Vec::new());
+        assert_eq!(names(), ["s", "file:a"]);
+        assert!(Arc::ptr_eq(&a, &router.pool.members()[1]));
+        assert_eq!(
+            kinds(&router),
+            [
+                "discovery_update",
+                "discovery_error",
+                "discovery_update",
+                "discovery_recovered"
+            ]
+        );
+        assert!(router.pool.discovery_status()[0].ok);
+        // Loops and oversize answers are cut, with an error.
+        let mut big: Vec<UpstreamEntry> = (0..300)
+            .map(|i| entry(&format!("file:{i}"), 1000 + i))
+            .collect();
+        big.push(entry("file:me", 3128));
+        sink.report(Some(big), Vec::new());
+        assert_eq!(names().len(), 1 + MAX_MEMBERS);
+        assert!(!names().contains(&"file:me".to_string()));
+        let err = router.pool.discovery_status()[0]
+            .last_error
+            .clone()
+            .unwrap();
+        assert!(err.contains("own listener"), "{err}");
+        // A reload keeps the discovered members.
+        router
+            .pool
+            .replace(Vec::new(), cfg.file.pool.clone(), cfg.file.breaker.clone());
+        assert_eq!(names().len(), MAX_MEMBERS);
+    }
+}
