@@ -46,6 +46,17 @@ fn names(v: &[UpstreamEntry]) -> Vec<&str> {
     v.iter().map(|e| e.spec.name.as_str()).collect()
 }
 
+/// Names listed in an event: the first few, then how many more.
+const LISTED: usize = 10;
+
+fn listed(v: &[&str]) -> String {
+    let mut s = v[..v.len().min(LISTED)].join(", ");
+    if v.len() > LISTED {
+        s.push_str(&format!(" and {} more", v.len() - LISTED));
+    }
+    s
+}
+
 impl Sink {
     pub fn new(
         source: &Source,
@@ -119,15 +130,15 @@ impl Sink {
             .collect();
         let mut detail = format!("{}: {} upstreams", self.id, set.len());
         if !added.is_empty() {
-            detail.push_str(&format!("; added {}", added.join(", ")));
+            detail.push_str(&format!("; added {}", listed(&added)));
         }
         if !removed.is_empty() {
-            detail.push_str(&format!("; removed {}", removed.join(", ")));
+            detail.push_str(&format!("; removed {}", listed(&removed)));
         }
         if added.is_empty() && removed.is_empty() {
             detail.push_str("; settings changed");
         }
-        tracing::info!(source = %self.id, upstreams = set.len(), added = ?added, removed = ?removed, "discovery: upstream set changed");
+        tracing::info!(source = %self.id, upstreams = set.len(), added = %listed(&added), removed = %listed(&removed), "discovery: upstream set changed");
         let pool = &self.router.pool;
         pool.events.emit("discovery_update", None, detail);
         metrics::counter!("proxyguard_discovery_updates_total", "source" => self.kind, "id" => self.id.clone()).increment(1);
@@ -305,6 +316,16 @@ mod round_tests {
         big.push(entry("file:me", 3128));
         sink.report(Some(big), Vec::new());
         assert_eq!(names().len(), 1 + MAX_MEMBERS);
+        let recent = router.pool.events.recent();
+        let update = &recent
+            .iter()
+            .rfind(|e| e.kind == "discovery_update")
+            .unwrap()
+            .detail;
+        assert!(
+            update.contains("and 246 more") && update.len() < 400,
+            "{update}"
+        );
         assert!(!names().contains(&"file:me".to_string()));
         let err = router.pool.discovery_status()[0]
             .last_error
