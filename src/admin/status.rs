@@ -43,10 +43,14 @@ impl History {
     pub fn sample<'a>(&self, pools: impl IntoIterator<Item = &'a Pool>) {
         let now = unix_ms(SystemTime::now());
         let Ok(mut per) = self.per.lock() else { return };
-        for m in pools
+        let members: Vec<_> = pools
             .into_iter()
             .flat_map(|p| p.members().iter().cloned().collect::<Vec<_>>())
-        {
+            .collect();
+        // Members removed by a reload or discovery leave the history.
+        let live: std::collections::HashSet<&str> = members.iter().map(|m| m.name()).collect();
+        per.retain(|name, _| live.contains(name.as_str()));
+        for m in members {
             let ok = m.health.successes.load(Ordering::Relaxed);
             let err = m.health.failures.load(Ordering::Relaxed);
             let e = per
