@@ -541,6 +541,34 @@ fn files_edit_add_remove_and_a_broken_file_keeps_its_last_good_set() {
     let (ok, failed) = batch(&proxy, &url, 4);
     assert_eq!((ok, failed), (4, 0), "{}", pg.logs());
 
+    // Visible: `proxyguard status` and the status page (a real browser)
+    // show each member's source and the failing source.
+    let out = proxyguard_run(
+        &["status", "--admin", &admin.to_string()],
+        &[],
+        Duration::from_secs(20),
+    );
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("file:b"))
+        .unwrap_or("");
+    assert!(row.split_whitespace().nth(1) == Some("file"), "{out:?}");
+    assert!(
+        out.stdout.contains("discovery file:")
+            && out.stdout.contains("FAILING (keeping its last set)"),
+        "{out:?}"
+    );
+    let dom = support::browser::chromium_dom(&format!("http://{admin}/"));
+    assert!(
+        dom.contains("data-upstream=\"file:a\"") && dom.contains("from file"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("data-discovery=\"file:") && dom.contains("failing, keeping its last set"),
+        "{dom}"
+    );
+
     // remove
     std::fs::remove_file(&b).unwrap();
     wait_status(admin, "file removed -> member gone", &pg, |st| {
