@@ -207,8 +207,13 @@ impl Discover for Dns {
                     .and_then(|(found, until)| entries(&self.spec, &found).map(|e| (e, until)))
                 {
                     Ok((set, until)) => {
+                        // No records is kept like a failure: retried as one.
+                        let left = if set.is_empty() {
+                            RETRY_AFTER_ERROR
+                        } else {
+                            until.saturating_duration_since(Instant::now())
+                        };
                         sink.report(Some(set), Vec::new());
-                        let left = until.saturating_duration_since(Instant::now());
                         next_refresh(self.spec.interval, left)
                     }
                     Err(e) => {

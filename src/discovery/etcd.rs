@@ -18,6 +18,8 @@ use crate::shutdown::Shutdown;
 
 /// Largest value read as an entry.
 const MAX_VALUE: usize = 64 * 1024;
+/// Most keys followed under the prefix (entries beyond are reported).
+pub const MAX_KEYS: usize = 4 * MAX_MEMBERS;
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -37,21 +39,26 @@ impl Etcd {
 pub struct Keys {
     good: BTreeMap<String, UpstreamEntry>,
     bad: BTreeMap<String, String>,
+    /// A key was ignored because [`MAX_KEYS`] were followed already.
+    overflow: bool,
 }
 
 impl Keys {
     /// Applies a put. A garbage value keeps the key's last good entry.
     pub fn put(&mut self, prefix: &str, key: &[u8], value: &[u8]) {
         let key = String::from_utf8_lossy(key).into_owned();
+        let known = self.good.contains_key(&key) || self.bad.contains_key(&key);
+        if !known && self.good.len() + self.bad.len() >= MAX_KEYS {
+            self.overflow = true;
+            return;
+        }
         match parse(prefix, &key, value) {
             Ok(e) => {
                 self.bad.remove(&key);
                 self.good.insert(key, e);
             }
             Err(msg) => {
-                if self.bad.len() < MAX_MEMBERS || self.bad.contains_key(&key) {
-                    self.bad.insert(key.clone(), format!("key {key:?}: {msg}"));
-                }
+                self.bad.insert(key.clone(), format!("key {key:?}: {msg}"));
             }
         }
     }
@@ -66,6 +73,12 @@ impl Keys {
     pub fn round(&self) -> (Vec<UpstreamEntry>, Vec<String>) {
         let mut set: Vec<UpstreamEntry> = Vec::new();
         let mut errors: Vec<String> = self.bad.values().cloned().collect();
+        if self.overflow {
+            errors.insert(
+                0,
+                format!("more than {MAX_KEYS} keys under the prefix: the rest are ignored"),
+            );
+        }
         for (k, e) in &self.good {
             if set.iter().any(|s| s.spec.name == e.spec.name) {
                 errors.push(format!(
@@ -136,7 +149,10 @@ impl Etcd {
             Err(e) => return End::Lost(format!("cannot connect: {e}")),
         };
         let got = match client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_limit(MAX_KEYS as i64)),
+            )
             .await
         {
             Ok(g) => g,
@@ -146,6 +162,9 @@ impl Etcd {
         let mut keys = Keys::default();
         for kv in got.kvs() {
             keys.put(prefix, kv.key(), kv.value());
+        }
+        if got.more() {
+            keys.overflow = true;
         }
         let (set, errors) = keys.round();
         sink.report(Some(set), errors);
@@ -262,5 +281,21 @@ mod tests {
         let (set, errors) = k.round();
         assert_eq!(set.len(), 1);
         assert!(errors.iter().any(|e| e.contains("duplicate")), "{errors:?}");
+    }
+
+    #[test]
+    fn keys_beyond_the_bound_are_ignored_and_reported() {
+        let p = "/p/";
+        let mut k = Keys::default();
+        for i in 0..MAX_KEYS + 5 {
+            let v = format!("{{\"url\":\"http://127.0.0.1:{}\"}}", 1000 + i);
+            k.put(p, format!("/p/{i:05}").as_bytes(), v.as_bytes());
+        }
+        let (set, errors) = k.round();
+        assert_eq!(set.len(), MAX_KEYS);
+        assert!(errors[0].contains("more than"), "{errors:?}");
+        // A key already followed still updates.
+        k.put(p, b"/p/00000", br#"{"url":"http://127.0.0.1:9"}"#);
+        assert_eq!(k.round().0[0].spec.port, 9);
     }
 }

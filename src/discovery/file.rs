@@ -27,6 +27,9 @@ pub struct Files {
 
 #[derive(Debug, Default)]
 struct FileState {
+    /// Size and modification time last read: unchanged, the file is not
+    /// read again.
+    stamp: Option<(u64, std::time::SystemTime)>,
     /// The contents last parsed (re-parsed only when they change).
     seen: Vec<u8>,
     parsed: bool,
@@ -139,7 +142,22 @@ impl Files {
         self.per.retain(|p, _| paths.contains(p));
         for p in &paths {
             let st = self.per.entry(p.clone()).or_default();
-            let read = std::fs::metadata(p).and_then(|m| {
+            let meta = std::fs::metadata(p);
+            let stamp = meta
+                .as_ref()
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            // A file changed within the last 2 s is read anyway: a coarse
+            // mtime could hide a same-size rewrite in the same tick.
+            let settled = stamp.is_some_and(|(_, t)| {
+                t.elapsed()
+                    .is_ok_and(|age| age > std::time::Duration::from_secs(2))
+            });
+            if st.parsed && settled && stamp == st.stamp {
+                continue;
+            }
+            st.stamp = stamp;
+            let read = meta.and_then(|m| {
                 if m.len() > MAX_FILE {
                     Err(std::io::Error::other(format!(
                         "larger than {MAX_FILE} bytes"
