@@ -284,4 +284,28 @@ mod tests {
         assert_eq!(next_refresh(s(2), s(300)), s(2));
         assert_eq!(next_refresh(s(30), s(0)), MIN_INTERVAL);
     }
+
+    #[test]
+    fn no_data_is_empty_but_servfail_refused_and_timeouts_fail() {
+        use hickory_resolver::proto::op::Query;
+        let answer = |rc: ResponseCode| -> ResolveError {
+            ResolveErrorKind::NoRecordsFound {
+                query: Box::new(Query::default()),
+                soa: None,
+                negative_ttl: None,
+                response_code: rc,
+                trusted: true,
+            }
+            .into()
+        };
+        assert!(no_records("a.test", "A", answer(ResponseCode::NXDomain)).is_ok());
+        assert!(no_records("a.test", "A", answer(ResponseCode::NoError)).is_ok());
+        let e = no_records("a.test", "A", answer(ResponseCode::ServFail)).unwrap_err();
+        assert!(
+            e.contains("a.test A") && e.contains("Server Failure"),
+            "{e}"
+        );
+        assert!(no_records("a.test", "A", answer(ResponseCode::Refused)).is_err());
+        assert!(no_records("a.test", "A", ResolveError::from("request timed out")).is_err());
+    }
 }
