@@ -32,6 +32,9 @@ pub const KINDS: &[&str] = &[
     "auth_ban",
     "fleet_connected",
     "fleet_disconnected",
+    "discovery_update",
+    "discovery_error",
+    "discovery_recovered",
 ];
 
 pub struct EventBus {

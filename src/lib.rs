@@ -11,6 +11,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod doctor;
 pub mod events;
 pub mod fleet;

@@ -53,6 +53,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     crate::admin::alerts::spawn(cfg.file.alert.clone(), router.clone(), shutdown.clone());
     let fleet = (cfg.fleet.as_ref())
         .map(|f| crate::fleet::spawn(f.clone(), router.clone(), shutdown.clone()));
+    crate::discovery::start(cfg, router.clone(), shutdown.clone()).await;
     let routes = crate::reverse::start(cfg, router.clone(), shutdown.clone()).await?;
     routes.iter().for_each(|(a, _)| state.own.add(*a));
     let Bound {
@@ -72,7 +73,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
             "upstream"
         );
     }
-    if cfg.upstreams.is_empty() {
+    if cfg.upstreams.is_empty() && cfg.discovery.is_empty() {
         tracing::info!("no upstreams configured: connecting directly");
     }
     let mut admin_addr = None;

@@ -20,6 +20,21 @@ pub enum Kind {
 /// `proxyguard_*` name used in the sources is listed here.
 pub const FAMILIES: &[(&str, Kind, &str)] = &[
     (
+        "proxyguard_discovery_members",
+        Kind::Gauge,
+        "Upstreams a [[discovery]] source contributes now (its last good set), by source kind and id.",
+    ),
+    (
+        "proxyguard_discovery_errors_total",
+        Kind::Counter,
+        "Discovery source errors (unreachable, garbage, broken file), by source kind and id; a failure repeating unchanged counts once.",
+    ),
+    (
+        "proxyguard_discovery_updates_total",
+        Kind::Counter,
+        "Changes of a [[discovery]] source's upstream set applied to the pool, by source kind and id.",
+    ),
+    (
         "proxyguard_alerts_total",
         Kind::Counter,
         "Alert notifications sent, by event kind.",

@@ -43,10 +43,14 @@ impl History {
     pub fn sample<'a>(&self, pools: impl IntoIterator<Item = &'a Pool>) {
         let now = unix_ms(SystemTime::now());
         let Ok(mut per) = self.per.lock() else { return };
-        for m in pools
+        let members: Vec<_> = pools
             .into_iter()
             .flat_map(|p| p.members().iter().cloned().collect::<Vec<_>>())
-        {
+            .collect();
+        // Members removed by a reload or discovery leave the history.
+        let live: std::collections::HashSet<&str> = members.iter().map(|m| m.name()).collect();
+        per.retain(|name, _| live.contains(name.as_str()));
+        for m in members {
             let ok = m.health.successes.load(Ordering::Relaxed);
             let err = m.health.failures.load(Ordering::Relaxed);
             let e = per
@@ -95,6 +99,8 @@ pub struct UpstreamStatus {
     pub url: String,
     pub zone: Option<String>,
     pub priority: i32,
+    /// Where the member came from: config, dns, etcd, file, env or route.
+    pub source: String,
     /// healthy | ejected | down | breaker_open | half_open
     pub state: String,
     pub breaker: String,
@@ -153,6 +159,8 @@ pub struct Status {
     pub routes: Vec<RouteStatus>,
     pub counters: PoolCounters,
     pub events: Vec<crate::events::Event>,
+    /// `[[discovery]]` sources (empty without any).
+    pub discovery: Vec<crate::discovery::SourceStatus>,
 }
 
 fn member_status(m: &Member, history: &History) -> UpstreamStatus {
@@ -161,6 +169,7 @@ fn member_status(m: &Member, history: &History) -> UpstreamStatus {
         url: m.spec().redacted_url(),
         zone: m.entry.zone.clone(),
         priority: m.entry.priority,
+        source: crate::discovery::source_of(&m.entry.origin).to_string(),
         state: m.health.state().as_str().to_string(),
         breaker: m.health.breaker_state().as_str().to_string(),
         ewma_ms: m
@@ -239,5 +248,6 @@ pub fn build(
             ejections: s.ejections.load(Ordering::Relaxed),
         },
         events: router.pool.events.recent(),
+        discovery: router.pool.discovery_status(),
     }
 }

@@ -5,8 +5,8 @@ use serde_json::Value;
 
 fn header(first: &str) -> String {
     format!(
-        "{:<24} {:<16} {:<10} {:>5} {:>9} {:>8} {:>8}  last error\n",
-        first, "state", "breaker", "fleet", "latency", "ok", "failed"
+        "{:<24} {:<7} {:<16} {:<10} {:>5} {:>9} {:>8} {:>8}  last error\n",
+        first, "source", "state", "breaker", "fleet", "latency", "ok", "failed"
     )
 }
 
@@ -25,8 +25,9 @@ fn row(u: &Value) -> String {
         _ => "-".into(),
     };
     format!(
-        "{:<24} {:<16} {:<10} {:>5} {:>9} {:>8} {:>8}  {}\n",
+        "{:<24} {:<7} {:<16} {:<10} {:>5} {:>9} {:>8} {:>8}  {}\n",
         u["name"].as_str().unwrap_or("?"),
+        u["source"].as_str().unwrap_or("-"),
         state,
         u["breaker"].as_str().unwrap_or("?"),
         fleet,
@@ -34,6 +35,23 @@ fn row(u: &Value) -> String {
         u["successes"].as_u64().unwrap_or(0),
         u["failures"].as_u64().unwrap_or(0),
         u["last_error"]["message"].as_str().unwrap_or("")
+    )
+}
+
+/// One `[[discovery]]` source: its set size and whether it answers.
+fn discovery_line(d: &Value) -> String {
+    let state = if d["ok"].as_bool().unwrap_or(false) {
+        "ok".to_string()
+    } else {
+        format!(
+            "FAILING (keeping its last set): {}",
+            d["last_error"].as_str().unwrap_or("?")
+        )
+    };
+    format!(
+        "discovery {} · {} upstreams · {state}\n",
+        d["id"].as_str().unwrap_or("?"),
+        d["members"].as_u64().unwrap_or(0)
     )
 }
 
@@ -55,6 +73,9 @@ pub fn render(v: &Value) -> String {
         for u in &ups {
             out.push_str(&row(u));
         }
+    }
+    for d in v["discovery"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&discovery_line(&d));
     }
     for r in v["routes"].as_array().cloned().unwrap_or_default() {
         out.push_str(&format!(
@@ -88,7 +109,11 @@ mod tests {
         let v = serde_json::json!({
             "version": "0.1.0", "uptime_s": 3, "strategy": "failover", "can_serve": true,
             "upstreams": [{"name": "corp", "state": "healthy", "breaker": "closed",
-                           "ewma_ms": 1.25, "successes": 4, "failures": 0}],
+                           "ewma_ms": 1.25, "successes": 4, "failures": 0, "source": "config"},
+                          {"name": "etcd:b", "state": "healthy", "breaker": "closed",
+                           "successes": 0, "failures": 0, "source": "etcd"}],
+            "discovery": [{"id": "etcd:/pg/", "kind": "etcd", "members": 1, "ok": false,
+                           "last_error": "connection lost"}],
             "routes": [{"listen": "127.0.0.1:8443", "via": "direct", "local_zone": "a",
                         "can_serve": true,
                         "backends": [{"name": "http://10.0.0.1:80", "state": "ejected",
@@ -97,6 +122,14 @@ mod tests {
         });
         let t = render(&v);
         assert!(t.contains("corp ") && t.contains("1.2ms"), "{t}");
+        assert!(
+            t.contains(" config ") && t.contains("etcd:b") && t.contains(" etcd "),
+            "{t}"
+        );
+        assert!(
+            t.contains("discovery etcd:/pg/ · 1 upstreams · FAILING (keeping its last set): connection lost"),
+            "{t}"
+        );
         assert!(
             t.contains("route 127.0.0.1:8443 · via direct · local zone a · serving"),
             "{t}"
@@ -120,6 +153,10 @@ mod tests {
         let line = t.lines().find(|l| l.starts_with("u1 ")).unwrap_or_default();
         assert!(line.contains("ejected:fleet"), "{t}");
         let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cols.get(3), Some(&"2"), "fleet column: {t}");
+        assert_eq!(
+            cols.get(4),
+            Some(&"2"),
+            "fleet column (after source, state, breaker): {t}"
+        );
     }
 }

@@ -116,6 +116,8 @@ pub struct Config {
     pub source_name: String,
     /// The file to re-read on reload (None for zero-config).
     pub path: Option<std::path::PathBuf>,
+    /// `[[discovery]]` sources (config/discovery.rs).
+    pub discovery: Vec<super::discovery::Source>,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -277,6 +279,7 @@ impl Config {
         sections::routes(&cx, &file, &admission.allow)?;
         sections::no_open_proxy(&cx, &file, &listeners, &admission)?;
         let fleet = super::fleet::validate(&cx, &file)?;
+        let discovery = super::discovery::validate(&cx, &file)?;
         let t = &file.timeouts;
         let cfg = Config {
             listeners,
@@ -308,6 +311,7 @@ impl Config {
             file,
             source_name: source.to_string(),
             path: None,
+            discovery,
         };
         cfg.check_loops()?;
         Ok(cfg)

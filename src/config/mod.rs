@@ -2,6 +2,7 @@
 //! environment with Go's semantics.
 
 pub mod adaptive;
+pub mod discovery;
 pub mod duration;
 pub mod env;
 pub mod fleet;

@@ -35,6 +35,9 @@ pub struct FileConfig {
     /// Fleet health through etcd: see docs/fleet-health.md.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<super::fleet::FleetConfig>,
+    /// Upstream sets learnt at run time: see docs/fleet.md.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub discovery: Vec<super::discovery::DiscoveryConfig>,
 }
 
 /// A reverse-proxy route: a local listener forwarding to backends in zones.
@@ -225,6 +228,7 @@ impl Default for FileConfig {
             route: Vec::new(),
             acl: Default::default(),
             fleet: None,
+            discovery: Vec::new(),
         }
     }
 }

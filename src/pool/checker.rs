@@ -147,6 +147,10 @@ pub fn spawn(router: Arc<Router>, cfg: HealthConfig, checks: Checks, shutdown: S
                     );
                 });
             }
+            // Members removed by a reload or discovery leave the schedule.
+            let members = router.pool.members();
+            let live: std::collections::HashSet<&str> = members.iter().map(|m| m.name()).collect();
+            next.retain(|name, _| live.contains(name.as_str()));
         }
     });
 }

@@ -139,10 +139,13 @@ pub struct Pool {
     degraded: std::sync::atomic::AtomicBool,
     /// Where this gateway's own verdicts go with `[fleet]` (pool/fleet.rs).
     fleet_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<fleet::Verdict>>,
+    /// Static and discovered entries, composed into `members`.
+    sets: crate::discovery::Sets,
 }
 
 impl Pool {
     pub fn new(entries: Vec<UpstreamEntry>, cfg: PoolConfig, breaker: BreakerConfig) -> Self {
+        let sets = crate::discovery::Sets::new(entries.clone());
         let members = entries
             .into_iter()
             .map(|entry| Member::new(entry, &breaker))
@@ -161,6 +164,7 @@ impl Pool {
             all_down: std::sync::atomic::AtomicBool::new(false),
             degraded: std::sync::atomic::AtomicBool::new(false),
             fleet_sink: std::sync::OnceLock::new(),
+            sets,
         }
     }
 
@@ -173,12 +177,38 @@ impl Pool {
         self.cfg.load_full()
     }
 
-    /// Replaces the upstream set (reload, discovery). A member whose whole
-    /// entry is unchanged (and the `[breaker]` settings too) keeps its health
-    /// and counters; any other is new, so every changed setting applies and
-    /// its pooled connections are never reused. Requests already holding a
-    /// replaced member finish on it (the old snapshot lives while used).
+    /// Replaces the static upstream set (reload); discovered members stay.
+    /// A member whose whole entry is unchanged (and the `[breaker]` settings
+    /// too) keeps its health and counters; any other is new, so every
+    /// changed setting applies and its pooled connections are never reused.
+    /// Requests already holding a replaced member finish on it (the old
+    /// snapshot lives while used).
     pub fn replace(&self, entries: Vec<UpstreamEntry>, cfg: PoolConfig, breaker: BreakerConfig) {
+        self.sets
+            .set_config(entries, |all| self.store(all, cfg, breaker));
+    }
+
+    /// Replaces the set one discovery source contributes (`id` as in
+    /// `[[discovery]]`), by the same identity rule as [`Pool::replace`].
+    pub fn set_source(&self, id: &str, kind: &'static str, entries: Vec<UpstreamEntry>) {
+        self.sets.set_source(id, kind, entries, |all| {
+            let cfg = (*self.cfg.load_full()).clone();
+            let breaker = (*self.breaker.load_full()).clone();
+            self.store(all, cfg, breaker)
+        });
+    }
+
+    /// Records a discovery source's health (its last error, if failing).
+    pub fn note_source(&self, id: &str, kind: &'static str, error: Option<String>) {
+        self.sets.note(id, kind, error);
+    }
+
+    /// Every discovery source's status, in config order.
+    pub fn discovery_status(&self) -> Vec<crate::discovery::SourceStatus> {
+        self.sets.status()
+    }
+
+    fn store(&self, entries: Vec<UpstreamEntry>, cfg: PoolConfig, breaker: BreakerConfig) {
         let old = self.members();
         let same_breaker = **self.breaker.load() == breaker;
         let members: Vec<Arc<Member>> = entries

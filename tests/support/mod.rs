@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod discovery_peers;
 pub mod doctor_peers;
 pub mod etcd;
 pub mod faults;
