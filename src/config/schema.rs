@@ -74,6 +74,10 @@ pub struct RouteConfig {
     /// Time to the backend's response head.
     #[serde(default = "ten_s")]
     pub timeout: Dur,
+    /// Treat every call as gRPC (also detected per request by
+    /// `content-type: application/grpc`): see docs/protocols-reverse.md.
+    #[serde(default)]
+    pub grpc: bool,
 }
 
 fn via_direct() -> String {
@@ -95,6 +99,9 @@ pub struct BackendConfig {
     pub max_fails: u32,
     #[serde(default = "ten_s")]
     pub fail_timeout: Dur,
+    /// Active health check: `connect` (default) or `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<super::route_protocols::BackendCheck>,
 }
 
 /// Sign every forwarded request.
@@ -132,6 +139,9 @@ pub struct RouteFallback {
     pub max_body: usize,
     #[serde(default = "thousand")]
     pub max_entries: usize,
+    /// `http1`: speak HTTP/1.1 to a backend that fails over HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<super::route_protocols::FallbackProtocol>,
 }
 
 fn status_503() -> u16 {

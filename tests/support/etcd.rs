@@ -103,8 +103,12 @@ impl Etcd {
         let deadline = Instant::now() + PEER_START_TIMEOUT;
         loop {
             let mut cmd = Command::new("etcdctl");
-            cmd.env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.endpoint(), "endpoint", "health"]);
+            cmd.env("ETCDCTL_API", "3").args([
+                "--endpoints",
+                &self.endpoint(),
+                "endpoint",
+                "health",
+            ]);
             if run_cmd(cmd, Duration::from_secs(10)).code == 0 {
                 return;
             }

@@ -8,9 +8,10 @@
 #![allow(dead_code)]
 
 pub mod browser;
-pub mod etcd;
 pub mod doctor_peers;
+pub mod etcd;
 pub mod faults;
+pub mod grpc;
 pub mod hey;
 pub mod rawclient;
 
