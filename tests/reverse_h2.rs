@@ -247,6 +247,14 @@ fn http1_only_backend_behind_an_h2_route_falls_back_and_logs_once() {
         "{st}"
     );
 
+    // A [route.fallback] with only `protocol` keeps the 502 when nothing serves.
+    let mut nginx = nginx;
+    nginx.child.kill9();
+    let r = curl(&[&format!("http://{listen}/small")]);
+    assert_eq!(r.status, 502, "{r:?}");
+    let nginx = Nginx::start();
+    let h2c = nginx.url().replacen("http://", "h2c://", 1);
+
     // Without the fallback the same backend fails: h2 is all the route tries.
     let (listen2, admin2) = (free_addr(), free_addr());
     let _pg2 = Proxyguard::start(&route(listen2, admin2, &h2c, ""));

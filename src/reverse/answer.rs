@@ -48,6 +48,16 @@ pub(super) fn grpc_error(code: GrpcCode, msg: &str) -> Response<RespBody> {
     r
 }
 
+/// Whether `[route.fallback]` sets an answer: a table that only names a
+/// `protocol` keeps the 502.
+fn answers(fb: &crate::config::schema::RouteFallback) -> bool {
+    let protocol_only = fb.protocol.is_some()
+        && fb.cache_get.is_none()
+        && fb.body.is_empty()
+        && fb.status == 503;
+    !protocol_only
+}
+
 fn proxy_status(why: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!(
         "proxyguard; error=destination_unavailable; details=\"{}\"",
@@ -69,7 +79,7 @@ impl ReverseRoute {
     ) -> Response<RespBody> {
         tracing::warn!(target: "access", kind = "reverse", client = %peer, duration_ms = started.elapsed().as_millis() as u64, error = %why, "no backend could serve");
         let ps = proxy_status(&why);
-        let mut r = match &self.cfg.fallback {
+        let mut r = match self.cfg.fallback.as_ref().filter(|fb| answers(fb)) {
             Some(fb) => {
                 if let (Some(age), true, Some(key)) = (fb.cache_get, *method == Method::GET, key) {
                     if let Some((status, headers, body, stored)) = self.cache.get(key, age.0) {
