@@ -51,10 +51,8 @@ pub(super) fn grpc_error(code: GrpcCode, msg: &str) -> Response<RespBody> {
 /// Whether `[route.fallback]` sets an answer: a table that only names a
 /// `protocol` keeps the 502.
 fn answers(fb: &crate::config::schema::RouteFallback) -> bool {
-    let protocol_only = fb.protocol.is_some()
-        && fb.cache_get.is_none()
-        && fb.body.is_empty()
-        && fb.status == 503;
+    let protocol_only =
+        fb.protocol.is_some() && fb.cache_get.is_none() && fb.body.is_empty() && fb.status == 503;
     !protocol_only
 }
 
