@@ -317,23 +317,10 @@ impl ReverseRoute {
                 | Method::DELETE
                 | Method::TRACE
         );
-        let size = body.size_hint().exact();
-        let buffer =
-            body.is_end_stream() || size.is_some_and(|n| n as usize <= self.cfg.retry_body_limit);
-        let (mut buffered, mut stream) = (None, None);
-        if buffer {
-            match body.collect().await {
-                Ok(b) => buffered = Some(b.to_bytes()),
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        &format!("proxyguard: cannot read request body: {e}"),
-                    )
-                }
-            }
-        } else {
-            stream = Some(body);
-        }
+        let (buffered, mut stream) = match self.read_body(body).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
         if self.cfg.sign.is_some() {
             let Some(b) = &buffered else {
                 return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("proxyguard: bodies over route.retry_body_limit ({} bytes) cannot be signed", self.cfg.retry_body_limit));
@@ -425,37 +412,9 @@ impl ReverseRoute {
             }
             self.pool.report_success(m, t0.elapsed());
             tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status, duration_ms = started.elapsed().as_millis() as u64, "request");
-            let (mut rp, rb) = resp.into_parts();
-            strip_hop_by_hop(&mut rp.headers);
-            // Remember good GETs for the fallback.
-            if let Some(fb) = &self.cfg.fallback {
-                if fb.cache_get.is_some()
-                    && parts.method == Method::GET
-                    && status == 200
-                    && cacheable_request
-                    && cache::response_may_be_stored(&rp.headers)
-                {
-                    let small = rb
-                        .size_hint()
-                        .exact()
-                        .is_some_and(|n| n as usize <= fb.max_body);
-                    if small {
-                        return match rb.collect().await {
-                            Ok(b) => {
-                                let b = b.to_bytes();
-                                self.cache
-                                    .put(cache_key, rp.status, rp.headers.clone(), b.clone());
-                                Response::from_parts(rp, full_body(b))
-                            }
-                            Err(e) => text(
-                                StatusCode::BAD_GATEWAY,
-                                &format!("proxyguard: backend body failed: {e}"),
-                            ),
-                        };
-                    }
-                }
-            }
-            return Response::from_parts(rp, incoming_body(rb));
+            return self
+                .pass_on(&parts.method, resp, cache_key, cacheable_request)
+                .await;
         }
         self.fallback(
             &parts.method,
@@ -464,6 +423,69 @@ impl ReverseRoute {
             peer,
             started,
         )
+    }
+
+    /// A body known to be small (or empty) is read whole, so that it can be
+    /// sent again; a larger one streams.
+    async fn read_body(
+        &self,
+        body: Incoming,
+    ) -> Result<(Option<Bytes>, Option<Incoming>), Response<RespBody>> {
+        let size = body.size_hint().exact();
+        let buffer =
+            body.is_end_stream() || size.is_some_and(|n| n as usize <= self.cfg.retry_body_limit);
+        if !buffer {
+            return Ok((None, Some(body)));
+        }
+        match body.collect().await {
+            Ok(b) => Ok((Some(b.to_bytes()), None)),
+            Err(e) => Err(text(
+                StatusCode::BAD_REQUEST,
+                &format!("proxyguard: cannot read request body: {e}"),
+            )),
+        }
+    }
+
+    /// The backend's answer to the client; a good GET is also remembered
+    /// for the fallback.
+    async fn pass_on(
+        &self,
+        method: &Method,
+        resp: Response<Incoming>,
+        cache_key: String,
+        cacheable_request: bool,
+    ) -> Response<RespBody> {
+        let status = resp.status().as_u16();
+        let (mut rp, rb) = resp.into_parts();
+        strip_hop_by_hop(&mut rp.headers);
+        let Some(fb) = &self.cfg.fallback else {
+            return Response::from_parts(rp, incoming_body(rb));
+        };
+        let small = rb
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n as usize <= fb.max_body);
+        if !(fb.cache_get.is_some()
+            && *method == Method::GET
+            && status == 200
+            && cacheable_request
+            && cache::response_may_be_stored(&rp.headers)
+            && small)
+        {
+            return Response::from_parts(rp, incoming_body(rb));
+        }
+        match rb.collect().await {
+            Ok(b) => {
+                let b = b.to_bytes();
+                self.cache
+                    .put(cache_key, rp.status, rp.headers.clone(), b.clone());
+                Response::from_parts(rp, full_body(b))
+            }
+            Err(e) => text(
+                StatusCode::BAD_GATEWAY,
+                &format!("proxyguard: backend body failed: {e}"),
+            ),
+        }
     }
 }
 
