@@ -255,14 +255,23 @@ where
 
     /// The most recently used live connection for `key`.
     pub fn checkout(&self, key: &K) -> Option<C> {
+        self.checkout_within(key, self.idle_timeout).map(|(c, _)| c)
+    }
+
+    /// The most recently used live connection for `key` idle for less than
+    /// `max_idle` (and the pool's own timeout), with how long it was idle.
+    /// Older ones for `key` are dropped: nobody else may use them.
+    pub fn checkout_within(&self, key: &K, max_idle: Duration) -> Option<(C, Duration)> {
+        let max_idle = max_idle.min(self.idle_timeout);
         let mut g = self.lock();
         let inner = &mut *g;
         let list = inner.map.get_mut(key)?;
         let mut found = None;
         while let Some(e) = list.pop() {
             inner.total -= 1;
-            if e.since.elapsed() < self.idle_timeout && e.conn.usable() {
-                found = Some(e.conn);
+            let age = e.since.elapsed();
+            if age < max_idle && e.conn.usable() {
+                found = Some((e.conn, age));
                 break;
             }
         }
@@ -427,6 +436,21 @@ mod tests {
         flag.store(false, Ordering::Relaxed);
         assert!(conns.get(&1).is_none());
         assert!(conns.is_empty(), "a closed one is dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkout_within_a_shorter_limit_reports_the_age() {
+        let pool: IdlePool<u32, Stub> = IdlePool::new(4, 100, Duration::from_secs(60));
+        pool.checkin(1, open());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, age) = pool
+            .checkout_within(&1, Duration::from_secs(5))
+            .expect("younger than 5s");
+        assert_eq!(age, Duration::from_secs(3));
+        pool.checkin(1, open());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(pool.checkout_within(&1, Duration::from_secs(2)).is_none());
+        assert_eq!(pool.len(), 0, "the too-old connection was dropped");
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,4 +26,6 @@ pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod signer;
+pub mod tcp_keepalive;
+pub mod tls_acceptor;
 pub mod upstream;

@@ -8,12 +8,18 @@ use crate::inbound::{self, State};
 use crate::route::Router;
 
 use crate::shutdown::Shutdown;
+use crate::tls_acceptor::{reload_all, ServerTls, ALPN_HTTP11};
 
 /// Errors that stop `serve` from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("{0}")]
     Route(String),
+    #[error("listener {addr}: {source}")]
+    Tls {
+        addr: std::net::SocketAddr,
+        source: crate::tls_acceptor::TlsSetupError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -27,6 +33,8 @@ pub struct Running {
     pub addrs: Vec<std::net::SocketAddr>,
     pub admin: Option<std::net::SocketAddr>,
     pub routes: Vec<(std::net::SocketAddr, Arc<crate::reverse::ReverseRoute>)>,
+    /// Certificates of the TLS listeners, re-read on reload.
+    pub tls: Arc<Vec<Arc<ServerTls>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: std::time::Duration,
 }
@@ -47,7 +55,19 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     routes.iter().for_each(|(a, _)| state.own.add(*a));
     let mut tasks = Vec::new();
     let mut addrs = Vec::new();
+    let mut tls_all = Vec::new();
     for l in &cfg.listeners {
+        let tls = match &l.tls {
+            Some(files) => Some(
+                ServerTls::load(files.clone(), ALPN_HTTP11).map_err(|source| ServeError::Tls {
+                    addr: l.addr,
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        tls_all.extend(tls.clone());
+        warn_clear_credentials(cfg, l);
         let listener = inbound::bind(l.addr)
             .await
             .map_err(|source| ServeError::Bind {
@@ -56,13 +76,15 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
             })?;
         let local = listener.local_addr().unwrap_or(l.addr);
         addrs.push(local);
-        tracing::info!(addr = %local, protocol = ?l.protocol, "listening");
+        tracing::info!(addr = %local, protocol = ?l.protocol, tls = l.tls.is_some(), "listening");
         tasks.push(tokio::spawn(inbound::serve_listener(
             listener,
             l.protocol,
+            tls,
             state.clone(),
         )));
     }
+    let tls_all = Arc::new(tls_all);
     for u in &cfg.upstreams {
         tracing::info!(
             upstream = %u.spec.name,
@@ -87,9 +109,13 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
                 let path = cfg.path.clone();
                 let r2 = router.clone();
                 let started_with = Arc::new(cfg.clone());
+                let certs = tls_all.clone();
                 let reloader: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>> =
                     path.clone().map(|p| {
-                        Arc::new(move || reload(&r2, &p, &started_with))
+                        Arc::new(move || {
+                            reload_all(&certs);
+                            reload(&r2, &p, &started_with)
+                        })
                             as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
                     });
                 let admin = Arc::new(crate::admin::Admin {
@@ -129,9 +155,22 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
         addrs,
         admin: admin_addr,
         routes,
+        tls: tls_all,
         tasks,
         grace: cfg.shutdown_grace,
     })
+}
+
+/// Basic credentials (and SOCKS5 passwords) sent to a listener other
+/// machines can reach travel in clear unless the listener speaks TLS.
+fn warn_clear_credentials(cfg: &Config, l: &crate::config::Listener) {
+    if !l.addr.ip().is_loopback() && !cfg.admission.users.is_empty() && l.tls.is_none() {
+        tracing::warn!(
+            addr = %l.addr,
+            "listener {} is not loopback and [auth] users is set, but it has no TLS: clients' proxy credentials travel in clear; use protocol = \"https\" (or \"mixed\") with cert and key",
+            l.addr
+        );
+    }
 }
 
 /// Sections a reload applies at once; every other one needs a restart.
@@ -273,6 +312,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     #[cfg(unix)]
     if let Some(path) = cfg.path.clone() {
         let router = running.state.router.clone();
+        let certs = running.tls.clone();
         let started_with = cfg.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
@@ -281,6 +321,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading {}", path.display());
+                reload_all(&certs);
                 let _ = reload(&router, &path, &started_with);
             }
         });

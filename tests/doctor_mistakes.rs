@@ -278,3 +278,32 @@ fn https_proxy_needs_its_ca_and_proxy_cacert_adds_it() {
     ]);
     expect_cause(&d, "tls_cert_untrusted");
 }
+
+/// The same mistake in `serve`: an `https://` upstream whose port speaks
+/// plain HTTP. tinyproxy waits for a line the ClientHello never completes,
+/// so only a timeout can find it — the client's 504 says what it means.
+#[test]
+fn serve_names_an_https_upstream_on_a_plain_http_port() {
+    let tiny = Tinyproxy::start(TinyOpts::default());
+    let listen = free_addr();
+    let pg = Proxyguard::start(&format!(
+        "bypass_loopback = false\n[[listen]]\naddr = \"{listen}\"\n\n\
+         [[upstream]]\nname = \"tp\"\nurl = \"https://{}\"\n\n\
+         [timeouts]\ntls = \"1s\"\n[pool]\nconnect_deadline = \"10s\"\n",
+        tiny.addr()
+    ));
+    let r = curl(&[
+        "-s",
+        "-i",
+        "-x",
+        &format!("http://{listen}"),
+        "http://127.0.0.1:9/",
+    ]);
+    assert_eq!(r.status, 504, "{}\n{}", r.body, pg.logs());
+    let head = r.body.to_ascii_lowercase();
+    assert!(
+        head.contains("proxy_tls timed out") && head.contains("use http://"),
+        "{}",
+        r.body
+    );
+}

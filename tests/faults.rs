@@ -544,3 +544,67 @@ fn one_down_event_per_outage_and_no_false_recovery() {
     );
     assert_eq!(events("upstream_down"), 1);
 }
+
+/// The rest of the matrix's columns on the first upstream — accept+close,
+/// +300 ms latency, a slow drip — and the SOCKS5 row (a half-dead SOCKS5
+/// upstream first): a healthy second upstream serves everything the first
+/// cannot, and a slow-but-working path still delivers complete answers.
+#[test]
+fn accept_close_latency_drip_and_half_dead_socks_cost_no_request() {
+    let _g = serial();
+    let nginx = Nginx::start();
+    let small = format!("{}/small", nginx.url());
+    let tls_small = format!("{}/small", nginx.https_url());
+    let t = Tinyproxy::many(2);
+    for (fault, name) in [
+        (Fault::AcceptClose, "accept+close"),
+        (Fault::Latency(Duration::from_millis(300)), "+300 ms"),
+        (Fault::Drip(1024), "slow drip 1 KB/s"),
+    ] {
+        let first = FaultRelay::start(t[0].addr(), fault);
+        let gw = Gw::start(&[first.url("http"), t[1].url()], "");
+        let h = hey(&gw.proxy(), &small, 100, 5, &["-disable-keepalive"]);
+        cell("plain GET new conn", name, &h, "");
+        assert_all_ok(&h, 100, name, &gw);
+        let h = hey(&gw.proxy(), &tls_small, 100, 5, &[]);
+        cell("CONNECT (hey, https)", name, &h, "");
+        assert_all_ok(&h, 100, name, &gw);
+        // Whatever the first upstream did, nobody else was blamed.
+        assert_eq!(gw.upstream("u1")["state"], "healthy", "{}", gw.status());
+    }
+    let m = [Microsocks::start(None), Microsocks::start(None)];
+    let dead = FaultRelay::start(m[0].addr(), Fault::Silent);
+    let gw = Gw::start(
+        &[dead.url("socks5"), format!("socks5://{}", m[1].addr())],
+        "",
+    );
+    let h = hey(&gw.proxy(), &small, 100, 5, &[]);
+    cell("plain GET via SOCKS5 upstreams", "half-dead", &h, "");
+    assert_all_ok(&h, 100, "SOCKS5 plain", &gw);
+    let h = hey(&gw.proxy(), &tls_small, 100, 5, &[]);
+    cell(
+        "CONNECT via SOCKS5 upstreams",
+        "half-dead",
+        &h,
+        "raced past it",
+    );
+    assert_all_ok(&h, 100, "SOCKS5 CONNECT", &gw);
+    // A SOCKS5 client of the gateway itself.
+    for _ in 0..10 {
+        let r = curl(&[
+            "-s",
+            "-m",
+            "20",
+            "--socks5-hostname",
+            &gw.listen.to_string(),
+            &small,
+        ]);
+        assert_eq!(r.status, 200, "{r:?}\n{}", gw.pg.logs());
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || gw.upstream("u0")["state"]
+            != "healthy"),
+        "half-dead SOCKS5 upstream not found down: {}",
+        gw.upstream("u0")
+    );
+}

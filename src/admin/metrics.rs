@@ -45,6 +45,16 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "Client connections accepted.",
     ),
     (
+        "proxyguard_tls_handshake_failures_total",
+        Kind::Counter,
+        "TLS handshakes with clients on a TLS listener that failed, by reason (alert, protocol, io, timeout).",
+    ),
+    (
+        "proxyguard_tls_reloads_total",
+        Kind::Counter,
+        "Listener certificate reloads (SIGHUP, POST /reload), by result (ok, error).",
+    ),
+    (
         "proxyguard_config_reloads_total",
         Kind::Counter,
         "Configuration reloads, by result (ok, error).",

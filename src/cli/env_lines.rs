@@ -33,11 +33,18 @@ fn reachable(a: SocketAddr) -> SocketAddr {
 /// HTTPS_PROXY, NO_PROXY), or `ALL_PROXY=socks5h://…` when only SOCKS5 listens.
 pub fn variables(listeners: &[(SocketAddr, Protocol)]) -> Vec<(&'static str, String)> {
     let no_proxy = "localhost,127.0.0.1,::1".to_string();
-    if let Some((a, _)) = listeners
+    // A plaintext HTTP listener first; else a TLS-only one (`https://`).
+    let http = listeners
         .iter()
         .find(|(_, p)| matches!(p, Protocol::Http | Protocol::Mixed))
-    {
-        let url = format!("http://{}", reachable(*a));
+        .map(|(a, _)| format!("http://{}", reachable(*a)));
+    let https = || {
+        listeners
+            .iter()
+            .find(|(_, p)| *p == Protocol::Https)
+            .map(|(a, _)| format!("https://{}", reachable(*a)))
+    };
+    if let Some(url) = http.or_else(https) {
         return vec![
             ("HTTP_PROXY", url.clone()),
             ("HTTPS_PROXY", url),
@@ -113,5 +120,16 @@ mod tests {
         let l = [("[::]:1080".parse().unwrap(), Protocol::Socks5)];
         let v = variables(&l);
         assert_eq!(v[0], ("ALL_PROXY", "socks5h://[::1]:1080".to_string()));
+    }
+
+    #[test]
+    fn tls_only_listener_gives_an_https_proxy_url() {
+        let l = [
+            ("127.0.0.1:1080".parse().unwrap(), Protocol::Socks5),
+            ("127.0.0.1:3129".parse().unwrap(), Protocol::Https),
+        ];
+        let v = variables(&l);
+        assert_eq!(v[0], ("HTTP_PROXY", "https://127.0.0.1:3129".to_string()));
+        assert_eq!(v[1], ("HTTPS_PROXY", "https://127.0.0.1:3129".to_string()));
     }
 }

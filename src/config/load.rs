@@ -76,6 +76,8 @@ pub struct UpstreamEntry {
 pub struct Listener {
     pub addr: SocketAddr,
     pub protocol: Protocol,
+    /// Certificate and key of a TLS listener (validated at load).
+    pub tls: Option<crate::tls_acceptor::TlsFiles>,
 }
 
 /// Inbound admission settings shared by every listener.
@@ -151,6 +153,10 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The name errors carry: the config file's path, or a label.
+    pub(super) fn source(&self) -> &str {
+        self.source
+    }
     pub(super) fn err<T>(
         &self,
         span: Option<std::ops::Range<usize>>,
@@ -281,6 +287,8 @@ impl Config {
                 tls: t.tls.0,
                 response_head: t.response_head.0,
                 body_idle: Some(t.body_idle.0),
+                // Validated above.
+                tcp_keepalive: t.tcp_keepalive.settings().unwrap_or_default(),
             },
             client_header_timeout: t.client_header.0,
             idle_timeout: t.idle.0,
@@ -308,6 +316,7 @@ impl Config {
             .map(|a| Listener {
                 addr: *a,
                 protocol: Protocol::Mixed,
+                tls: None,
             })
             .collect();
         for l in &self.listeners {
@@ -379,6 +388,14 @@ impl Config {
             .map(|l| ListenConfig {
                 addr: Spanned::new(0..0, l.addr.to_string()),
                 protocol: l.protocol,
+                cert: l
+                    .tls
+                    .as_ref()
+                    .map(|t| Spanned::new(0..0, t.cert.display().to_string())),
+                key: l
+                    .tls
+                    .as_ref()
+                    .map(|t| Spanned::new(0..0, t.key.display().to_string())),
             })
             .collect();
         f.upstream = self
@@ -417,6 +434,7 @@ fn parse_listen(cx: &Ctx<'_>, l: &ListenConfig) -> Result<Listener, ConfigError>
         Ok(addr) => Ok(Listener {
             addr,
             protocol: l.protocol,
+            tls: super::listen_tls::validate(cx, l)?,
         }),
         Err(_) => cx.at(&l.addr, "listen.addr", format!(
             "{:?} is not a socket address; expected IP:port like \"127.0.0.1:3128\" or \"[::1]:3128\"",

@@ -4,6 +4,7 @@
 pub mod adaptive;
 pub mod duration;
 pub mod env;
+mod listen_tls;
 pub mod load;
 pub mod locate;
 pub mod noproxy;

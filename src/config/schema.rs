@@ -242,6 +242,8 @@ pub enum Protocol {
     Socks5,
     #[default]
     Mixed,
+    /// HTTP inside TLS (`curl --proxy https://…`); needs `cert` and `key`.
+    Https,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,6 +252,11 @@ pub struct ListenConfig {
     pub addr: Spanned<String>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// TLS listener (`https`, or `mixed` accepting TLS too): see config/listen_tls.rs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Spanned<String>>,
 }
 
 impl Default for ListenConfig {
@@ -257,6 +264,8 @@ impl Default for ListenConfig {
         ListenConfig {
             addr: Spanned::new(0..0, "127.0.0.1:3128".to_string()),
             protocol: Protocol::Mixed,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -312,6 +321,9 @@ pub struct TimeoutsConfig {
     pub idle: Dur,
     /// On SIGINT/SIGTERM, how long live tunnels may continue.
     pub shutdown_grace: Dur,
+    /// SO_KEEPALIVE on client, upstream and tunnel sockets: keeps NAT and
+    /// load-balancer entries alive and finds dead peers.
+    pub tcp_keepalive: crate::tcp_keepalive::KeepaliveConfig,
 }
 
 impl Default for TimeoutsConfig {
@@ -325,6 +337,7 @@ impl Default for TimeoutsConfig {
             client_header: Dur::secs(10),
             idle: Dur::secs(300),
             shutdown_grace: Dur::secs(10),
+            tcp_keepalive: Default::default(),
         }
     }
 }
@@ -436,7 +449,11 @@ pub struct PoolConfig {
     pub drain_on_eject: bool,
     /// Idle keep-alive connections kept per upstream and target.
     pub idle_per_host: usize,
+    /// Idle keep-alive connections to origins (direct) live this long.
     pub idle_timeout: Dur,
+    /// Idle keep-alive connections to upstream proxies are retired after
+    /// this long, before a proxy, SLB or NAT on the path cuts them.
+    pub upstream_idle: Dur,
     /// With no `[[upstream]]`: take the upstreams (and NO_PROXY) from the
     /// proxy environment variables, as zero-config does.
     pub upstreams_from_env: bool,
@@ -461,6 +478,7 @@ impl Default for PoolConfig {
             drain_on_eject: false,
             idle_per_host: 256,
             idle_timeout: Dur::secs(60),
+            upstream_idle: Dur::secs(10),
             upstreams_from_env: false,
         }
     }

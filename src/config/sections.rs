@@ -130,6 +130,9 @@ pub(super) fn limits(cx: &Ctx<'_>, file: &FileConfig) -> Result<(), ConfigError>
             return cx.err(None, name, "must be greater than zero".into());
         }
     }
+    if let Err(e) = t.tcp_keepalive.settings() {
+        return cx.err(None, "timeouts.tcp_keepalive", e);
+    }
     if file.limits.max_connections == 0 {
         return cx.err(None, "limits.max_connections", "must be at least 1".into());
     }
@@ -146,6 +149,17 @@ pub(super) fn limits(cx: &Ctx<'_>, file: &FileConfig) -> Result<(), ConfigError>
 /// `[pool]`.
 pub(super) fn pool(cx: &Ctx<'_>, file: &FileConfig) -> Result<(), ConfigError> {
     let p = &file.pool;
+    if p.upstream_idle.0.is_zero() || p.idle_timeout.0.is_zero() {
+        return cx.err(
+            None,
+            if p.upstream_idle.0.is_zero() {
+                "pool.upstream_idle"
+            } else {
+                "pool.idle_timeout"
+            },
+            "must be greater than zero".into(),
+        );
+    }
     if p.max_attempts == 0 {
         return cx.err(None, "pool.max_attempts", "must be at least 1".into());
     }

@@ -107,7 +107,7 @@ impl Cause {
             Cause::HttpError => "The request reached the server, which answered with an error status: see the response.",
             Cause::SignatureMismatch => "The API Gateway computed another signature: compare StringToSign with `proxyguard sign --explain` (Accept, Content-Type, signed headers, parameter order) and check the AppSecret.",
             Cause::TimestampExpired => "X-Ca-Timestamp is outside the gateway's 15-minute window: fix this machine's clock (NTP).",
-            Cause::IdleCut => "Something on the path (SLB, NAT gateway, proxy) cuts connections idle longer than the cut: in Go set http.Transport.IdleConnTimeout and net.Dialer.KeepAlive below it, or run the app through `proxyguard serve` with `[pool] idle_timeout` below it (idle keep-alive connections are retired, and an idempotent request that failed on a reused connection is retried).",
+            Cause::IdleCut => "Something on the path (SLB, NAT gateway, proxy) cuts connections idle longer than the cut: in Go set http.Transport.IdleConnTimeout and net.Dialer.KeepAlive below it, or run the app through `proxyguard serve` with `[pool] upstream_idle` below it (idle keep-alive connections to the upstream are retired before the cut, TCP keep-alive probes keep NAT and SLB entries alive, and a request that meets a cut connection is retried on a new one).",
         }
     }
 }

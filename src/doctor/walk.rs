@@ -118,6 +118,9 @@ pub(super) fn context(plan: &Plan, timeout: Duration) -> Result<ConnectContext, 
             connect: timeout,
             handshake: timeout,
             tls: timeout,
+            // Probes would keep a NAT's entry alive and hide the idle cut
+            // `--hold` looks for: doctor sees the path as the app does.
+            tcp_keepalive: None,
             ..Timeouts::default()
         },
     );

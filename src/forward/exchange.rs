@@ -30,9 +30,13 @@ pub(super) enum Outcome {
     },
     /// No connection could be made (the attempt engine already reported it).
     NoConnection(ConnectError),
-    /// A pooled connection was found closed; the request comes back unsent
-    /// when hyper had not written it yet.
-    Stale(Option<Request<OutBody>>),
+    /// A pooled connection, idle for `idle`, was found closed; the request
+    /// comes back unsent when hyper had not written it yet.
+    Stale {
+        unsent: Option<Request<OutBody>>,
+        route: Route,
+        idle: Duration,
+    },
     /// A fresh connection failed during the exchange.
     Broken {
         route: Route,
@@ -114,11 +118,14 @@ impl Forwarder {
         } else {
             plan.routes().into_iter().find_map(|route| {
                 let key = key_for(&route, target);
-                self.idle.checkout(&key).map(|tx| (tx, key, route))
+                let limit = self.idle_limit(router, &route);
+                self.idle
+                    .checkout_within(&key, limit)
+                    .map(|(tx, idle)| (tx, key, route, idle))
             })
         };
-        let (mut tx, key, route, absolute, auth, was_reused) = match reused {
-            Some((tx, key, route)) => {
+        let (mut tx, key, route, absolute, auth, reused_after) = match reused {
+            Some((tx, key, route, idle)) => {
                 let auth = member(&route).and_then(|m| {
                     m.spec()
                         .credentials
@@ -126,7 +133,7 @@ impl Forwarder {
                         .map(crate::upstream::http_connect::basic_auth)
                 });
                 let absolute = matches!(key, PoolKey::Proxy(_));
-                (tx, key, route, absolute, auth, true)
+                (tx, key, route, absolute, auth, Some(idle))
             }
             None => {
                 // Dialling is the rare path with the largest future: boxed,
@@ -153,7 +160,7 @@ impl Forwarder {
                     route,
                     hc.absolute_form,
                     hc.proxy_authorization,
-                    false,
+                    None,
                 )
             }
         };
@@ -178,8 +185,12 @@ impl Forwarder {
             }
             Ok(Err(mut e)) => {
                 let unsent = e.take_message();
-                if was_reused {
-                    Outcome::Stale(unsent)
+                if let Some(idle) = reused_after {
+                    Outcome::Stale {
+                        unsent,
+                        route,
+                        idle,
+                    }
                 } else {
                     Outcome::Broken {
                         route,

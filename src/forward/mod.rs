@@ -77,6 +77,8 @@ const HEAD_SAMPLES: usize = 128;
 
 pub struct Forwarder {
     idle: Arc<IdlePool<PoolKey, SendRequest<OutBody>>>,
+    /// Idle lifetime of pooled connections to origins (`[pool] idle_timeout`).
+    direct_idle: Duration,
     via: bool,
     head_latency: Mutex<VecDeque<Duration>>,
     head_samples_seen: AtomicU64,
@@ -102,6 +104,31 @@ fn note_body_fault(m: Arc<Member>) -> crate::body::OnFault {
         metrics::counter!("proxyguard_responses_cut_total", "upstream" => m.name().to_string(), "kind" => kind).increment(1);
         tracing::warn!(upstream = m.name(), kind, "response body cut short");
     })
+}
+
+/// A pooled connection to `m` idle for `idle` failed on reuse: its idle
+/// connections are retired sooner from now on (logged once per upstream).
+fn learn_idle_cut(router: &Router, m: &Member, idle: Duration) {
+    let configured = router.pool.settings().upstream_idle;
+    let Some((limit, first)) = m.idle_cut.learn(idle, configured) else {
+        return;
+    };
+    let (idle_ms, limit_ms) = (idle.as_millis() as u64, limit.as_millis() as u64);
+    if first {
+        tracing::info!(
+            upstream = m.name(),
+            idle_ms,
+            limit_ms,
+            "a pooled connection idle for {idle_ms} ms was cut on the path: idle connections to this upstream are now retired after {limit_ms} ms (`proxyguard doctor --hold` measures the cut; set [pool] upstream_idle below it)"
+        );
+    } else {
+        tracing::debug!(
+            upstream = m.name(),
+            idle_ms,
+            limit_ms,
+            "idle cut learnt again: limit lowered"
+        );
+    }
 }
 
 fn key_for(route: &Route, target: &Target) -> PoolKey {
@@ -135,9 +162,18 @@ const MAX_TRIES: u32 = 3;
 const MAX_STALE: u32 = 3;
 
 impl Forwarder {
-    pub fn new(per_host: usize, idle_timeout: Duration, via: bool) -> Self {
+    /// `upstream_idle` only bounds the pool here; the request path reads
+    /// the current value from the pool settings (it changes on reload).
+    pub fn new(
+        per_host: usize,
+        idle_timeout: Duration,
+        upstream_idle: Duration,
+        via: bool,
+    ) -> Self {
+        let ceiling = idle_timeout.max(upstream_idle);
         Forwarder {
-            idle: Arc::new(IdlePool::new(per_host, IDLE_MAX_TOTAL, idle_timeout)),
+            idle: Arc::new(IdlePool::new(per_host, IDLE_MAX_TOTAL, ceiling)),
+            direct_idle: idle_timeout,
             via,
             head_latency: Mutex::new(VecDeque::with_capacity(HEAD_SAMPLES)),
             head_samples_seen: AtomicU64::new(0),
@@ -177,6 +213,14 @@ impl Forwarder {
                 us => Duration::from_micros(us),
             }
         })
+    }
+
+    /// How long a pooled connection on `route` may have been idle.
+    fn idle_limit(&self, router: &Router, route: &Route) -> Duration {
+        match route {
+            Route::Upstream(m) => m.idle_cut.limit(router.pool.settings().upstream_idle),
+            _ => self.direct_idle,
+        }
     }
 
     fn checkin_later(&self, key: PoolKey, mut tx: SendRequest<OutBody>) {
@@ -342,8 +386,16 @@ impl Forwarder {
                 self.checkin_later(key, tx);
                 Ok(Some((resp, route)))
             }
-            Outcome::Stale(unsent) => {
-                // The server closed a pooled connection: nobody's fault.
+            Outcome::Stale {
+                unsent,
+                route,
+                idle,
+            } => {
+                // The server closed a pooled connection: nobody's fault, but
+                // a sign of an idle cut on the path.
+                if let Some(m) = member(&route) {
+                    learn_idle_cut(router, m, idle);
+                }
                 if client_fault() {
                     return Err(ForwardError::Client("request body failed".into()));
                 }

@@ -23,8 +23,12 @@ use crate::upstream::{ConnectError, Target};
 
 pub type RespBody = Either<crate::forward::ForwardedBody, Full<Bytes>>;
 
-/// Serves one client connection (keep-alive, many requests).
-pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State>) {
+/// Serves one client connection (keep-alive, many requests): plain TCP, or
+/// the TLS stream of an `https` listener.
+pub async fn serve<I>(stream: I, ctx: Arc<ConnCtx>, state: Arc<State>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let peer = ctx.peer;
     let io = TokioIo::new(stream);
     let st = state.clone();

@@ -18,6 +18,7 @@ use crate::forward::Forwarder;
 use crate::relay::RelayStats;
 use crate::route::{Route, Router};
 use crate::shutdown::Shutdown;
+use crate::tls_acceptor::{HandshakeError, ServerTls, TLS_HANDSHAKE_BYTE};
 use crate::upstream::Target;
 
 pub use admission::Admission;
@@ -49,6 +50,8 @@ pub struct State {
     pub client_header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// SO_KEEPALIVE on accepted client sockets.
+    pub tcp_keepalive: Option<crate::tcp_keepalive::TcpKeepalive>,
     /// Connection slots (global and per client), shared by all listeners.
     pub limits: Arc<limits::Limits>,
     /// Brute-force bans on inbound credentials.
@@ -75,12 +78,14 @@ impl State {
             forwarder: Forwarder::new(
                 cfg.file.pool.idle_per_host,
                 cfg.file.pool.idle_timeout.0,
+                cfg.file.pool.upstream_idle.0,
                 cfg.via,
             ),
             shutdown,
             client_header_timeout: cfg.client_header_timeout,
             idle_timeout: cfg.idle_timeout,
             max_header_bytes: cfg.max_header_bytes,
+            tcp_keepalive: cfg.timeouts.tcp_keepalive,
             limits: limits::Limits::new(
                 cfg.max_connections,
                 cfg.security.max_connections_per_client,
@@ -129,8 +134,14 @@ fn defer_accept(sock: &tokio::net::TcpSocket) {
 #[cfg(not(target_os = "linux"))]
 fn defer_accept(_sock: &tokio::net::TcpSocket) {}
 
-/// Accepts connections until shutdown.
-pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
+/// Accepts connections until shutdown. `tls` is the certificate of an
+/// `https` listener, or of a `mixed` one that accepts TLS as well.
+pub async fn serve_listener(
+    listener: TcpListener,
+    protocol: Protocol,
+    tls: Option<Arc<ServerTls>>,
+    state: Arc<State>,
+) {
     let Ok(local) = listener.local_addr() else {
         return;
     };
@@ -166,6 +177,7 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
             _ = state.shutdown.triggered() => return,
         };
         let _ = stream.set_nodelay(true);
+        crate::tcp_keepalive::apply(state.tcp_keepalive, &stream);
         let state = state.clone();
         let live = state.shutdown.live();
         let ctx = Arc::new(ConnCtx {
@@ -173,13 +185,14 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
             slot,
             acl: acl.clone(),
         });
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _g = GaugeGuard::new("proxyguard_client_connections_active");
             metrics::counter!("proxyguard_client_connections_total").increment(1);
             use tracing::Instrument;
             let slot = ctx.slot.clone();
             tokio::select! {
-                _ = handle(stream, ctx, protocol, state)
+                _ = handle(stream, ctx, protocol, tls, state)
                     .instrument(tracing::info_span!("conn", client = %peer)) => {}
                 _ = slot.shed() => {
                     tracing::debug!(client = %peer, "shed: no request yet and the connection limit is reached");
@@ -190,16 +203,31 @@ pub async fn serve_listener(listener: TcpListener, protocol: Protocol, state: Ar
     }
 }
 
-async fn handle(stream: TcpStream, ctx: Arc<ConnCtx>, protocol: Protocol, state: Arc<State>) {
+/// What a connection turned out to speak.
+enum Speaks {
+    Http,
+    Socks5,
+    Tls,
+}
+
+async fn handle(
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    protocol: Protocol,
+    tls: Option<Arc<ServerTls>>,
+    state: Arc<State>,
+) {
     let peer = ctx.peer;
-    let proto = match protocol {
-        Protocol::Http => Protocol::Http,
-        Protocol::Socks5 => Protocol::Socks5,
+    let speaks = match protocol {
+        Protocol::Http => Speaks::Http,
+        Protocol::Socks5 => Speaks::Socks5,
+        Protocol::Https => Speaks::Tls,
         Protocol::Mixed => {
             let mut b = [0u8; 1];
             match tokio::time::timeout(state.client_header_timeout, stream.peek(&mut b)).await {
-                Ok(Ok(1)) if b[0] == 0x05 => Protocol::Socks5,
-                Ok(Ok(1)) => Protocol::Http,
+                Ok(Ok(1)) if b[0] == 0x05 => Speaks::Socks5,
+                Ok(Ok(1)) if b[0] == TLS_HANDSHAKE_BYTE && tls.is_some() => Speaks::Tls,
+                Ok(Ok(1)) => Speaks::Http,
                 Ok(_) => return,
                 Err(_) => {
                     tracing::info!(target: "access", client = %peer, outcome = "client_header_timeout", "no request");
@@ -208,10 +236,33 @@ async fn handle(stream: TcpStream, ctx: Arc<ConnCtx>, protocol: Protocol, state:
             }
         }
     };
-    match proto {
-        Protocol::Socks5 => socks5::serve(stream, ctx, state).await,
-        _ => http::serve(stream, ctx, state).await,
+    match (speaks, tls) {
+        (Speaks::Socks5, _) => socks5::serve(stream, ctx, state).await,
+        (Speaks::Tls, Some(tls)) => match tls.accept(stream, state.client_header_timeout).await {
+            Ok(s) => http::serve(s, ctx, state).await,
+            Err(e) => tls_failed(peer, &e),
+        },
+        // Validation gives every https listener its certificate.
+        (Speaks::Tls, None) => {}
+        (Speaks::Http, _) => http::serve(stream, ctx, state).await,
     }
+}
+
+/// A client's TLS handshake with us failed: the client's business (an
+/// untrusted certificate, a plaintext client on a TLS port), counted and
+/// logged, never blamed on an upstream.
+fn tls_failed(peer: SocketAddr, e: &HandshakeError) {
+    let reason = e.reason();
+    metrics::counter!("proxyguard_tls_handshake_failures_total", "reason" => reason).increment(1);
+    tracing::info!(
+        target: "access",
+        kind = "tls",
+        client = %peer,
+        outcome = "tls_handshake_failed",
+        reason,
+        error = %e,
+        "TLS handshake with the client failed"
+    );
 }
 
 /// What ends a live tunnel early: nothing, or (with `pool.drain_on_eject`)

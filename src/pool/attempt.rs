@@ -110,7 +110,7 @@ where
             self.inflight.push(Box::pin(async move {
                 let r = match tokio::time::timeout(remaining, fut).await {
                     Ok(r) => r,
-                    Err(_) => Err(ConnectError::timeout(Phase::Tcp, remaining, true)),
+                    Err(_) => Err(ConnectError::timeout(Phase::Connect, remaining, true)),
                 };
                 (who, now, r)
             }));
@@ -260,7 +260,7 @@ where
         }
         Err(self
             .last
-            .unwrap_or_else(|| ConnectError::timeout(Phase::Tcp, self.budget.deadline, true)))
+            .unwrap_or_else(|| ConnectError::timeout(Phase::Connect, self.budget.deadline, true)))
     }
 }
 

@@ -6,7 +6,7 @@ pub mod attempt;
 pub mod backoff;
 pub mod checker;
 pub mod health;
-
+pub mod idle_cut;
 pub mod strategy;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +32,8 @@ pub struct Member {
     /// Unique for the life of the process: keys pooled connections, so a
     /// socket opened for one member is never reused by another.
     pub id: u64,
+    /// The idle lifetime of its pooled connections, learnt from failed reuse.
+    pub idle_cut: idle_cut::IdleCut,
 }
 
 static NEXT_MEMBER_ID: AtomicU64 = AtomicU64::new(1);
@@ -42,6 +44,7 @@ impl Member {
             health: Health::new(&entry, breaker),
             entry,
             id: NEXT_MEMBER_ID.fetch_add(1, Ordering::Relaxed),
+            idle_cut: Default::default(),
         })
     }
 
@@ -63,6 +66,8 @@ pub struct Settings {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub target_fail_cache: Duration,
+    /// Pooled connections to an upstream are retired after this idle time.
+    pub upstream_idle: Duration,
 }
 
 impl From<&PoolConfig> for Settings {
@@ -76,6 +81,7 @@ impl From<&PoolConfig> for Settings {
             backoff_base: c.backoff_base.0,
             backoff_cap: c.backoff_cap.0,
             target_fail_cache: c.target_fail_cache.0,
+            upstream_idle: c.upstream_idle.0,
         }
     }
 }
@@ -440,7 +446,11 @@ pub fn log_transitions(m: &Member, t: Vec<Transition>) {
             Transition::BreakerOpened => tracing::warn!(upstream = m.name(), "breaker opened"),
             Transition::BreakerHalfOpen => tracing::info!(upstream = m.name(), "breaker half-open"),
             Transition::BreakerClosed => tracing::info!(upstream = m.name(), "breaker closed"),
-            Transition::CheckDown => tracing::warn!(upstream = m.name(), "health check: down"),
+            Transition::CheckDown => tracing::warn!(
+                upstream = m.name(),
+                error = m.health.last_check().map(|c| c.2).unwrap_or_default(),
+                "health check: down"
+            ),
             Transition::CheckUp => tracing::info!(upstream = m.name(), "health check: up"),
         }
     }

@@ -47,6 +47,7 @@ pub async fn start(
         let r2 = route.clone();
         let sd = shutdown.clone();
         let conn = Arc::new(builder(cfg.client_header_timeout));
+        let keepalive = cfg.timeouts.tcp_keepalive;
         tokio::spawn(async move {
             loop {
                 let Some(permit) = r2.admission.slot().await else {
@@ -60,6 +61,7 @@ pub async fn start(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
+                crate::tcp_keepalive::apply(keepalive, &stream);
                 let r3 = r2.clone();
                 let live = sd.live();
                 let conn = conn.clone();

@@ -20,6 +20,9 @@ pub enum Phase {
     Tls,
     /// Waiting for the first byte of the response.
     FirstByte,
+    /// The attempt as a whole: `[pool] connect_deadline` ran out before the
+    /// phase it was in timed out on its own.
+    Connect,
 }
 
 impl Phase {
@@ -31,6 +34,7 @@ impl Phase {
             Phase::ProxyHandshake => "proxy_handshake",
             Phase::Tls => "tls",
             Phase::FirstByte => "first_byte",
+            Phase::Connect => "connect",
         }
     }
 }
@@ -103,6 +107,19 @@ pub enum TlsKind {
     Other,
 }
 
+/// What a timeout in `phase` most often means, when that is not obvious.
+fn timeout_hint(phase: Phase) -> &'static str {
+    match phase {
+        // A plain-HTTP proxy waits for a request line that a ClientHello
+        // never completes: it says nothing until its own timeout.
+        Phase::ProxyTls => {
+            " (no TLS answer from the proxy: if the port speaks plain HTTP, use http://; `proxyguard doctor --proxy URL` checks)"
+        }
+        Phase::Connect => " ([pool] connect_deadline)",
+        _ => "",
+    }
+}
+
 /// Why a connection through an upstream (or direct) could not be made.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
@@ -115,7 +132,7 @@ pub enum ConnectError {
     },
     #[error("connection to {addr} refused")]
     Refused { addr: String, proxy: bool },
-    #[error("{phase} timed out after {}ms", after.as_millis())]
+    #[error("{phase} timed out after {}ms{}", after.as_millis(), timeout_hint(*phase))]
     Timeout {
         phase: Phase,
         after: Duration,

@@ -212,6 +212,8 @@ pub struct Timeouts {
     pub response_head: Duration,
     /// Plain HTTP: longest pause inside a response body before it is cut.
     pub body_idle: Option<Duration>,
+    /// SO_KEEPALIVE on every socket opened or accepted (`None`: off).
+    pub tcp_keepalive: Option<crate::tcp_keepalive::TcpKeepalive>,
 }
 
 impl Default for Timeouts {
@@ -222,6 +224,7 @@ impl Default for Timeouts {
             tls: Duration::from_secs(5),
             response_head: Duration::from_secs(30),
             body_idle: Some(Duration::from_secs(60)),
+            tcp_keepalive: Some(Default::default()),
         }
     }
 }
@@ -296,6 +299,7 @@ pub async fn tcp_connect(
     match tokio::time::timeout(remaining, raced).await {
         Ok(Ok((s, addr))) => {
             let _ = s.set_nodelay(true);
+            crate::tcp_keepalive::apply(ctx.timeouts.tcp_keepalive, &s);
             obs.connected(addr);
             obs.phase(Phase::Tcp, tcp_start.elapsed(), &addr.to_string());
             Ok(s)

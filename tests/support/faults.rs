@@ -30,6 +30,10 @@ pub enum Fault {
     Latency(Duration),
     /// Alternate between relaying and resetting every period.
     Flap(Duration),
+    /// Relay, but forget a connection idle (no byte either way) for
+    /// `after`, as an SLB or NAT gateway does: the client's next bytes are
+    /// answered with a reset (`reset`) or swallowed for ever (silent).
+    IdleCut { after: Duration, reset: bool },
 }
 
 pub struct FaultRelay {
@@ -37,6 +41,7 @@ pub struct FaultRelay {
     fault: Arc<Mutex<Fault>>,
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
+    cuts: Arc<AtomicUsize>,
 }
 
 impl FaultRelay {
@@ -47,7 +52,8 @@ impl FaultRelay {
         let fault = Arc::new(Mutex::new(fault));
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (f, st, acc) = (fault.clone(), stop.clone(), accepted.clone());
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (f, st, acc, cu) = (fault.clone(), stop.clone(), accepted.clone(), cuts.clone());
         let born = Instant::now();
         std::thread::spawn(move || {
             // Sockets held open by `Silent` and `StallAfterHead` live here
@@ -70,6 +76,11 @@ impl FaultRelay {
                     };
                 }
                 let (held, st) = (held.clone(), st.clone());
+                if let Fault::IdleCut { after, reset } = now {
+                    let cu = cu.clone();
+                    std::thread::spawn(move || serve_idle_cut(c, to, after, reset, &held, &cu));
+                    continue;
+                }
                 std::thread::spawn(move || serve(c, to, now, &held, &st));
             }
         });
@@ -78,7 +89,13 @@ impl FaultRelay {
             fault,
             stop,
             accepted,
+            cuts,
         }
+    }
+
+    /// Connections forgotten by `IdleCut` and then used by the client.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(Ordering::SeqCst)
     }
 
     pub fn set(&self, fault: Fault) {
@@ -192,4 +209,78 @@ fn serve(
     }
     let _ = c.shutdown(Shutdown::Write);
     let _ = fwd.join();
+}
+
+/// `Fault::IdleCut`: relays both ways while tracking the last byte either
+/// way; client bytes arriving after `after` of silence find the connection
+/// forgotten.
+fn serve_idle_cut(
+    c: TcpStream,
+    to: SocketAddr,
+    after: Duration,
+    reset: bool,
+    held: &Mutex<Vec<TcpStream>>,
+    cuts: &AtomicUsize,
+) {
+    let Ok(up) = TcpStream::connect(to) else {
+        return;
+    };
+    let last = Arc::new(Mutex::new(Instant::now()));
+    // Once forgotten, the client side gets no FIN: silence or a reset only.
+    let forgotten = Arc::new(AtomicBool::new(false));
+    let (mut up_r, mut c_w, l2, f2) = (
+        up.try_clone().unwrap(),
+        c.try_clone().unwrap(),
+        last.clone(),
+        forgotten.clone(),
+    );
+    let back = std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match up_r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    *l2.lock().unwrap() = Instant::now();
+                    if c_w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if !f2.load(Ordering::SeqCst) {
+            let _ = c_w.shutdown(Shutdown::Write);
+        }
+    });
+    let (mut c_r, mut up_w) = (c, up);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match c_r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let idle = {
+            let mut g = last.lock().unwrap();
+            let idle = g.elapsed();
+            *g = Instant::now();
+            idle
+        };
+        if idle >= after {
+            cuts.fetch_add(1, Ordering::SeqCst);
+            forgotten.store(true, Ordering::SeqCst);
+            let _ = up_w.shutdown(Shutdown::Both);
+            if reset {
+                let _ = socket2::SockRef::from(&c_r).set_linger(Some(Duration::ZERO));
+                drop(c_r);
+            } else {
+                held.lock().unwrap().push(c_r);
+            }
+            let _ = back.join();
+            return;
+        }
+        if up_w.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = up_w.shutdown(Shutdown::Write);
+    let _ = back.join();
 }

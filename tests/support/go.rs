@@ -16,6 +16,11 @@ pub struct GoOpts {
     /// Request body length in bytes (0: none).
     pub body: usize,
     pub keepalive: bool,
+    /// Pause between one worker's requests.
+    pub interval: Duration,
+    /// `-proxy`: one proxy for every target, loopback included (the
+    /// environment's proxy skips loopback targets in Go).
+    pub proxy_all: Option<String>,
 }
 
 impl GoOpts {
@@ -30,6 +35,8 @@ impl GoOpts {
             env: Vec::new(),
             body: 0,
             keepalive: true,
+            interval: Duration::ZERO,
+            proxy_all: None,
         }
     }
     /// Sends `len` bytes of body with each request (use with a method).
@@ -64,6 +71,15 @@ impl GoOpts {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn interval(mut self, d: Duration) -> Self {
+        self.interval = d;
+        self
+    }
+    /// Every request through `url`, loopback targets included.
+    pub fn proxy_all(mut self, url: &str) -> Self {
+        self.proxy_all = Some(url.into());
         self
     }
     /// Sets HTTP_PROXY and HTTPS_PROXY.
@@ -156,7 +172,12 @@ impl GoClient {
             .arg(&opts.method)
             .arg("-body")
             .arg(opts.body.to_string())
-            .arg(format!("-keepalive={}", opts.keepalive));
+            .arg(format!("-keepalive={}", opts.keepalive))
+            .arg("-interval")
+            .arg(format!("{}ms", opts.interval.as_millis()));
+        if let Some(p) = &opts.proxy_all {
+            cmd.arg("-proxy").arg(p);
+        }
         if let Some(ca) = &opts.cafile {
             cmd.arg("-cafile").arg(ca);
         }

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -51,6 +52,8 @@ func main() {
 	method := flag.String("method", "GET", "HTTP method")
 	bodyLen := flag.Int("body", 0, "send a request body of this many bytes")
 	keepAlive := flag.Bool("keepalive", true, "reuse connections between requests")
+	interval := flag.Duration("interval", 0, "pause between one worker's requests")
+	proxyURL := flag.String("proxy", "", "proxy for every target, loopback included (default: the environment)")
 	flag.Parse()
 	if *url == "" {
 		fmt.Fprintln(os.Stderr, "-url is required")
@@ -78,8 +81,17 @@ func main() {
 			os.Exit(2)
 		}
 	}
+	proxy := http.ProxyFromEnvironment
+	if *proxyURL != "" {
+		u, err := neturl.Parse(*proxyURL)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bad -proxy:", err)
+			os.Exit(2)
+		}
+		proxy = http.ProxyURL(u)
+	}
 	tr := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
+		Proxy:               proxy,
 		TLSClientConfig:     &tls.Config{RootCAs: pool},
 		MaxIdleConns:        *c * 2,
 		MaxIdleConnsPerHost: *c * 2,
@@ -103,7 +115,12 @@ func main() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			first := true
 			for range jobs {
+				if !first && *interval > 0 {
+					time.Sleep(*interval)
+				}
+				first = false
 				start := time.Now()
 				var rd io.Reader
 				if *bodyLen > 0 {
