@@ -84,6 +84,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
             state.clone(),
         )));
     }
+    tls_all.extend(routes.iter().filter_map(|(_, r)| r.server_tls()));
     let tls_all = Arc::new(tls_all);
     for u in &cfg.upstreams {
         tracing::info!(

@@ -327,3 +327,62 @@ fn websocket_upgrade_through_a_route() {
         pg.logs()
     );
 }
+
+#[test]
+fn tls_route_listener_offers_h2_by_alpn_and_reloads_on_sighup() {
+    let ca1 = TestCa::new();
+    let ca2 = TestCa::with_name("second CA");
+    let echo = EchoServer::start();
+    let dir = temp_dir("route-tls", false);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    write_file(&cert, &ca1.default_leaf.cert_pem, 0o644);
+    write_file(&key, &ca1.default_leaf.key_pem, 0o600);
+    let (listen, admin) = (free_addr(), free_addr());
+    let extra = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let pg = Proxyguard::start(&route(
+        listen,
+        admin,
+        &format!("http://{}", echo.addr()),
+        &extra,
+    ));
+    let url = format!("https://127.0.0.1:{}/tls", listen.port());
+    let ca1_pem = ca1.ca_path().display().to_string();
+    let h2 = curl(&["--http2", "--cacert", &ca1_pem, &url]);
+    assert_eq!(h2.status, 200, "{h2:?}\n{}", pg.logs());
+    assert!(
+        h2.headers.starts_with("HTTP/2 200"),
+        "ALPN h2: {}",
+        h2.headers
+    );
+    assert!(h2.body.contains("x-forwarded-proto: https"), "{}", h2.body);
+    let h1 = curl(&["--http1.1", "--cacert", &ca1_pem, &url]);
+    assert!(h1.headers.starts_with("HTTP/1.1 200"), "{h1:?}");
+    let untrusted = curl(&[&url]);
+    assert_eq!(
+        untrusted.status, 0,
+        "an unknown CA is refused: {untrusted:?}"
+    );
+
+    write_file(&key, &ca2.default_leaf.key_pem, 0o600);
+    write_file(&cert, &ca2.default_leaf.cert_pem, 0o644);
+    pg.child.signal(libc::SIGHUP);
+    let ca2_pem = ca2.ca_path().display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(15), || curl(&[
+            "--cacert", &ca2_pem, &url
+        ])
+        .status
+            == 200),
+        "the new certificate was never served\n{}",
+        pg.logs()
+    );
+    assert_eq!(
+        curl(&["--cacert", &ca1_pem, &url]).status,
+        0,
+        "the old one still is"
+    );
+}

@@ -1,9 +1,17 @@
 //! Protocol settings of reverse routes: gRPC awareness (`[[route]] grpc`),
+//! TLS on the route listener (`[[route]] cert`/`key`, ALPN h2 + http/1.1),
 //! backend health over the gRPC health service (`[[route.backend]] check`)
 //! and the HTTP/2 → HTTP/1.1 fallback (`[route.fallback] protocol`), with
 //! their validation against the backends' URL schemes.
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
+
+use crate::tls_acceptor::{load_server_config, TlsFiles};
+
+/// ALPN a TLS route listener offers.
+pub const ALPN_H2_HTTP11: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 use super::load::{ConfigError, Ctx};
 use super::schema::RouteConfig;
@@ -70,8 +78,63 @@ impl BackendProtocol {
     }
 }
 
+/// A relative path is taken from the config file's directory.
+fn resolve(config_path: Option<&Path>, p: &str) -> PathBuf {
+    let p = Path::new(p.trim());
+    match config_path.and_then(Path::parent) {
+        Some(dir) if !p.is_absolute() && dir.is_dir() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// The route listener's TLS files (None: plaintext). `config_path` is the
+/// config file, for relative paths.
+pub fn tls_files(r: &RouteConfig, config_path: Option<&Path>) -> Option<TlsFiles> {
+    match (&r.cert, &r.key) {
+        (Some(c), Some(k)) => Some(TlsFiles {
+            cert: resolve(config_path, c.get_ref()),
+            key: resolve(config_path, k.get_ref()),
+        }),
+        _ => None,
+    }
+}
+
+fn validate_tls(cx: &Ctx<'_>, r: &RouteConfig) -> Result<(), ConfigError> {
+    match (&r.cert, &r.key) {
+        (None, None) => return Ok(()),
+        (Some(c), None) => {
+            return cx.at(
+                c,
+                "route.key",
+                "`cert` is set but `key` is not: give both".into(),
+            )
+        }
+        (None, Some(k)) => {
+            return cx.at(
+                k,
+                "route.cert",
+                "`key` is set but `cert` is not: give both".into(),
+            )
+        }
+        (Some(_), Some(_)) => {}
+    }
+    let Some(files) = tls_files(r, Some(Path::new(cx.source()))) else {
+        return Ok(());
+    };
+    if let Err(e) = load_server_config(&files, ALPN_H2_HTTP11) {
+        let (at, field) = match (e.is_key_problem(), &r.key, &r.cert) {
+            (true, Some(k), _) => (k, "route.key"),
+            (_, _, Some(c)) => (c, "route.cert"),
+            _ => (&r.listen, "route.cert"),
+        };
+        return cx.at(at, field, e.to_string());
+    }
+    Ok(())
+}
+
 /// Checks one route's protocol settings (the URLs already parsed).
 pub(super) fn validate(cx: &Ctx<'_>, r: &RouteConfig) -> Result<(), ConfigError> {
+    validate_tls(cx, r)?;
     for b in &r.backend {
         let Some(proto) = url::Url::parse(b.url.get_ref())
             .ok()
@@ -144,5 +207,19 @@ mod tests {
         assert!(Config::from_toml(&bad_check, "f").is_err());
         let bad_scheme = route("", "ws://127.0.0.1:2", "");
         assert!(Config::from_toml(&bad_scheme, "f").is_err());
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_readable_ones() {
+        let e = Config::from_toml(
+            &route("cert = \"/nonexistent/c.pem\"", "http://127.0.0.1:2", ""),
+            "f",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("route.key"), "{e}");
+        let both = "cert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"";
+        let e = Config::from_toml(&route(both, "http://127.0.0.1:2", ""), "f").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("route.cert"), "{e}");
+        assert!(e.to_string().contains("/nonexistent/c.pem"), "{e}");
     }
 }

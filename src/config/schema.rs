@@ -78,6 +78,13 @@ pub struct RouteConfig {
     /// `content-type: application/grpc`): see docs/protocols-reverse.md.
     #[serde(default)]
     pub grpc: bool,
+    /// TLS on the route listener: certificate chain (PEM); ALPN offers h2
+    /// and http/1.1. Needs `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<Spanned<String>>,
+    /// The certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Spanned<String>>,
 }
 
 fn via_direct() -> String {

@@ -12,7 +12,8 @@ use crate::pool::Member;
 use crate::upstream::Scheme;
 
 impl ReverseRoute {
-    pub(super) fn forwarded_headers(&self, h: &mut HeaderMap, peer: SocketAddr) {
+    pub(super) fn forwarded_headers(&self, h: &mut HeaderMap, peer: SocketAddr, tls: bool) {
+        let proto = if tls { "https" } else { "http" };
         let ip = peer.ip().to_string();
         let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {ip}"),
@@ -25,13 +26,13 @@ impl ReverseRoute {
         if let Ok(v) = HeaderValue::from_str(&xff) {
             h.insert("x-forwarded-for", v);
         }
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
         let node = if peer.is_ipv6() {
             format!("\"[{ip}]\"")
         } else {
             ip
         };
-        let mut fwd = format!("for={node};proto=http");
+        let mut fwd = format!("for={node};proto={proto}");
         if let Some(hst) = &host {
             if let Ok(v) = HeaderValue::from_str(hst) {
                 h.insert("x-forwarded-host", v);

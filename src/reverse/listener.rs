@@ -1,5 +1,6 @@
 //! The route's listener: accepts, admits, and serves HTTP/1.1 and HTTP/2
-//! (h2c prior knowledge) on the same plaintext port, with upgrades.
+//! on the same port (h2c prior knowledge when plaintext; with `cert`/`key`
+//! TLS, ALPN `h2` or `http/1.1`), with upgrades.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,8 +12,29 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use super::ReverseRoute;
+use crate::config::route_protocols::{tls_files, ALPN_H2_HTTP11};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
+use crate::tls_acceptor::ServerTls;
+
+/// Serves one accepted (and, with TLS, handshaken) connection.
+async fn serve<I>(
+    conn: &auto::Builder<TokioExecutor>,
+    io: I,
+    route: Arc<ReverseRoute>,
+    peer: SocketAddr,
+    tls: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let r = route.clone();
+        async move { Ok::<_, Infallible>(r.handle(req, peer, tls).await) }
+    });
+    let _ = conn
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
+}
 
 fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -34,19 +56,25 @@ pub async fn start(
         let addr: SocketAddr = rc.listen.get_ref().trim().parse().map_err(|_| {
             crate::server::ServeError::Route(format!("bad listen {}", rc.listen.get_ref()))
         })?;
-        let route = Arc::new(
-            ReverseRoute::new(rc, cfg, router.clone(), shutdown.clone())
-                .map_err(|e| crate::server::ServeError::Route(e.to_string()))?,
-        );
+        let mut route = ReverseRoute::new(rc, cfg, router.clone(), shutdown.clone())
+            .map_err(|e| crate::server::ServeError::Route(e.to_string()))?;
+        if let Some(files) = tls_files(rc, cfg.path.as_deref()) {
+            route.server_tls = Some(
+                ServerTls::load(files, ALPN_H2_HTTP11)
+                    .map_err(|e| crate::server::ServeError::Route(format!("route {addr}: {e}")))?,
+            );
+        }
+        let route = Arc::new(route);
         let listener = crate::inbound::bind(addr)
             .await
             .map_err(|source| crate::server::ServeError::Bind { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
-        tracing::info!(addr = %local, backends = rc.backend.len(), local_zone = rc.local_zone.as_deref().unwrap_or("-"), via = %rc.via, "reverse route");
+        tracing::info!(addr = %local, tls = route.server_tls.is_some(), backends = rc.backend.len(), local_zone = rc.local_zone.as_deref().unwrap_or("-"), via = %rc.via, "reverse route");
         route.spawn_checks(cfg.file.health.clone(), shutdown.clone());
         let r2 = route.clone();
         let sd = shutdown.clone();
-        let conn = Arc::new(builder(cfg.client_header_timeout));
+        let header_timeout = cfg.client_header_timeout;
+        let conn = Arc::new(builder(header_timeout));
         let keepalive = cfg.timeouts.tcp_keepalive;
         tokio::spawn(async move {
             loop {
@@ -66,13 +94,15 @@ pub async fn start(
                 let live = sd.live();
                 let conn = conn.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let r4 = r3.clone();
-                        async move { Ok::<_, Infallible>(r4.handle(req, peer).await) }
-                    });
-                    let _ = conn
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    match r3.server_tls.clone() {
+                        None => serve(&conn, stream, r3, peer, false).await,
+                        Some(t) => match t.accept(stream, header_timeout).await {
+                            Ok(s) => serve(&conn, s, r3, peer, true).await,
+                            Err(e) => {
+                                tracing::debug!(client = %peer, reason = e.reason(), error = %e, "route TLS handshake failed")
+                            }
+                        },
+                    }
                     drop(live);
                     drop(permit);
                 });

@@ -106,6 +106,8 @@ pub struct ReverseRoute {
     admission: crate::inbound::Admission,
     idle_timeout: Duration,
     shutdown: Shutdown,
+    /// TLS on the route listener (`cert`/`key`).
+    server_tls: Option<Arc<crate::tls_acceptor::ServerTls>>,
 }
 
 /// Why a route cannot start.
@@ -208,6 +210,7 @@ impl ReverseRoute {
             admission: crate::inbound::Admission::new(&all.admission, all.max_connections),
             idle_timeout: all.idle_timeout,
             shutdown,
+            server_tls: None,
         })
     }
 
@@ -261,9 +264,10 @@ impl ReverseRoute {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Response<RespBody> {
         if let Some(proto) = upgrade::requested(&req) {
-            return self.handle_upgrade(req, proto, peer).await;
+            return self.handle_upgrade(req, proto, peer, tls).await;
         }
         let started = Instant::now();
         let grpc = self.cfg.grpc || grpc::is_grpc(req.headers());
@@ -290,7 +294,7 @@ impl ReverseRoute {
                 .headers
                 .insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        self.forwarded_headers(&mut parts.headers, peer);
+        self.forwarded_headers(&mut parts.headers, peer, tls);
         if grpc {
             return self
                 .handle_grpc(parts, client_host, body, peer, started)
@@ -544,5 +548,10 @@ impl ReverseRoute {
     /// `h2`, `https` (not negotiated yet) or `http1 (fallback)`.
     pub fn backend_protocol(&self, m: &Member) -> &'static str {
         self.proto(m).describe()
+    }
+
+    /// The listener's TLS certificate (for reloads), if it has one.
+    pub fn server_tls(&self) -> Option<Arc<crate::tls_acceptor::ServerTls>> {
+        self.server_tls.clone()
     }
 }

@@ -45,13 +45,14 @@ impl ReverseRoute {
         mut req: Request<Incoming>,
         proto: HeaderValue,
         peer: SocketAddr,
+        tls: bool,
     ) -> Response<RespBody> {
         let started = Instant::now();
         let client_side = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned();
         crate::forward::strip_hop_by_hop(&mut parts.headers);
-        self.forwarded_headers(&mut parts.headers, peer);
+        self.forwarded_headers(&mut parts.headers, peer, tls);
         put_upgrade(&mut parts.headers, &proto);
         let mut last_err = None;
         for m in self.order().iter().take(self.cfg.max_attempts as usize) {
