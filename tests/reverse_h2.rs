@@ -26,6 +26,11 @@ struct H2Origin {
 
 impl H2Origin {
     fn start(tls: Option<rustls::ServerConfig>) -> H2Origin {
+        H2Origin::start_alpn(tls, &[b"h2", b"http/1.1"])
+    }
+
+    /// With TLS offering `alpn` (empty: the server ignores ALPN).
+    fn start_alpn(tls: Option<rustls::ServerConfig>, alpn: &[&[u8]]) -> H2Origin {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -35,7 +40,7 @@ impl H2Origin {
         std_l.set_nonblocking(true).unwrap();
         let addr = std_l.local_addr().unwrap();
         let acceptor = tls.map(|mut c| {
-            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             tokio_rustls::TlsAcceptor::from(Arc::new(c))
         });
         rt.spawn(async move {
@@ -384,5 +389,69 @@ fn tls_route_listener_offers_h2_by_alpn_and_reloads_on_sighup() {
         curl(&["--cacert", &ca1_pem, &url]).status,
         0,
         "the old one still is"
+    );
+}
+
+#[test]
+fn h2_backend_whose_alpn_refuses_h2_falls_back_only_when_allowed() {
+    let ca = TestCa::new();
+    let echo = EchoServer::tls(&ca); // HTTP/1.1 only, no ALPN
+    let backend = format!("h2://127.0.0.1:{}", echo.addr().port());
+    let ca_line = format!("ca_file = \"{}\"\n", ca.ca_path().display());
+    let (listen, admin) = (free_addr(), free_addr());
+    let with = format!("{ca_line}[route.fallback]\nprotocol = \"http1\"\n");
+    let pg = Proxyguard::start(&route(listen, admin, &backend, &with));
+    for _ in 0..5 {
+        let r = curl(&[&format!("http://{listen}/alpn")]);
+        assert_eq!(r.status, 200, "{r:?}\n{}", pg.logs());
+        assert!(r.body.starts_with("GET /alpn HTTP/1.1"), "{}", r.body);
+    }
+    let logged = pg
+        .logs()
+        .lines()
+        .filter(|l| l.contains("protocol fallback to HTTP/1.1") && l.contains("ALPN"))
+        .count();
+    assert_eq!(logged, 1, "{}", pg.logs());
+    assert_eq!(
+        status(admin)["routes"][0]["backends"][0]["protocol"],
+        "http1 (fallback)"
+    );
+
+    let (listen2, admin2) = (free_addr(), free_addr());
+    let pg2 = Proxyguard::start(&route(listen2, admin2, &backend, &ca_line));
+    let r = curl(&[&format!("http://{listen2}/alpn")]);
+    assert_eq!(r.status, 502, "h2:// without fallback needs h2: {r:?}");
+    // A server that knows ALPN refuses the handshake (no protocol in
+    // common); one without ALPN would be refused by proxyguard.
+    assert!(
+        r.body.contains("NoApplicationProtocol") || r.body.contains("did not agree to HTTP/2"),
+        "{}\n{}",
+        r.body,
+        pg2.logs()
+    );
+
+    // A TLS server that ignores ALPN: the handshake succeeds, not on h2.
+    let no_alpn = H2Origin::start_alpn(Some(ca.server_config()), &[]);
+    let backend = format!("h2://127.0.0.1:{}", no_alpn.addr.port());
+    let (listen3, admin3) = (free_addr(), free_addr());
+    let pg3 = Proxyguard::start(&route(listen3, admin3, &backend, &ca_line));
+    let r = curl(&[&format!("http://{listen3}/alpn")]);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.body.contains("did not agree to HTTP/2"),
+        "{}\n{}",
+        r.body,
+        pg3.logs()
+    );
+    let (listen4, admin4) = (free_addr(), free_addr());
+    let pg4 = Proxyguard::start(&route(listen4, admin4, &backend, &with));
+    let r = curl(&[&format!("http://{listen4}/alpn")]);
+    assert_eq!(r.status, 200, "{r:?}\n{}", pg4.logs());
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("x-version: http/1.1"),
+        "{}",
+        r.headers
     );
 }

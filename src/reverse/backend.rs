@@ -133,7 +133,13 @@ impl ReverseRoute {
         let h2 = match st.proto {
             P::H2c => want_h2,
             P::H2 if want_h2 && !alpn_h2 => {
-                // Only reachable with fallback on: h2_only fails the handshake.
+                // A server without ALPN (or one that ignores ours) does not
+                // fail the handshake: the connection is there, not on h2.
+                if !st.enabled {
+                    return Err(ConnectError::ProxyProtocol {
+                        detail: "the backend did not agree to HTTP/2 (ALPN h2)".into(),
+                    });
+                }
                 st.downgrade(m.name(), "ALPN did not choose h2");
                 false
             }
