@@ -6,7 +6,10 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock (std's outside a runtime), so tests can pause it.
+use tokio::time::Instant;
 
 use crate::config::route_protocols::BackendProtocol;
 
@@ -104,6 +107,18 @@ mod tests {
         assert!(!s.downgrade("b", "again"), "not again while it lasts");
         assert!(!s.wants_h2());
         assert_eq!(s.describe(), "http1 (fallback)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_is_tried_again_after_the_retry_time() {
+        let s = ProtoState::new(BackendProtocol::H2, true);
+        assert!(s.downgrade("b", "ALPN did not choose h2"));
+        tokio::time::advance(RETRY_H2_AFTER - Duration::from_secs(1)).await;
+        assert!(!s.wants_h2(), "still on HTTP/1.1");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.wants_h2(), "h2 again after {RETRY_H2_AFTER:?}");
+        assert_eq!(s.describe(), "h2");
+        assert!(s.downgrade("b", "again"), "a new downgrade is logged again");
     }
 
     #[test]
