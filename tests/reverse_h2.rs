@@ -290,6 +290,21 @@ async def main():
 asyncio.run(main())
 "#;
 
+const WS_IDLE_CLIENT: &str = r#"
+import asyncio, sys, websockets
+async def main():
+    async with websockets.connect(sys.argv[1], open_timeout=10, ping_interval=None) as ws:
+        await ws.send("one")
+        print(await asyncio.wait_for(ws.recv(), 10), flush=True)
+        await asyncio.sleep(3)
+        try:
+            await asyncio.wait_for(ws.recv(), 10)
+            print("STILL OPEN", flush=True)
+        except websockets.ConnectionClosed:
+            print("CLOSED BY THE GATEWAY", flush=True)
+asyncio.run(main())
+"#;
+
 #[test]
 fn websocket_upgrade_through_a_route() {
     let dir = temp_dir("ws", false);
@@ -307,12 +322,8 @@ fn websocket_upgrade_through_a_route() {
         server.log()
     );
     let (listen, admin) = (free_addr(), free_addr());
-    let pg = Proxyguard::start(&route(
-        listen,
-        admin,
-        &format!("http://127.0.0.1:{port}"),
-        "",
-    ));
+    let cfg = route(listen, admin, &format!("http://127.0.0.1:{port}"), "");
+    let pg = Proxyguard::start(&format!("{cfg}\n[timeouts]\nidle = \"1s\"\n"));
     let mut cmd = std::process::Command::new(support::grpc::PYTHON);
     cmd.arg(dir.path().join("client.py"))
         .arg(format!("ws://{listen}/chat"));
@@ -329,6 +340,25 @@ fn websocket_upgrade_through_a_route() {
             .logs()
             .contains("reverse_upgrade")),
         "the relay's end is logged\n{}",
+        pg.logs()
+    );
+    // A silent WebSocket is cut after [timeouts] idle (1 s here).
+    write_file(&dir.path().join("idle.py"), WS_IDLE_CLIENT, 0o644);
+    let mut cmd = std::process::Command::new(support::grpc::PYTHON);
+    cmd.arg(dir.path().join("idle.py"))
+        .arg(format!("ws://{listen}/idle"));
+    let out = run_cmd(cmd, Duration::from_secs(60));
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        vec!["echo:one", "CLOSED BY THE GATEWAY"],
+        "{out:?}\n{}",
+        pg.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || pg
+            .logs()
+            .contains("\"end\":\"idle_timeout\"")),
+        "{}",
         pg.logs()
     );
 }
