@@ -121,6 +121,11 @@ fn h2c_prior_knowledge_and_http1_on_the_same_route_port() {
     assert_eq!(h2.status, 200, "{h2:?}\n{}", pg.logs());
     assert!(h2.headers.starts_with("HTTP/2 200"), "{}", h2.headers);
     assert!(
+        h2.body.contains(&format!("x-forwarded-host: {listen}")),
+        "the :authority becomes X-Forwarded-Host: {}",
+        h2.body
+    );
+    assert!(
         h2.body.starts_with("GET /hello HTTP/1.1"),
         "sent on over HTTP/1.1: {}",
         h2.body

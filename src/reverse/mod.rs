@@ -272,12 +272,14 @@ impl ReverseRoute {
         let started = Instant::now();
         let grpc = self.cfg.grpc || grpc::is_grpc(req.headers());
         let (mut parts, body) = req.into_parts();
-        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        if !parts.headers.contains_key(header::HOST) {
+            // HTTP/2 carries the host as :authority (in the URI).
+            let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+            if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        let client_host = parts.headers.get(header::HOST).cloned();
         let te_trailers = parts
             .headers
             .get_all(header::TE)
