@@ -30,6 +30,8 @@ pub const KINDS: &[&str] = &[
     "config_reload",
     "config_reload_failed",
     "auth_ban",
+    "fleet_connected",
+    "fleet_disconnected",
 ];
 
 pub struct EventBus {

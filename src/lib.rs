@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod events;
+pub mod fleet;
 pub mod forward;
 pub mod http_client;
 pub mod inbound;

@@ -51,9 +51,11 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
         shutdown.clone(),
     );
     crate::admin::alerts::spawn(cfg.file.alert.clone(), router.clone(), shutdown.clone());
+    let fleet = (cfg.fleet.as_ref())
+        .map(|f| crate::fleet::spawn(f.clone(), router.clone(), shutdown.clone()));
     let routes = crate::reverse::start(cfg, router.clone(), shutdown.clone()).await?;
     routes.iter().for_each(|(a, _)| state.own.add(*a));
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<_> = fleet.into_iter().collect();
     let mut addrs = Vec::new();
     let mut tls_all = Vec::new();
     for l in &cfg.listeners {

@@ -70,6 +70,21 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "Upstream ejections, by upstream and reason.",
     ),
     (
+        "proxyguard_fleet_connected",
+        Kind::Gauge,
+        "1 while the [fleet] watch on etcd is established, else 0.",
+    ),
+    (
+        "proxyguard_fleet_reports",
+        Kind::Gauge,
+        "Other gateways of the fleet that report this upstream down (counted towards [fleet] quorum), by upstream.",
+    ),
+    (
+        "proxyguard_fleet_published_total",
+        Kind::Counter,
+        "Verdicts this gateway wrote to etcd for the fleet, by state (down, up).",
+    ),
+    (
         "proxyguard_events_total",
         Kind::Counter,
         "Events published (upstream_down, breaker_open, ...), by kind.",

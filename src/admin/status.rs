@@ -108,6 +108,17 @@ pub struct UpstreamStatus {
     /// `h2`, `https` before ALPN, `http1 (fallback)`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Why it is ejected (`timeout`, `refused`, `auth`, ..., or `fleet`).
+    pub ejection_reason: Option<String>,
+    /// Other gateways of the fleet reporting it down (`[fleet]`).
+    pub fleet_down: Vec<FleetReport>,
+}
+
+/// One other gateway's down report about an upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub gateway: String,
+    pub reason: String,
 }
 
 /// One reverse-mode route and its backends.
@@ -173,6 +184,13 @@ fn member_status(m: &Member, history: &History) -> UpstreamStatus {
         }),
         history: history.of(m.name()),
         protocol: None,
+        ejection_reason: m.health.ejection_reason().map(str::to_string),
+        fleet_down: m
+            .health
+            .fleet_down()
+            .into_iter()
+            .map(|(gateway, reason)| FleetReport { gateway, reason })
+            .collect(),
     }
 }
 

@@ -5,8 +5,8 @@ use serde_json::Value;
 
 fn header(first: &str) -> String {
     format!(
-        "{:<24} {:<13} {:<10} {:>9} {:>8} {:>8}  last error\n",
-        first, "state", "breaker", "latency", "ok", "failed"
+        "{:<24} {:<16} {:<10} {:>5} {:>9} {:>8} {:>8}  last error\n",
+        first, "state", "breaker", "fleet", "latency", "ok", "failed"
     )
 }
 
@@ -15,11 +15,21 @@ fn row(u: &Value) -> String {
         .as_f64()
         .map(|x| format!("{x:.1}ms"))
         .unwrap_or_else(|| "-".into());
+    let mut state = u["state"].as_str().unwrap_or("?").to_string();
+    if let Some(r) = u["ejection_reason"].as_str() {
+        state = format!("{state}:{r}");
+    }
+    // Other gateways of the fleet reporting it down.
+    let fleet = match u["fleet_down"].as_array().map(Vec::len) {
+        Some(n) if n > 0 => n.to_string(),
+        _ => "-".into(),
+    };
     format!(
-        "{:<24} {:<13} {:<10} {:>9} {:>8} {:>8}  {}\n",
+        "{:<24} {:<16} {:<10} {:>5} {:>9} {:>8} {:>8}  {}\n",
         u["name"].as_str().unwrap_or("?"),
-        u["state"].as_str().unwrap_or("?"),
+        state,
         u["breaker"].as_str().unwrap_or("?"),
+        fleet,
         lat,
         u["successes"].as_u64().unwrap_or(0),
         u["failures"].as_u64().unwrap_or(0),
@@ -95,5 +105,21 @@ mod tests {
             t.contains("http://10.0.0.1:80") && t.contains("ejected") && t.contains("refused"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn fleet_ejection_shows_reason_and_reporters() {
+        let v = serde_json::json!({
+            "version": "0.1.0", "uptime_s": 3, "strategy": "failover", "can_serve": true,
+            "upstreams": [{"name": "u1", "state": "ejected", "ejection_reason": "fleet",
+                           "breaker": "closed", "successes": 0, "failures": 0,
+                           "fleet_down": [{"gateway": "g1", "reason": "timeout"},
+                                          {"gateway": "g2", "reason": "refused"}]}]
+        });
+        let t = render(&v);
+        let line = t.lines().find(|l| l.starts_with("u1 ")).unwrap_or_default();
+        assert!(line.contains("ejected:fleet"), "{t}");
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.get(3), Some(&"2"), "fleet column: {t}");
     }
 }

@@ -108,6 +108,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// ACL, bans, per-client limit, admin hardening (config/security.rs).
     pub security: super::security::Security,
+    /// `[fleet]` (config/fleet.rs), when configured.
+    pub fleet: Option<super::fleet::FleetSettings>,
     /// The file as read (for `check` to print, redacted).
     pub file: FileConfig,
     /// `path` or `environment`.
@@ -274,6 +276,7 @@ impl Config {
         sections::alerts(&cx, &file)?;
         sections::routes(&cx, &file, &admission.allow)?;
         sections::no_open_proxy(&cx, &file, &listeners, &admission)?;
+        let fleet = super::fleet::validate(&cx, &file)?;
         let t = &file.timeouts;
         let cfg = Config {
             listeners,
@@ -301,6 +304,7 @@ impl Config {
             admin_addr,
             admin_token,
             security,
+            fleet,
             file,
             source_name: source.to_string(),
             path: None,

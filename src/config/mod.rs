@@ -4,6 +4,7 @@
 pub mod adaptive;
 pub mod duration;
 pub mod env;
+pub mod fleet;
 mod listen_tls;
 pub mod load;
 pub mod locate;

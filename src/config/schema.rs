@@ -32,6 +32,9 @@ pub struct FileConfig {
     pub route: Vec<RouteConfig>,
     /// Destination ACL: see docs/security.md.
     pub acl: super::security::AclConfig,
+    /// Fleet health through etcd: see docs/fleet-health.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::FleetConfig>,
 }
 
 /// A reverse-proxy route: a local listener forwarding to backends in zones.
@@ -238,6 +241,7 @@ impl Default for FileConfig {
             alert: Vec::new(),
             route: Vec::new(),
             acl: Default::default(),
+            fleet: None,
         }
     }
 }

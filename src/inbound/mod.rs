@@ -236,12 +236,20 @@ async fn handle(
             }
         }
     };
+    // The SOCKS5 and TLS paths' futures are several times the size of the
+    // plain HTTP one: boxed, so that every connection's task (spawned,
+    // moved and polled with this future inside) does not carry their size.
     match (speaks, tls) {
-        (Speaks::Socks5, _) => socks5::serve(stream, ctx, state).await,
-        (Speaks::Tls, Some(tls)) => match tls.accept(stream, state.client_header_timeout).await {
-            Ok(s) => http::serve(s, ctx, state).await,
-            Err(e) => tls_failed(peer, &e),
-        },
+        (Speaks::Socks5, _) => Box::pin(socks5::serve(stream, ctx, state)).await,
+        (Speaks::Tls, Some(tls)) => {
+            Box::pin(async move {
+                match tls.accept(stream, state.client_header_timeout).await {
+                    Ok(s) => http::serve(s, ctx, state).await,
+                    Err(e) => tls_failed(peer, &e),
+                }
+            })
+            .await
+        }
         // Validation gives every https listener its certificate.
         (Speaks::Tls, None) => {}
         (Speaks::Http, _) => http::serve(stream, ctx, state).await,

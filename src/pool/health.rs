@@ -14,6 +14,9 @@ use crate::config::schema::BreakerConfig;
 use crate::config::UpstreamEntry;
 use crate::upstream::{ConnectError, FaultClass};
 
+mod fleet;
+pub use fleet::OwnVerdict;
+
 /// Circuit breaker state, as reported on the status page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -92,6 +95,13 @@ struct Inner {
     /// Time-based transitions seen by read-only calls, handed to the next
     /// caller that reports transitions (so none goes unlogged).
     pending: Vec<Transition>,
+    /// Reason label of the last failure (what an ejection is published as).
+    trip_reason: &'static str,
+    /// A success or passing check came after the last failure (evidence
+    /// that lets this gateway publish the upstream as up again).
+    good_since_fail: bool,
+    /// What the other gateways of the fleet report (health/fleet.rs).
+    fleet: fleet::Mark,
 }
 
 #[derive(Debug)]
@@ -108,6 +118,8 @@ pub struct Health {
     ejected: tokio::sync::Notify,
     /// What was last announced (`upstream_down` sent and not yet `upstream_up`).
     announced_down: std::sync::atomic::AtomicBool,
+    /// What this gateway last published to the fleet (held while sending).
+    published: Mutex<fleet::Published>,
 }
 
 const SAMPLES: usize = 64;
@@ -134,6 +146,9 @@ impl Health {
                 trip_fault: None,
                 trip_shallow_ok: true,
                 pending: Vec::new(),
+                trip_reason: "error",
+                good_since_fail: false,
+                fleet: fleet::Mark::default(),
             }),
             max_fails: entry.max_fails.max(1),
             fail_timeout: entry.fail_timeout,
@@ -143,6 +158,7 @@ impl Health {
             ewma_us: AtomicU64::new(0),
             ejected: tokio::sync::Notify::new(),
             announced_down: std::sync::atomic::AtomicBool::new(false),
+            published: Mutex::new(fleet::Published::Nothing),
         }
     }
 
@@ -190,7 +206,16 @@ impl Health {
         Self::state_of(&g)
     }
 
+    /// The state, with a fleet ejection on top of this gateway's own view.
     fn state_of(g: &Inner) -> State {
+        match Self::own_state_of(g) {
+            State::Healthy | State::HalfOpen if g.fleet.ejected() => State::Ejected,
+            own => own,
+        }
+    }
+
+    /// The state from this gateway's own observations only.
+    fn own_state_of(g: &Inner) -> State {
         if g.breaker == BreakerState::Open {
             State::BreakerOpen
         } else if g.ejected_until.is_some() {
@@ -272,6 +297,10 @@ impl Health {
         g.samples.push_back(took);
         g.consecutive_fails = 0;
         g.ejections = 0;
+        g.good_since_fail = true;
+        if g.fleet.lift(true) {
+            t.push(Transition::Reinstated);
+        }
         self.push_window(&mut g, now, true);
         if g.breaker == BreakerState::HalfOpen {
             g.breaker = BreakerState::Closed;
@@ -311,6 +340,8 @@ impl Health {
         g.last_error = Some((SystemTime::now(), err.to_string(), err.fault()));
         g.trip_fault = Some(err.fault());
         g.trip_shallow_ok = connection_level(err);
+        g.trip_reason = reason_label(err);
+        g.good_since_fail = false;
         g.consecutive_fails += 1;
         self.push_window(&mut g, now, false);
         // Breaker.
@@ -400,6 +431,10 @@ impl Health {
                     g.check_up = true;
                     t.push(Transition::CheckUp);
                 }
+                g.good_since_fail = true;
+                if g.fleet.lift(deep) {
+                    t.push(Transition::Reinstated);
+                }
                 let vouches = deep || g.trip_shallow_ok;
                 if vouches && g.ejected_until.take().is_some() {
                     g.fails.clear();
@@ -415,6 +450,7 @@ impl Health {
         } else {
             g.check_ok_streak = 0;
             g.check_fail_streak += 1;
+            g.good_since_fail = false;
             if g.check_fail_streak >= fall && g.check_up {
                 g.check_up = false;
                 t.push(Transition::CheckDown);
@@ -496,120 +532,4 @@ pub fn reason_label(err: &ConnectError) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::duration::Dur;
-    use crate::upstream::{Phase, UpstreamSpec};
-
-    fn entry(max_fails: u32) -> UpstreamEntry {
-        UpstreamEntry {
-            spec: UpstreamSpec::direct("t"),
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails,
-            fail_timeout: Duration::from_secs(10),
-            applies: crate::config::Applies::ALL,
-            origin: "test".into(),
-        }
-    }
-
-    fn refused() -> ConnectError {
-        ConnectError::Refused {
-            addr: "x".into(),
-            proxy: true,
-        }
-    }
-
-    #[test]
-    fn ejects_after_max_fails_and_grows() {
-        let h = Health::new(&entry(2), &BreakerConfig::default());
-        let base = Duration::from_millis(50);
-        assert!(h.record_failure(&refused(), true, base).is_empty());
-        let t = h.record_failure(&refused(), true, base);
-        assert!(
-            matches!(t[0], Transition::Ejected { until_ms: 50, .. }),
-            "{t:?}"
-        );
-        assert_eq!(h.state(), State::Ejected);
-        std::thread::sleep(Duration::from_millis(70));
-        assert_eq!(h.state(), State::Healthy);
-        h.record_failure(&refused(), true, base);
-        let t = h.record_failure(&refused(), true, base);
-        assert!(
-            matches!(t[0], Transition::Ejected { until_ms: 100, .. }),
-            "{t:?}"
-        );
-    }
-
-    #[test]
-    fn auth_fault_ejects_at_once_with_its_reason() {
-        let h = Health::new(&entry(5), &BreakerConfig::default());
-        let t = h.record_failure(
-            &ConnectError::ProxyAuthRejected {
-                scheme: "Basic".into(),
-            },
-            true,
-            Duration::from_secs(1),
-        );
-        assert!(matches!(&t[0], Transition::Ejected { reason, .. } if reason == "auth"));
-        assert!(!h.eligible());
-    }
-
-    #[test]
-    fn ejection_cap_respected() {
-        let h = Health::new(&entry(1), &BreakerConfig::default());
-        h.record_failure(&refused(), false, Duration::from_secs(1));
-        assert!(h.eligible());
-    }
-
-    #[test]
-    fn breaker_opens_half_opens_and_closes() {
-        let cfg = BreakerConfig {
-            failure_threshold: 3,
-            open_for: Dur::millis(60),
-            half_open_trials: 1,
-            ..BreakerConfig::default()
-        };
-        let h = Health::new(&entry(100), &cfg);
-        let err = ConnectError::Timeout {
-            phase: Phase::Tcp,
-            after: Duration::from_secs(1),
-            proxy: true,
-        };
-        for _ in 0..2 {
-            h.record_failure(&err, true, Duration::from_secs(1));
-        }
-        assert_eq!(h.breaker_state(), BreakerState::Closed);
-        let t = h.record_failure(&err, true, Duration::from_secs(1));
-        assert!(t.contains(&Transition::BreakerOpened));
-        assert_eq!(h.state(), State::BreakerOpen);
-        assert!(!h.try_admit().0);
-        std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(h.breaker_state(), BreakerState::HalfOpen);
-        assert!(h.try_admit().0, "one trial allowed");
-        assert!(!h.try_admit().0, "only one trial");
-        let t = h.record_success(Duration::from_millis(1));
-        assert!(t.contains(&Transition::BreakerClosed));
-        assert_eq!(h.state(), State::Healthy);
-    }
-
-    #[test]
-    fn checks_rise_and_fall() {
-        let h = Health::new(&entry(1), &BreakerConfig::default());
-        h.record_check(false, true, "x", 2, 2);
-        assert_eq!(h.state(), State::Healthy);
-        assert_eq!(
-            h.record_check(false, true, "x", 2, 2),
-            vec![Transition::CheckDown]
-        );
-        assert_eq!(h.state(), State::Down);
-        h.record_check(true, true, "", 2, 2);
-        assert_eq!(h.state(), State::Down);
-        assert_eq!(
-            h.record_check(true, true, "", 2, 2),
-            vec![Transition::CheckUp]
-        );
-        assert!(h.eligible());
-    }
-}
+mod tests;

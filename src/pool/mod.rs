@@ -5,6 +5,7 @@
 pub mod attempt;
 pub mod backoff;
 pub mod checker;
+pub mod fleet;
 pub mod health;
 pub mod idle_cut;
 pub mod strategy;
@@ -136,6 +137,8 @@ pub struct Pool {
     pub events: Arc<crate::events::EventBus>,
     all_down: std::sync::atomic::AtomicBool,
     degraded: std::sync::atomic::AtomicBool,
+    /// Where this gateway's own verdicts go with `[fleet]` (pool/fleet.rs).
+    fleet_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<fleet::Verdict>>,
 }
 
 impl Pool {
@@ -157,6 +160,7 @@ impl Pool {
             events: Arc::new(crate::events::EventBus::new()),
             all_down: std::sync::atomic::AtomicBool::new(false),
             degraded: std::sync::atomic::AtomicBool::new(false),
+            fleet_sink: std::sync::OnceLock::new(),
         }
     }
 
@@ -295,6 +299,7 @@ impl Pool {
         metrics::histogram!("proxyguard_upstream_connect_seconds", "upstream" => m.name().to_string())
             .record(took.as_secs_f64());
         self.transitions(m, m.health.record_success(took));
+        self.fleet_note(m);
     }
 
     /// Logs transitions, publishes them as events and keeps gauges current.
@@ -346,6 +351,10 @@ impl Pool {
                 let why = t
                     .iter()
                     .find_map(|tr| match tr {
+                        Transition::Ejected { reason, .. } if reason == "fleet" => Some(format!(
+                            "ejected (reason fleet): {} other gateways report it down",
+                            m.health.fleet_down().len()
+                        )),
                         Transition::Ejected { until_ms, reason } => Some(format!(
                             "ejected for {until_ms} ms (reason {reason}): {}",
                             m.health.last_error().map(|e| e.1).unwrap_or_default()
@@ -383,6 +392,7 @@ impl Pool {
             self.all_down.store(false, Ordering::Relaxed);
         }
         log_transitions(m, t);
+        self.fleet_note(m);
     }
 
     /// Records a failed connect through `m`. Target faults (the target itself
