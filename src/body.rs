@@ -83,6 +83,7 @@ pub struct IdleBody<B> {
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
     on_fault: Option<OnFault>,
+    on_drop: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<B> IdleBody<B> {
@@ -93,11 +94,19 @@ impl<B> IdleBody<B> {
             idle,
             timer: None,
             on_fault: None,
+            on_drop: None,
         }
     }
 
     pub fn on_fault(mut self, f: OnFault) -> Self {
         self.on_fault = Some(f);
+        self
+    }
+
+    /// Called once when the body is dropped: sent whole, cut, or abandoned
+    /// by the client.
+    pub fn on_drop(mut self, f: Box<dyn FnOnce() + Send>) -> Self {
+        self.on_drop = Some(f);
         self
     }
 
@@ -154,6 +163,14 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for IdleBody<B> {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
     }
 }
 

@@ -35,8 +35,7 @@ where
         .handshake::<_, B>(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {
-        // With upgrades: a `101 Switching Protocols` hands the socket over.
-        if let Err(e) = conn.with_upgrades().await {
+        if let Err(e) = conn.await {
             tracing::trace!(error = %e, "upstream connection ended");
         }
     });
@@ -60,6 +59,27 @@ where
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::trace!(error = %e, "upstream h2 connection ended");
+        }
+    });
+    Ok(tx)
+}
+
+/// Like [`handshake`], for a request that may be answered `101 Switching
+/// Protocols`: the connection task hands the socket over to
+/// `hyper::upgrade::on(response)` instead of closing it. Never pooled.
+pub async fn handshake_with_upgrades<I, B>(io: I) -> Result<SendRequest<B>, hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (tx, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, B>(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::trace!(error = %e, "upstream connection ended");
         }
     });
     Ok(tx)

@@ -55,37 +55,12 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
         .map(|f| crate::fleet::spawn(f.clone(), router.clone(), shutdown.clone()));
     let routes = crate::reverse::start(cfg, router.clone(), shutdown.clone()).await?;
     routes.iter().for_each(|(a, _)| state.own.add(*a));
-    let mut tasks: Vec<_> = fleet.into_iter().collect();
-    let mut addrs = Vec::new();
-    let mut tls_all = Vec::new();
-    for l in &cfg.listeners {
-        let tls = match &l.tls {
-            Some(files) => Some(
-                ServerTls::load(files.clone(), ALPN_HTTP11).map_err(|source| ServeError::Tls {
-                    addr: l.addr,
-                    source,
-                })?,
-            ),
-            None => None,
-        };
-        tls_all.extend(tls.clone());
-        warn_clear_credentials(cfg, l);
-        let listener = inbound::bind(l.addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: l.addr,
-                source,
-            })?;
-        let local = listener.local_addr().unwrap_or(l.addr);
-        addrs.push(local);
-        tracing::info!(addr = %local, protocol = ?l.protocol, tls = l.tls.is_some(), "listening");
-        tasks.push(tokio::spawn(inbound::serve_listener(
-            listener,
-            l.protocol,
-            tls,
-            state.clone(),
-        )));
-    }
+    let Bound {
+        mut tasks,
+        addrs,
+        tls: mut tls_all,
+    } = bind_listeners(cfg, &state).await?;
+    tasks.extend(fleet);
     tls_all.extend(routes.iter().filter_map(|(_, r)| r.server_tls()));
     let tls_all = Arc::new(tls_all);
     for u in &cfg.upstreams {
@@ -162,6 +137,51 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
         tasks,
         grace: cfg.shutdown_grace,
     })
+}
+
+/// The forward listeners, bound and serving.
+struct Bound {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    addrs: Vec<std::net::SocketAddr>,
+    /// Certificates of the TLS listeners.
+    tls: Vec<Arc<ServerTls>>,
+}
+
+async fn bind_listeners(cfg: &Config, state: &Arc<State>) -> Result<Bound, ServeError> {
+    let mut b = Bound {
+        tasks: Vec::new(),
+        addrs: Vec::new(),
+        tls: Vec::new(),
+    };
+    for l in &cfg.listeners {
+        let tls = match &l.tls {
+            Some(files) => Some(
+                ServerTls::load(files.clone(), ALPN_HTTP11).map_err(|source| ServeError::Tls {
+                    addr: l.addr,
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        b.tls.extend(tls.clone());
+        warn_clear_credentials(cfg, l);
+        let listener = inbound::bind(l.addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: l.addr,
+                source,
+            })?;
+        let local = listener.local_addr().unwrap_or(l.addr);
+        b.addrs.push(local);
+        tracing::info!(addr = %local, protocol = ?l.protocol, tls = l.tls.is_some(), "listening");
+        b.tasks.push(tokio::spawn(inbound::serve_listener(
+            listener,
+            l.protocol,
+            tls,
+            state.clone(),
+        )));
+    }
+    Ok(b)
 }
 
 /// Basic credentials (and SOCKS5 passwords) sent to a listener other
@@ -311,17 +331,20 @@ fn raise_fd_limit() {}
 /// Runs the gateway until a signal arrives.
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
     raise_fd_limit();
+    // SIGHUP is caught from before the listeners accept: a reload sent as
+    // soon as the port answers must not hit the default action (exit).
+    #[cfg(unix)]
+    let hup = cfg
+        .path
+        .as_ref()
+        .and_then(|_| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok());
     let running = start(&cfg, Shutdown::new()).await?;
     #[cfg(unix)]
-    if let Some(path) = cfg.path.clone() {
+    if let (Some(path), Some(mut hup)) = (cfg.path.clone(), hup) {
         let router = running.state.router.clone();
         let certs = running.tls.clone();
         let started_with = cfg.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading {}", path.display());
                 reload_all(&certs);

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::websocket::*;
 use support::*;
 
 const USER: &str = "alice:s3cret-pw";
@@ -274,4 +275,44 @@ fn non_loopback_listener_with_auth_but_no_tls_warns_at_start() {
         pg.logs()
     );
     assert!(!pg.logs().contains("s3cret-pw"));
+}
+
+/// A TLS client to the gateway trusting `ca`, offering h2 and http/1.1.
+fn tls_to(
+    addr: std::net::SocketAddr,
+    ca: &TestCa,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn websocket_upgrade_inside_the_tls_listener_and_alpn_is_http11() {
+    let ca = TestCa::new();
+    let ws = WsEcho::start();
+    let gw = start("https", &ca.default_leaf, "");
+    let mut s = tls_to(gw.pg.addr(), &ca);
+    let head = upgrade_on(&mut s, ws.addr(), "/over-tls");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}\n{}", gw.pg.logs());
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    send_frame(&mut s, 0x1, b"inside TLS");
+    assert_eq!(read_frame(&mut s).unwrap(), (0x1, b"inside TLS".to_vec()));
+    send_frame(&mut s, 0x8, &1000u16.to_be_bytes());
+    assert_eq!(read_frame(&mut s).unwrap().0, 0x8);
 }

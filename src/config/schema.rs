@@ -332,6 +332,9 @@ pub struct TimeoutsConfig {
     pub idle: Dur,
     /// On SIGINT/SIGTERM, how long live tunnels may continue.
     pub shutdown_grace: Dur,
+    /// `Expect: 100-continue`: how long the request body waits for the
+    /// upstream's `100 Continue` (or final answer) before it is sent anyway.
+    pub expect_continue: Dur,
     /// SO_KEEPALIVE on client, upstream and tunnel sockets: keeps NAT and
     /// load-balancer entries alive and finds dead peers.
     pub tcp_keepalive: crate::tcp_keepalive::KeepaliveConfig,
@@ -348,6 +351,7 @@ impl Default for TimeoutsConfig {
             client_header: Dur::secs(10),
             idle: Dur::secs(300),
             shutdown_grace: Dur::secs(10),
+            expect_continue: Dur::secs(1),
             tcp_keepalive: Default::default(),
         }
     }
@@ -399,7 +403,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Add `Via: 1.1 proxyguard` to forwarded plain-HTTP requests.
+    /// Add `Via: 1.1 proxyguard` to forwarded plain-HTTP requests and
+    /// their responses.
     pub via: bool,
 }
 

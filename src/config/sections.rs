@@ -125,6 +125,7 @@ pub(super) fn limits(cx: &Ctx<'_>, file: &FileConfig) -> Result<(), ConfigError>
         ("timeouts.idle", t.idle),
         ("timeouts.response_head", t.response_head),
         ("timeouts.body_idle", t.body_idle),
+        ("timeouts.expect_continue", t.expect_continue),
     ] {
         if d.0.is_zero() {
             return cx.err(None, name, "must be greater than zero".into());

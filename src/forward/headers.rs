@@ -5,8 +5,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use super::expect::ContinueGate;
 use super::OutBody;
-use crate::upstream::Target;
+use crate::upstream::{ConnectError, Target};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy credentials, which
 /// must never travel further.
@@ -73,6 +76,23 @@ pub(super) fn proxy_gateway_error(resp: &Response<Incoming>) -> bool {
     }
 }
 
+/// The upstream proxy's own 407 (its credentials, never meant for our
+/// client) as the error that counts against it.
+pub(super) fn proxy_auth_error(resp: &Response<Incoming>, had_auth: bool) -> ConnectError {
+    let scheme = resp
+        .headers()
+        .get(header::PROXY_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("unknown")
+        .to_string();
+    if had_auth {
+        ConnectError::ProxyAuthRejected { scheme }
+    } else {
+        ConnectError::ProxyAuthRequired { scheme }
+    }
+}
+
 pub(super) fn build(
     parts: &http::request::Parts,
     target: &Target,
@@ -109,6 +129,14 @@ pub(super) fn build(
         if let Ok(v) = HeaderValue::from_str(a) {
             req.headers_mut().insert(header::PROXY_AUTHORIZATION, v);
         }
+    }
+    if let Some(gate) = parts.extensions.get::<Arc<ContinueGate>>() {
+        let gate = gate.clone();
+        hyper::ext::on_informational(&mut req, move |r| {
+            if r.status() == http::StatusCode::CONTINUE {
+                gate.go();
+            }
+        });
     }
     req
 }

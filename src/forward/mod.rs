@@ -27,12 +27,16 @@ use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 
 mod exchange;
+mod expect;
 mod headers;
+mod upgrade;
 
 pub use headers::strip_hop_by_hop;
+pub use upgrade::{wants_upgrade, Upgrade};
 
 use exchange::Outcome;
-use headers::{idempotent, proxy_gateway_error};
+use expect::{expects_continue, ContinueGate, Gated};
+use headers::{idempotent, proxy_auth_error, proxy_gateway_error};
 
 use crate::body::{ClientBody, IdleBody};
 use crate::config::adaptive::from_samples;
@@ -41,7 +45,7 @@ use crate::pool::Member;
 use crate::route::{Route, Router};
 use crate::upstream::{ConnectError, Phase, Scheme, Target};
 
-pub type OutBody = Either<ClientBody<Incoming>, Empty<Bytes>>;
+pub type OutBody = Either<Gated<ClientBody<Incoming>>, Empty<Bytes>>;
 
 /// A forwarded response: the upstream's body under the `body_idle` deadline.
 pub type ForwardedBody = IdleBody<Incoming>;
@@ -80,6 +84,8 @@ pub struct Forwarder {
     /// Idle lifetime of pooled connections to origins (`[pool] idle_timeout`).
     direct_idle: Duration,
     via: bool,
+    /// `[timeouts] expect_continue`.
+    expect_wait: Duration,
     head_latency: Mutex<VecDeque<Duration>>,
     head_samples_seen: AtomicU64,
     /// The adaptive hedge delay in µs (0: not enough samples yet).
@@ -169,12 +175,14 @@ impl Forwarder {
         idle_timeout: Duration,
         upstream_idle: Duration,
         via: bool,
+        expect_wait: Duration,
     ) -> Self {
         let ceiling = idle_timeout.max(upstream_idle);
         Forwarder {
             idle: Arc::new(IdlePool::new(per_host, IDLE_MAX_TOTAL, ceiling)),
             direct_idle: idle_timeout,
             via,
+            expect_wait,
             head_latency: Mutex::new(VecDeque::with_capacity(HEAD_SAMPLES)),
             head_samples_seen: AtomicU64::new(0),
             hedge_auto_us: AtomicU64::new(0),
@@ -215,6 +223,14 @@ impl Forwarder {
         })
     }
 
+    /// `Via: 1.1 proxyguard` on a forwarded request or response, with
+    /// `[http] via = true`.
+    fn add_via(&self, h: &mut http::HeaderMap) {
+        if self.via {
+            h.append(header::VIA, HeaderValue::from_static("1.1 proxyguard"));
+        }
+    }
+
     /// How long a pooled connection on `route` may have been idle.
     fn idle_limit(&self, router: &Router, route: &Route) -> Duration {
         match route {
@@ -241,14 +257,20 @@ impl Forwarder {
     ) -> Result<(Response<ForwardedBody>, Route), ForwardError> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if self.via {
-            parts
-                .headers
-                .append(header::VIA, HeaderValue::from_static("1.1 proxyguard"));
-        }
+        self.add_via(&mut parts.headers);
         let empty = body.is_end_stream();
         let safe = empty && idempotent(&parts.method);
         let (body, client_failed) = ClientBody::new(body);
+        // `Expect: 100-continue`: the body waits for the upstream's verdict.
+        let gate = (!empty && expects_continue(&parts.headers))
+            .then(|| Arc::new(ContinueGate::new(self.expect_wait)));
+        let body = match &gate {
+            Some(g) => {
+                parts.extensions.insert(g.clone());
+                Gated::new(body, g.clone())
+            }
+            None => Gated::open(body),
+        };
         let mut body: Option<OutBody> = Some(if empty {
             Either::Right(Empty::new())
         } else {
@@ -286,10 +308,17 @@ impl Forwarder {
                 &mut body,
             )? {
                 Some((resp, route)) => {
-                    let (p, b) = resp.into_parts();
+                    let (mut p, b) = resp.into_parts();
+                    self.add_via(&mut p.headers);
                     let mut b = IdleBody::new(b, body_idle);
                     if let Some(m) = member(&route) {
                         b = b.on_fault(note_body_fault(m.clone()));
+                    }
+                    if let Some(g) = gate.filter(|g| g.answered()) {
+                        // Answered before the body was asked for: the
+                        // client never sends it; the upstream connection
+                        // closes once this response has been passed on.
+                        b = b.on_drop(Box::new(move || g.stop()));
                     }
                     return Ok((Response::from_parts(p, b), route));
                 }
@@ -327,18 +356,7 @@ impl Forwarder {
                 if let (true, Some(m), 407) = (absolute, &m, resp.status().as_u16()) {
                     // A 407 from our upstream proxy is its own auth failure,
                     // never meant for our client: count it and try another.
-                    let scheme = resp
-                        .headers()
-                        .get(header::PROXY_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.split_whitespace().next())
-                        .unwrap_or("unknown")
-                        .to_string();
-                    let err = if had_auth {
-                        ConnectError::ProxyAuthRejected { scheme }
-                    } else {
-                        ConnectError::ProxyAuthRequired { scheme }
-                    };
+                    let err = proxy_auth_error(&resp, had_auth);
                     router.pool.report_failure(m, &err);
                     if can_retry {
                         tries.excluded.push(m.clone());

@@ -105,7 +105,7 @@ pub fn error_response(err: &ConnectError, upstream: Option<&str>) -> Response<Re
     r
 }
 
-fn access(
+pub(super) fn access(
     peer: SocketAddr,
     method: &Method,
     target: &str,
@@ -372,6 +372,13 @@ async fn forward_plain(
             return prohibited(&d);
         }
     };
+    if crate::forward::wants_upgrade(req.headers()) {
+        // Boxed like CONNECT: only upgrades pay for the larger future.
+        return Box::pin(super::upgrade::forward(
+            req, target, scope, ctx, state, started,
+        ))
+        .await;
+    }
     let method = req.method().clone();
     let forwarded = acl::scoped(scope, state.forwarder.forward(&state.router, &target, req)).await;
     match forwarded {
@@ -394,7 +401,7 @@ async fn forward_plain(
 }
 
 /// The response for a failed forward, with its access-log line.
-fn forward_error(
+pub(super) fn forward_error(
     err: ForwardError,
     peer: SocketAddr,
     method: &Method,

@@ -5,6 +5,7 @@ pub mod bans;
 pub mod http;
 pub mod limits;
 pub mod socks5;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +81,7 @@ impl State {
                 cfg.file.pool.idle_timeout.0,
                 cfg.file.pool.upstream_idle.0,
                 cfg.via,
+                cfg.file.timeouts.expect_continue.0,
             ),
             shutdown,
             client_header_timeout: cfg.client_header_timeout,

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use super::{Io, ReqBody, ReverseRoute};
 use crate::config::route_protocols::BackendProtocol;
-use crate::http_client::{handshake, handshake_h2, Sender};
+use crate::http_client::{handshake, handshake_h2, handshake_with_upgrades, Sender};
 use crate::pool::Member;
 use crate::upstream::{tcp_connect, ConnectError, NoopObserver, Phase, Target};
 
@@ -156,6 +156,16 @@ impl ReverseRoute {
             let tx = handshake::<_, ReqBody>(io).await.map_err(handshake_err)?;
             Ok((Sender::H1(tx), false))
         }
+    }
+
+    /// A new HTTP/1.1 connection for a request that may be answered `101`
+    /// (never pooled: the socket is handed over on an upgrade).
+    pub(super) async fn upgrade_sender(&self, m: &Member) -> Result<Sender<ReqBody>, ConnectError> {
+        let (io, _) = self.connect(m, &self.tls.h1).await?;
+        let tx = handshake_with_upgrades::<_, ReqBody>(io)
+            .await
+            .map_err(handshake_err)?;
+        Ok(Sender::H1(tx))
     }
 
     /// Keeps an HTTP/1.1 connection for reuse once it is ready again (an

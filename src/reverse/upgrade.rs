@@ -56,8 +56,8 @@ impl ReverseRoute {
         put_upgrade(&mut parts.headers, &proto);
         let mut last_err = None;
         for m in self.order().iter().take(self.cfg.max_attempts as usize) {
-            let mut tx = match self.sender(m, true).await {
-                Ok((tx, _)) => tx,
+            let mut tx = match self.upgrade_sender(m).await {
+                Ok(tx) => tx,
                 Err(e) => {
                     self.pool.report_failure(m, &as_backend_fault(e.clone()));
                     last_err = Some(format!("{}: {e}", m.name()));

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod grpc;
 pub mod hey;
 pub mod rawclient;
+pub mod websocket;
 
 mod ca;
 mod echo;
