@@ -1,6 +1,8 @@
-//! The one HTTP/1.1 client: the handshake on an established connection
-//! (whatever the connector opened: direct, tunnel, proxy, TLS) with its
-//! connection task spawned, and the pool of idle keep-alive connections.
+//! The one HTTP client: the HTTP/1.1 or HTTP/2 handshake on an established
+//! connection (whatever the connector opened: direct, tunnel, proxy, TLS)
+//! with its connection task spawned, the pool of idle HTTP/1.1 keep-alive
+//! connections, and the shared HTTP/2 connections (one per key, carrying
+//! many requests at once).
 //!
 //! Pooled connections are keyed by pool member identity (`Member::id`), not
 //! by name: after a reload changes an upstream, its old sockets are never
@@ -15,7 +17,8 @@ use std::time::Duration;
 
 use hyper::body::Body;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -34,6 +37,28 @@ where
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::trace!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(tx)
+}
+
+/// HTTP/2 handshake (prior knowledge, or after ALPN chose `h2`) on `io`;
+/// the returned sender is cheap to clone and shares the connection.
+pub async fn handshake_h2<I, B>(io: I) -> Result<http2::SendRequest<B>, hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake::<_, B>(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::trace!(error = %e, "upstream h2 connection ended");
         }
     });
     Ok(tx)
@@ -58,6 +83,102 @@ where
         }
     });
     Ok(tx)
+}
+
+/// A connection to send one request on, by protocol.
+pub enum Sender<B> {
+    H1(SendRequest<B>),
+    H2(http2::SendRequest<B>),
+}
+
+impl<B> Sender<B>
+where
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Sends `req` once the connection is ready for it.
+    pub async fn send(
+        &mut self,
+        req: http::Request<B>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(tx) => {
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+            Sender::H2(tx) => {
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+}
+
+impl<B: Body + Send + 'static> Reusable for http2::SendRequest<B> {
+    fn usable(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
+/// Shared (multiplexed) connections: at most one per key, handed out as
+/// clones while it is open.
+pub struct SharedConns<K, C> {
+    map: Mutex<HashMap<K, C>>,
+}
+
+impl<K: Hash + Eq, C: Reusable + Clone> SharedConns<K, C> {
+    pub fn new() -> Self {
+        SharedConns {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, C>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open connection for `key`, if any (a closed one is dropped).
+    pub fn get(&self, key: &K) -> Option<C> {
+        let mut g = self.lock();
+        match g.get(key) {
+            Some(c) if c.usable() => Some(c.clone()),
+            Some(_) => {
+                g.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Makes `conn` the shared connection for `key`.
+    pub fn put(&self, key: K, conn: C) {
+        self.lock().insert(key, conn);
+    }
+
+    /// Forgets the connection for `key` (it failed).
+    pub fn remove(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
+    /// Connections held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K: Hash + Eq, C: Reusable + Clone> Default for SharedConns<K, C> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Opens a direct connection to an `http://` or `https://` URL's host
@@ -315,6 +436,26 @@ mod tests {
         assert!(pool.checkout(&1).is_none());
         pool.checkin(1, open());
         assert!(pool.checkout(&1).is_some());
+    }
+
+    #[derive(Clone)]
+    struct SharedStub(Arc<AtomicBool>);
+    impl Reusable for SharedStub {
+        fn usable(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn shared_connection_is_cloned_until_it_closes() {
+        let conns: SharedConns<u32, SharedStub> = SharedConns::new();
+        let flag = Arc::new(AtomicBool::new(true));
+        conns.put(1, SharedStub(flag.clone()));
+        assert!(conns.get(&1).is_some());
+        assert!(conns.get(&1).is_some(), "still there: shared, not taken");
+        flag.store(false, Ordering::Relaxed);
+        assert!(conns.get(&1).is_none());
+        assert!(conns.is_empty(), "a closed one is dropped");
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,9 +59,10 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     let Bound {
         mut tasks,
         addrs,
-        tls: tls_all,
+        tls: mut tls_all,
     } = bind_listeners(cfg, &state).await?;
     tasks.extend(fleet);
+    tls_all.extend(routes.iter().filter_map(|(_, r)| r.server_tls()));
     let tls_all = Arc::new(tls_all);
     for u in &cfg.upstreams {
         tracing::info!(

@@ -110,6 +110,10 @@ pub struct UpstreamStatus {
     pub last_error: Option<LastError>,
     pub last_check: Option<LastCheck>,
     pub history: Vec<Sample>,
+    /// Reverse-route backends: the protocol spoken now (`http1`, `h2c`,
+    /// `h2`, `https` before ALPN, `http1 (fallback)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// Why it is ejected (`timeout`, `refused`, `auth`, ..., or `fleet`).
     pub ejection_reason: Option<String>,
     /// Other gateways of the fleet reporting it down (`[fleet]`).
@@ -188,6 +192,7 @@ fn member_status(m: &Member, history: &History) -> UpstreamStatus {
             detail: d,
         }),
         history: history.of(m.name()),
+        protocol: None,
         ejection_reason: m.health.ejection_reason().map(str::to_string),
         fleet_down: m
             .health
@@ -206,7 +211,13 @@ fn route_status(listen: SocketAddr, r: &ReverseRoute, history: &History) -> Rout
         local_zone: cfg.local_zone.clone(),
         via: cfg.via.clone(),
         can_serve: members.iter().any(|m| m.health.eligible()),
-        backends: members.iter().map(|m| member_status(m, history)).collect(),
+        backends: members
+            .iter()
+            .map(|m| UpstreamStatus {
+                protocol: Some(r.backend_protocol(m).to_string()),
+                ..member_status(m, history)
+            })
+            .collect(),
     }
 }
 

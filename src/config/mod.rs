@@ -12,6 +12,7 @@ pub mod locate;
 pub mod noproxy;
 pub mod overrides;
 pub mod redact;
+pub mod route_protocols;
 pub mod schema;
 mod sections;
 pub mod security;

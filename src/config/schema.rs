@@ -80,6 +80,17 @@ pub struct RouteConfig {
     /// Time to the backend's response head.
     #[serde(default = "ten_s")]
     pub timeout: Dur,
+    /// Treat every call as gRPC (also detected per request by
+    /// `content-type: application/grpc`): see docs/protocols-reverse.md.
+    #[serde(default)]
+    pub grpc: bool,
+    /// TLS on the route listener: certificate chain (PEM); ALPN offers h2
+    /// and http/1.1. Needs `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<Spanned<String>>,
+    /// The certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Spanned<String>>,
 }
 
 fn via_direct() -> String {
@@ -101,6 +112,9 @@ pub struct BackendConfig {
     pub max_fails: u32,
     #[serde(default = "ten_s")]
     pub fail_timeout: Dur,
+    /// Active health check: `connect` (default) or `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<super::route_protocols::BackendCheck>,
 }
 
 /// Sign every forwarded request.
@@ -138,6 +152,9 @@ pub struct RouteFallback {
     pub max_body: usize,
     #[serde(default = "thousand")]
     pub max_entries: usize,
+    /// `http1`: speak HTTP/1.1 to a backend that fails over HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<super::route_protocols::FallbackProtocol>,
 }
 
 fn status_503() -> u16 {

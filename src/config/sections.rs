@@ -337,14 +337,15 @@ pub(super) fn routes(cx: &Ctx<'_>, file: &FileConfig, allow: &[IpNet]) -> Result
         for b in &r.backend {
             match url::Url::parse(b.url.get_ref()) {
                 Ok(u)
-                    if (u.scheme() == "http" || u.scheme() == "https")
+                    if super::route_protocols::BackendProtocol::from_scheme(u.scheme())
+                        .is_some()
                         && u.host_str().is_some() => {}
                 _ => {
                     return cx.at(
                         &b.url,
                         "route.backend.url",
                         format!(
-                            "{:?}: expected http://host:port or https://host:port",
+                            "{:?}: expected http://, https://, h2c:// or h2://host:port",
                             b.url.get_ref()
                         ),
                     )
@@ -373,6 +374,7 @@ pub(super) fn routes(cx: &Ctx<'_>, file: &FileConfig, allow: &[IpNet]) -> Result
         if r.max_attempts == 0 {
             return cx.at(&r.listen, "route.max_attempts", "must be at least 1".into());
         }
+        super::route_protocols::validate(cx, r)?;
     }
     Ok(())
 }

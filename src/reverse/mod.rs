@@ -3,42 +3,85 @@
 //! breakers, active probes), zone-aware choice, safe retries (connection
 //! failures always; 502/503/504 only for idempotent or buffered requests),
 //! optional signing, and a fallback (last good GET, or a static answer).
+//!
+//! Protocols (docs/protocols-reverse.md): HTTP/1.1 and h2c on the listener,
+//! HTTP/1.1 or HTTP/2 to each backend with a per-backend fallback to
+//! HTTP/1.1 (`fallback`), gRPC-aware retries and deadlines (`grpc`),
+//! WebSocket and other upgrades (`upgrade`).
 
+mod answer;
+mod backend;
 pub mod cache;
+mod fallback;
+mod grpc;
+mod headers;
+mod health;
+mod listener;
+mod replay;
+mod upgrade;
+
+pub use fallback::RETRY_H2_AFTER;
+pub use grpc::{call_deadline, encode_grpc_timeout, is_grpc, parse_grpc_timeout};
+pub use health::{health_request, health_status};
+pub use listener::start;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::SendRequest;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::client::conn::{http1, http2};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::config::route_protocols::{BackendCheck, BackendProtocol};
 use crate::config::schema::RouteConfig;
 use crate::config::{Applies, UpstreamEntry};
 use crate::forward::strip_hop_by_hop;
-use crate::http_client::IdlePool;
+use crate::http_client::{IdlePool, SharedConns};
 use crate::pool::{Member, Pool};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
-use crate::upstream::{
-    tcp_connect, ConnectContext, ConnectError, NoopObserver, Phase, Scheme, Target, UpstreamSpec,
-};
+use crate::upstream::{ConnectContext, ConnectError, Phase, UpstreamSpec};
 
-type ReqBody = Either<Full<Bytes>, Incoming>;
-type RespBody = Either<Incoming, Full<Bytes>>;
+use answer::text;
+use backend::{AttemptError, TlsConfigs};
+use fallback::ProtoState;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
+type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+fn full_body(b: Bytes) -> UnsyncBoxBody<Bytes, BoxError> {
+    Full::new(b).map_err(|e| match e {}).boxed_unsync()
+}
+
+fn incoming_body(b: Incoming) -> UnsyncBoxBody<Bytes, BoxError> {
+    b.map_err(BoxError::from).boxed_unsync()
+}
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Per-backend state besides the pool's health.
+struct BackendState {
+    state: ProtoState,
+    check: BackendCheck,
+    inflight: AtomicUsize,
+}
+
+impl std::ops::Deref for BackendState {
+    type Target = ProtoState;
+    fn deref(&self) -> &ProtoState {
+        &self.state
+    }
+}
 
 /// One running route.
 pub struct ReverseRoute {
@@ -46,16 +89,25 @@ pub struct ReverseRoute {
     pool: Pool,
     router: Arc<Router>,
     ctx: ConnectContext,
-    tls: Arc<rustls::ClientConfig>,
-    /// Idle keep-alive connections by backend member id.
-    idle: Arc<IdlePool<u64, SendRequest<ReqBody>>>,
+    tls: TlsConfigs,
+    /// Idle HTTP/1.1 keep-alive connections by backend member id.
+    idle: Arc<IdlePool<u64, http1::SendRequest<ReqBody>>>,
+    /// The shared HTTP/2 connection of each backend member.
+    h2: SharedConns<u64, http2::SendRequest<ReqBody>>,
     /// `via = "pool"`: reach backends through the forward pool.
     via_pool: bool,
-    inflight: HashMap<String, AtomicUsize>,
+    /// By backend name.
+    backends: HashMap<String, BackendState>,
+    /// Fallback for a member whose name is not in `backends` (none today).
+    unknown: BackendState,
     rr: AtomicUsize,
     cache: cache::Cache,
     secret: Option<String>,
     admission: crate::inbound::Admission,
+    idle_timeout: Duration,
+    shutdown: Shutdown,
+    /// TLS on the route listener (`cert`/`key`).
+    server_tls: Option<Arc<crate::tls_acceptor::ServerTls>>,
 }
 
 /// Why a route cannot start.
@@ -70,26 +122,40 @@ impl ReverseRoute {
         cfg: &RouteConfig,
         all: &crate::config::Config,
         router: Arc<Router>,
+        shutdown: Shutdown,
     ) -> Result<Self, RouteError> {
         let err = |msg: String| RouteError::Setup {
             listen: cfg.listen.get_ref().clone(),
             msg,
         };
+        let fallback_h1 = cfg.fallback.as_ref().is_some_and(|f| f.protocol.is_some());
         let mut entries = Vec::new();
+        let mut backends = HashMap::new();
         for b in &cfg.backend {
             let u = url::Url::parse(b.url.get_ref()).map_err(|e| err(e.to_string()))?;
+            let proto = BackendProtocol::from_scheme(u.scheme())
+                .ok_or_else(|| err(format!("unsupported backend scheme {}://", u.scheme())))?;
             let mut spec = UpstreamSpec::parse(
                 b.url.get_ref(),
                 &format!(
                     "{}://{}:{}",
-                    u.scheme(),
+                    proto.transport_scheme(),
                     u.host_str().unwrap_or(""),
-                    u.port_or_known_default().unwrap_or(80)
+                    u.port_or_known_default()
+                        .unwrap_or(if proto.tls() { 443 } else { 80 })
                 ),
             )
             .map_err(|e| err(e.to_string()))?;
             // The name shows in logs, /status and metric labels: no credentials.
             spec.name = crate::config::redact::redact(b.url.get_ref().trim_end_matches('/'));
+            backends.insert(
+                spec.name.clone(),
+                BackendState {
+                    state: ProtoState::new(proto, fallback_h1),
+                    check: b.check.unwrap_or_default(),
+                    inflight: AtomicUsize::new(0),
+                },
+            );
             entries.push(UpstreamEntry {
                 spec,
                 zone: b.zone.clone(),
@@ -101,10 +167,6 @@ impl ReverseRoute {
                 origin: "route".into(),
             });
         }
-        let inflight = entries
-            .iter()
-            .map(|e| (e.spec.name.clone(), AtomicUsize::new(0)))
-            .collect();
         let tls = match &cfg.ca_file {
             Some(p) => {
                 let certs =
@@ -132,15 +194,28 @@ impl ReverseRoute {
                 tls: tls.clone(),
             },
             router,
-            tls,
+            tls: TlsConfigs::new(tls),
             idle: Arc::new(IdlePool::new(64, 4096, idle_timeout)),
+            h2: SharedConns::new(),
             via_pool: cfg.via == "pool",
-            inflight,
+            backends,
+            unknown: BackendState {
+                state: ProtoState::new(BackendProtocol::Http1, false),
+                check: BackendCheck::Connect,
+                inflight: AtomicUsize::new(0),
+            },
             rr: AtomicUsize::new(0),
             cache: cache::Cache::new(cfg.fallback.as_ref().map(|f| f.max_entries).unwrap_or(0)),
             secret,
             admission: crate::inbound::Admission::new(&all.admission, all.max_connections),
+            idle_timeout: all.idle_timeout,
+            shutdown,
+            server_tls: None,
         })
+    }
+
+    fn proto(&self, m: &Member) -> &BackendState {
+        self.backends.get(m.name()).unwrap_or(&self.unknown)
     }
 
     /// Backends in order: eligible local-zone ones (rotating), then other
@@ -169,12 +244,7 @@ impl ReverseRoute {
         }
         let busy = |m: &Arc<Member>| {
             self.cfg.max_inflight > 0
-                && self
-                    .inflight
-                    .get(m.name())
-                    .map(|c| c.load(Ordering::Relaxed))
-                    .unwrap_or(0)
-                    >= self.cfg.max_inflight
+                && self.proto(m).inflight.load(Ordering::Relaxed) >= self.cfg.max_inflight
         };
         let local = self.cfg.local_zone.as_deref();
         let rank = |m: &Arc<Member>| -> u8 {
@@ -190,153 +260,60 @@ impl ReverseRoute {
         eligible
     }
 
-    async fn connect(&self, m: &Member) -> Result<Box<dyn Io>, ConnectError> {
-        let spec = m.spec();
-        let target = Target::new(spec.host.clone(), spec.port);
-        let tcp: Box<dyn Io> = if self.via_pool {
-            Box::new(self.router.tunnel(&target).await?.0)
-        } else {
-            Box::new(tcp_connect(&self.ctx, &spec.host, spec.port, false, &mut NoopObserver).await?)
-        };
-        if spec.scheme != Scheme::Https {
-            return Ok(tcp);
-        }
-        let name = self.cfg.sni.clone().unwrap_or_else(|| spec.host.bare());
-        let server_name = rustls_pki_types::ServerName::try_from(name.clone()).map_err(|e| {
-            ConnectError::ProxyProtocol {
-                detail: format!("bad TLS name {name}: {e}"),
-            }
-        })?;
-        let tls = tokio::time::timeout(
-            self.ctx.timeouts.tls,
-            tokio_rustls::TlsConnector::from(self.tls.clone()).connect(server_name, tcp),
-        )
-        .await
-        .map_err(|_| ConnectError::timeout(Phase::Tls, self.ctx.timeouts.tls, false))?
-        .map_err(|e| crate::upstream::tls::classify(&e, &name, false))?;
-        Ok(Box::new(tls))
-    }
-
-    async fn sender(&self, m: &Member) -> Result<(SendRequest<ReqBody>, bool), ConnectError> {
-        if let Some(tx) = self.idle.checkout(&m.id) {
-            return Ok((tx, true));
-        }
-        let io = self.connect(m).await?;
-        let tx = crate::http_client::handshake::<_, ReqBody>(io)
-            .await
-            .map_err(|e| ConnectError::Io {
-                phase: Phase::FirstByte,
-                detail: e.to_string(),
-                proxy: false,
-            })?;
-        Ok((tx, false))
-    }
-
-    fn checkin(&self, m: &Member, mut tx: SendRequest<ReqBody>) {
-        let (idle, id) = (self.idle.clone(), m.id);
-        tokio::spawn(async move {
-            if tx.ready().await.is_ok() {
-                idle.checkin(id, tx);
-            }
-        });
-    }
-
-    fn forwarded_headers(&self, h: &mut HeaderMap, peer: SocketAddr) {
-        let ip = peer.ip().to_string();
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.clone(),
-        };
-        let host = h
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
-        }
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let node = if peer.is_ipv6() {
-            format!("\"[{ip}]\"")
-        } else {
-            ip
-        };
-        let mut fwd = format!("for={node};proto=http");
-        if let Some(hst) = &host {
-            if let Ok(v) = HeaderValue::from_str(hst) {
-                h.insert("x-forwarded-host", v);
-            }
-            fwd.push_str(&format!(";host=\"{hst}\""));
-        }
-        if let Ok(v) = HeaderValue::from_str(&fwd) {
-            h.append(header::FORWARDED, v);
-        }
-    }
-
-    fn sign(&self, parts: &mut http::request::Parts, body: &Bytes) -> Result<(), String> {
-        let (Some(sg), Some(secret)) = (&self.cfg.sign, &self.secret) else {
-            return Ok(());
-        };
-        let url = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        let mut req = crate::signer::SignRequest::new(parts.method.as_str(), url);
-        for (k, v) in parts.headers.iter() {
-            if let Ok(v) = v.to_str() {
-                req = req.with_header(k.as_str(), v);
-            }
-        }
-        req = req.with_body(body.to_vec());
-        let method = match sg.signature_method.as_deref() {
-            Some(m) if m.eq_ignore_ascii_case("hmacsha1") => {
-                crate::signer::apigw::SignatureMethod::HmacSha1
-            }
-            _ => crate::signer::apigw::SignatureMethod::HmacSha256,
-        };
-        let params = crate::signer::apigw::ApigwParams {
-            app_key: sg.key.clone(),
-            signature_method: method,
-            stage: sg.stage.clone(),
-            extra_signed_headers: sg.headers.clone(),
-            timestamp_ms: None,
-            nonce: None,
-        };
-        let headers =
-            crate::signer::apigw::sign(&req, secret, &params).map_err(|e| e.to_string())?;
-        for (k, v) in headers {
-            let name = header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
-            let val = HeaderValue::from_str(&v).map_err(|e| e.to_string())?;
-            parts.headers.insert(name, val);
-        }
-        Ok(())
-    }
-
-    fn host_for(&self, m: &Member, client_host: Option<&HeaderValue>) -> Option<HeaderValue> {
-        match self.cfg.host.as_deref() {
-            Some("keep") => client_host.cloned(),
-            Some(lit) => HeaderValue::from_str(lit).ok(),
-            None => {
-                let s = m.spec();
-                let default = if s.scheme == Scheme::Https { 443 } else { 80 };
-                let h = if s.port == default {
-                    s.host.to_string()
-                } else {
-                    format!("{}:{}", s.host, s.port)
-                };
-                HeaderValue::from_str(&h).ok()
-            }
-        }
-    }
-
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Response<RespBody> {
+        if let Some(proto) = upgrade::requested(&req) {
+            return self.handle_upgrade(req, proto, peer, tls).await;
+        }
         let started = Instant::now();
+        let grpc = self.cfg.grpc || grpc::is_grpc(req.headers());
         let (mut parts, body) = req.into_parts();
+        if !parts.headers.contains_key(header::HOST) {
+            // HTTP/2 carries the host as :authority (in the URI).
+            let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+            if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        let client_host = parts.headers.get(header::HOST).cloned();
+        let te_trailers = parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        strip_hop_by_hop(&mut parts.headers);
+        if te_trailers {
+            // The one TE value HTTP/2 allows; gRPC servers expect it.
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        self.forwarded_headers(&mut parts.headers, peer, tls);
+        if grpc {
+            return self
+                .handle_grpc(parts, client_host, body, peer, started)
+                .await;
+        }
+        self.handle_http(parts, client_host, body, peer, started)
+            .await
+    }
+
+    async fn handle_http(
+        self: Arc<Self>,
+        mut parts: http::request::Parts,
+        client_host: Option<HeaderValue>,
+        body: Incoming,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Response<RespBody> {
         let idempotent = matches!(
             parts.method,
             Method::GET
@@ -346,26 +323,10 @@ impl ReverseRoute {
                 | Method::DELETE
                 | Method::TRACE
         );
-        let size = body.size_hint().exact();
-        let buffer =
-            body.is_end_stream() || size.is_some_and(|n| n as usize <= self.cfg.retry_body_limit);
-        let (mut buffered, mut stream) = (None, None);
-        if buffer {
-            match body.collect().await {
-                Ok(b) => buffered = Some(b.to_bytes()),
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        &format!("proxyguard: cannot read request body: {e}"),
-                    )
-                }
-            }
-        } else {
-            stream = Some(body);
-        }
-        let client_host = parts.headers.get(header::HOST).cloned();
-        strip_hop_by_hop(&mut parts.headers);
-        self.forwarded_headers(&mut parts.headers, peer);
+        let (buffered, mut stream) = match self.read_body(body).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
         if self.cfg.sign.is_some() {
             let Some(b) = &buffered else {
                 return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("proxyguard: bodies over route.retry_body_limit ({} bytes) cannot be signed", self.cfg.retry_body_limit));
@@ -392,40 +353,17 @@ impl ReverseRoute {
                 break;
             }
             attempts += 1;
-            let (mut tx, _reused) = match self.sender(m).await {
-                Ok(x) => x,
-                Err(e) => {
-                    self.pool.report_failure(m, &as_backend_fault(e.clone()));
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    continue;
-                }
+            let mut make = || match (&buffered, stream.take()) {
+                (Some(b), _) => Some(full_body(b.clone())),
+                (None, Some(s)) => Some(incoming_body(s)),
+                (None, None) => None,
             };
-            let mut r = Request::new(match (&buffered, stream.take()) {
-                (Some(b), _) => Either::Left(Full::new(b.clone())),
-                (None, Some(s)) => Either::Right(s),
-                (None, None) => Either::Left(Full::new(Bytes::new())),
-            });
-            *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .parse()
-                .unwrap_or_default();
-            *r.headers_mut() = parts.headers.clone();
-            if let Some(h) = self.host_for(m, client_host.as_ref()) {
-                r.headers_mut().insert(header::HOST, h);
-            }
-            let counter = self.inflight.get(m.name());
-            if let Some(c) = counter {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
             let t0 = Instant::now();
-            let sent = tokio::time::timeout(self.cfg.timeout.0, tx.send_request(r)).await;
-            if let Some(c) = counter {
-                c.fetch_sub(1, Ordering::Relaxed);
-            }
+            let sent = tokio::time::timeout(
+                self.cfg.timeout.0,
+                self.exchange(m, &parts, client_host.as_ref(), &mut make),
+            )
+            .await;
             let resp = match sent {
                 Err(_) => {
                     let e = ConnectError::Timeout {
@@ -440,7 +378,15 @@ impl ReverseRoute {
                     }
                     continue;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(AttemptError::Connect(e))) => {
+                    self.pool.report_failure(m, &as_backend_fault(e.clone()));
+                    last_err = Some(format!("{}: {e}", m.name()));
+                    if buffered.is_none() && stream.is_none() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Err(AttemptError::Sent(e))) => {
                     let ce = ConnectError::Reset {
                         phase: Phase::FirstByte,
                         proxy: true,
@@ -468,43 +414,13 @@ impl ReverseRoute {
                     },
                 );
                 last_err = Some(format!("{}: answered {status}", m.name()));
-                self.checkin(m, tx);
                 continue;
             }
             self.pool.report_success(m, t0.elapsed());
-            self.checkin(m, tx);
             tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status, duration_ms = started.elapsed().as_millis() as u64, "request");
-            let (mut rp, rb) = resp.into_parts();
-            strip_hop_by_hop(&mut rp.headers);
-            // Remember good GETs for the fallback.
-            if let Some(fb) = &self.cfg.fallback {
-                if fb.cache_get.is_some()
-                    && parts.method == Method::GET
-                    && status == 200
-                    && cacheable_request
-                    && cache::response_may_be_stored(&rp.headers)
-                {
-                    let small = rb
-                        .size_hint()
-                        .exact()
-                        .is_some_and(|n| n as usize <= fb.max_body);
-                    if small {
-                        return match rb.collect().await {
-                            Ok(b) => {
-                                let b = b.to_bytes();
-                                self.cache
-                                    .put(cache_key, rp.status, rp.headers.clone(), b.clone());
-                                Response::from_parts(rp, Either::Right(Full::new(b)))
-                            }
-                            Err(e) => text(
-                                StatusCode::BAD_GATEWAY,
-                                &format!("proxyguard: backend body failed: {e}"),
-                            ),
-                        };
-                    }
-                }
-            }
-            return Response::from_parts(rp, Either::Left(rb));
+            return self
+                .pass_on(&parts.method, resp, cache_key, cacheable_request)
+                .await;
         }
         self.fallback(
             &parts.method,
@@ -515,90 +431,67 @@ impl ReverseRoute {
         )
     }
 
-    /// `key` is None when the request may not be answered from the cache
-    /// (it carries credentials).
-    fn fallback(
+    /// A body known to be small (or empty) is read whole, so that it can be
+    /// sent again; a larger one streams.
+    async fn read_body(
         &self,
-        method: &Method,
-        key: Option<&str>,
-        why: String,
-        peer: SocketAddr,
-        started: Instant,
-    ) -> Response<RespBody> {
-        tracing::warn!(target: "access", kind = "reverse", client = %peer, duration_ms = started.elapsed().as_millis() as u64, error = %why, "no backend could serve");
-        let ps = format!(
-            "proxyguard; error=destination_unavailable; details=\"{}\"",
-            why.replace(['"', '\\'], "'")
-        );
-        if let Some(fb) = &self.cfg.fallback {
-            if let (Some(age), true, Some(key)) = (fb.cache_get, *method == Method::GET, key) {
-                if let Some((status, headers, body, stored)) = self.cache.get(key, age.0) {
-                    let mut r = Response::new(Either::Right(Full::new(body)));
-                    *r.status_mut() = status;
-                    *r.headers_mut() = headers;
-                    let age_s = stored.elapsed().as_secs();
-                    r.headers_mut()
-                        .insert(header::AGE, HeaderValue::from(age_s));
-                    r.headers_mut().insert(
-                        header::WARNING,
-                        HeaderValue::from_static("110 proxyguard \"Response is Stale\""),
-                    );
-                    if let Ok(v) = HeaderValue::from_str(&ps) {
-                        r.headers_mut().insert("proxy-status", v);
-                    }
-                    return r;
-                }
-            }
-            let mut r = text(
-                StatusCode::from_u16(fb.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                &fb.body,
-            );
-            if let Ok(v) = HeaderValue::from_str(&ps) {
-                r.headers_mut().insert("proxy-status", v);
-            }
-            return r;
+        body: Incoming,
+    ) -> Result<(Option<Bytes>, Option<Incoming>), Response<RespBody>> {
+        let size = body.size_hint().exact();
+        let buffer =
+            body.is_end_stream() || size.is_some_and(|n| n as usize <= self.cfg.retry_body_limit);
+        if !buffer {
+            return Ok((None, Some(body)));
         }
-        let mut r = text(
-            StatusCode::BAD_GATEWAY,
-            &format!("proxyguard: 502 Bad Gateway: {why}"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&ps) {
-            r.headers_mut().insert("proxy-status", v);
+        match body.collect().await {
+            Ok(b) => Ok((Some(b.to_bytes()), None)),
+            Err(e) => Err(text(
+                StatusCode::BAD_REQUEST,
+                &format!("proxyguard: cannot read request body: {e}"),
+            )),
         }
-        r
     }
 
-    /// Probes direct backends (TCP/TLS) on the health interval.
-    fn spawn_checks(
-        self: &Arc<Self>,
-        cfg: crate::config::schema::HealthConfig,
-        shutdown: Shutdown,
-    ) {
-        if !cfg.enabled || self.cfg.via == "pool" {
-            return;
+    /// The backend's answer to the client; a good GET is also remembered
+    /// for the fallback.
+    async fn pass_on(
+        &self,
+        method: &Method,
+        resp: Response<Incoming>,
+        cache_key: String,
+        cacheable_request: bool,
+    ) -> Response<RespBody> {
+        let status = resp.status().as_u16();
+        let (mut rp, rb) = resp.into_parts();
+        strip_hop_by_hop(&mut rp.headers);
+        let Some(fb) = &self.cfg.fallback else {
+            return Response::from_parts(rp, incoming_body(rb));
+        };
+        let small = rb
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n as usize <= fb.max_body);
+        if !(fb.cache_get.is_some()
+            && *method == Method::GET
+            && status == 200
+            && cacheable_request
+            && cache::response_may_be_stored(&rp.headers)
+            && small)
+        {
+            return Response::from_parts(rp, incoming_body(rb));
         }
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(cfg.interval.0) => {}
-                    _ = shutdown.triggered() => return,
-                }
-                for m in me.pool.members().iter() {
-                    let r = tokio::time::timeout(cfg.timeout.0, me.connect(m)).await;
-                    let (ok, detail) = match r {
-                        Ok(Ok(_)) => (true, "connect ok".to_string()),
-                        Ok(Err(e)) => (false, e.to_string()),
-                        Err(_) => (false, "timed out".to_string()),
-                    };
-                    me.pool.transitions(
-                        m,
-                        m.health
-                            .record_check(ok, false, &detail, cfg.rise, cfg.fall),
-                    );
-                }
+        match rb.collect().await {
+            Ok(b) => {
+                let b = b.to_bytes();
+                self.cache
+                    .put(cache_key, rp.status, rp.headers.clone(), b.clone());
+                Response::from_parts(rp, full_body(b))
             }
-        });
+            Err(e) => text(
+                StatusCode::BAD_GATEWAY,
+                &format!("proxyguard: backend body failed: {e}"),
+            ),
+        }
     }
 }
 
@@ -642,77 +535,6 @@ fn as_backend_fault(e: ConnectError) -> ConnectError {
     }
 }
 
-fn text(status: StatusCode, msg: &str) -> Response<RespBody> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!("{msg}\n")))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// Binds and serves every configured route.
-pub async fn start(
-    cfg: &crate::config::Config,
-    router: Arc<Router>,
-    shutdown: Shutdown,
-) -> Result<Vec<(SocketAddr, Arc<ReverseRoute>)>, crate::server::ServeError> {
-    let mut out = Vec::new();
-    for rc in &cfg.file.route {
-        let addr: SocketAddr = rc.listen.get_ref().trim().parse().map_err(|_| {
-            crate::server::ServeError::Route(format!("bad listen {}", rc.listen.get_ref()))
-        })?;
-        let route = Arc::new(
-            ReverseRoute::new(rc, cfg, router.clone())
-                .map_err(|e| crate::server::ServeError::Route(e.to_string()))?,
-        );
-        let listener = crate::inbound::bind(addr)
-            .await
-            .map_err(|source| crate::server::ServeError::Bind { addr, source })?;
-        let local = listener.local_addr().unwrap_or(addr);
-        tracing::info!(addr = %local, backends = rc.backend.len(), local_zone = rc.local_zone.as_deref().unwrap_or("-"), via = %rc.via, "reverse route");
-        route.spawn_checks(cfg.file.health.clone(), shutdown.clone());
-        let r2 = route.clone();
-        let sd = shutdown.clone();
-        let header_timeout = cfg.client_header_timeout;
-        let keepalive = cfg.timeouts.tcp_keepalive;
-        tokio::spawn(async move {
-            loop {
-                let Some(permit) = r2.admission.slot().await else {
-                    return;
-                };
-                let (stream, peer) = tokio::select! {
-                    r = listener.accept() => match r { Ok(x) => x, Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; } },
-                    _ = sd.triggered() => return,
-                };
-                if !r2.admission.peer_allowed(peer.ip()) {
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                crate::tcp_keepalive::apply(keepalive, &stream);
-                let r3 = r2.clone();
-                let live = sd.live();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let r4 = r3.clone();
-                        async move { Ok::<_, Infallible>(r4.handle(req, peer).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                    drop(live);
-                    drop(permit);
-                });
-            }
-        });
-        out.push((local, route));
-    }
-    Ok(out)
-}
-
 impl ReverseRoute {
     /// The backend pool (for status and tests).
     pub fn pool(&self) -> &Pool {
@@ -722,5 +544,16 @@ impl ReverseRoute {
     /// The route's configuration (read-only, for status).
     pub fn config(&self) -> &RouteConfig {
         &self.cfg
+    }
+
+    /// The protocol spoken to a backend now (for status): `http1`, `h2c`,
+    /// `h2`, `https` (not negotiated yet) or `http1 (fallback)`.
+    pub fn backend_protocol(&self, m: &Member) -> &'static str {
+        self.proto(m).describe()
+    }
+
+    /// The listener's TLS certificate (for reloads), if it has one.
+    pub fn server_tls(&self) -> Option<Arc<crate::tls_acceptor::ServerTls>> {
+        self.server_tls.clone()
     }
 }
