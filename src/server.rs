@@ -54,7 +54,8 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     let fleet = (cfg.fleet.as_ref())
         .map(|f| crate::fleet::spawn(f.clone(), router.clone(), shutdown.clone()));
     crate::discovery::start(cfg, router.clone(), shutdown.clone()).await;
-    let routes = crate::reverse::start(cfg, router.clone(), shutdown.clone()).await?;
+    let routes =
+        crate::reverse::start(cfg, router.clone(), shutdown.clone(), state.limits.clone()).await?;
     routes.iter().for_each(|(a, _)| state.own.add(*a));
     let Bound {
         mut tasks,

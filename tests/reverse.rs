@@ -394,3 +394,48 @@ fn sign_cli_compares_with_the_servers_string_to_sign() {
         out.stdout
     );
 }
+
+/// One `max_connections` / `max_connections_per_client` for the process: a
+/// route's clients take their slots from the same limits as the forward
+/// listeners (each route used to have a semaphore of its own, so the
+/// configured limit was multiplied by the number of routes).
+#[test]
+fn routes_share_the_connection_limits_of_the_forward_listeners() {
+    let echo = EchoServer::start();
+    let route = free_addr();
+    let backends = [(echo.url(), "zone-a")];
+    let pg = Proxyguard::start(&route_config(
+        route,
+        &backends,
+        "",
+        "[limits]\nmax_connections_per_client = 2\n",
+    ));
+    let tunnel = || {
+        let mut s = std::net::TcpStream::connect(pg.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n",
+            a = echo.addr()
+        )
+        .unwrap();
+        let mut buf = [0u8; 128];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", pg.logs());
+        s
+    };
+    let url = format!("http://{route}/limits");
+    assert_eq!(curl(&["-s", "-m", "10", &url]).status, 200);
+    // Two live tunnels through the forward listener use this client's two slots.
+    let held = [tunnel(), tunnel()];
+    let r = curl(&["-s", "-m", "10", &url]);
+    assert_eq!(r.status, 0, "the route admitted a third connection: {r:?}");
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(10), || curl(&["-s", "-m", "10", &url])
+            .status
+            == 200),
+        "slots not given back when the tunnels closed\n{}",
+        pg.logs()
+    );
+}

@@ -1,20 +1,17 @@
-//! The one admission point every listener goes through: connection limit,
-//! client allow-list and inbound credentials. Later work (ACLs, bans on brute
-//! force) plugs in here.
+//! The client allow-list and inbound credentials, checked by every
+//! listener (forward and reverse). Connection limits are `limits.rs`;
+//! destination ACLs `crate::acl`; brute-force bans `bans.rs`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use base64::Engine;
 use ipnet::IpNet;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::upstream::Credentials;
 
 pub struct Admission {
     users: Vec<Credentials>,
     allow: Vec<IpNet>,
-    permits: Arc<Semaphore>,
 }
 
 /// Constant-time comparison, so credentials cannot be guessed by timing.
@@ -26,17 +23,11 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Admission {
-    pub fn new(cfg: &crate::config::Admission, max_connections: usize) -> Self {
+    pub fn new(cfg: &crate::config::Admission) -> Self {
         Admission {
             users: cfg.users.clone(),
             allow: cfg.allow.clone(),
-            permits: Arc::new(Semaphore::new(max_connections)),
         }
-    }
-
-    /// Waits for a connection slot. Excess clients wait in the accept queue.
-    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().acquire_owned().await.ok()
     }
 
     pub fn peer_allowed(&self, ip: IpAddr) -> bool {
@@ -97,7 +88,7 @@ mod tests {
             }],
             allow: vec!["10.0.0.0/8".parse().unwrap()],
         };
-        let a = Admission::new(&cfg, 10);
+        let a = Admission::new(&cfg);
         let good = format!(
             "basic {}",
             base64::engine::general_purpose::STANDARD.encode("al:p:w")

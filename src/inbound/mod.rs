@@ -75,7 +75,7 @@ impl State {
     pub fn new(cfg: &Config, router: Arc<Router>, shutdown: Shutdown) -> Self {
         State {
             router,
-            admission: Admission::new(&cfg.admission, cfg.max_connections),
+            admission: Admission::new(&cfg.admission),
             forwarder: Forwarder::new(
                 cfg.file.pool.idle_per_host,
                 cfg.file.pool.idle_timeout.0,

@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto;
 
 use super::ReverseRoute;
 use crate::config::route_protocols::{tls_files, ALPN_H2_HTTP11};
+use crate::inbound::limits::{Limits, Slot};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
 use crate::tls_acceptor::ServerTls;
@@ -24,10 +25,17 @@ async fn serve<I>(
     route: Arc<ReverseRoute>,
     peer: SocketAddr,
     tls: bool,
+    slot: &Arc<Slot>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let slot = slot.clone();
+    let seen = std::sync::atomic::AtomicBool::new(false);
     let svc = service_fn(move |req| {
+        // The first request makes the connection no longer sheddable.
+        if !seen.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            slot.active();
+        }
         let r = route.clone();
         async move { Ok::<_, Infallible>(r.handle(req, peer, tls).await) }
     });
@@ -45,11 +53,14 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Binds and serves every configured route.
+/// Binds and serves every configured route. Its connections take their
+/// slots from `limits`, the same global and per-client limits as the
+/// forward listeners: `max_connections` is one number for the process.
 pub async fn start(
     cfg: &crate::config::Config,
     router: Arc<Router>,
     shutdown: Shutdown,
+    limits: Arc<Limits>,
 ) -> Result<Vec<(SocketAddr, Arc<ReverseRoute>)>, crate::server::ServeError> {
     let mut out = Vec::new();
     for rc in &cfg.file.route {
@@ -76,11 +87,9 @@ pub async fn start(
         let header_timeout = cfg.client_header_timeout;
         let conn = Arc::new(builder(header_timeout));
         let keepalive = cfg.timeouts.tcp_keepalive;
+        let limits = limits.clone();
         tokio::spawn(async move {
             loop {
-                let Some(permit) = r2.admission.slot().await else {
-                    return;
-                };
                 let (stream, peer) = tokio::select! {
                     r = listener.accept() => match r { Ok(x) => x, Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; } },
                     _ = sd.triggered() => return,
@@ -88,23 +97,43 @@ pub async fn start(
                 if !r2.admission.peer_allowed(peer.ip()) {
                     continue;
                 }
+                let slot = tokio::select! {
+                    s = limits.admit(peer.ip()) => match s {
+                        Ok(s) => Arc::new(s),
+                        Err(e) => {
+                            metrics::counter!("proxyguard_connections_refused_total", "reason" => "per_client").increment(1);
+                            tracing::warn!(client = %peer, error = %e, "route connection refused");
+                            continue;
+                        }
+                    },
+                    _ = sd.triggered() => return,
+                };
                 let _ = stream.set_nodelay(true);
                 crate::tcp_keepalive::apply(keepalive, &stream);
                 let r3 = r2.clone();
                 let live = sd.live();
                 let conn = conn.clone();
                 tokio::spawn(async move {
-                    match r3.server_tls.clone() {
-                        None => serve(&conn, stream, r3, peer, false).await,
-                        Some(t) => match t.accept(stream, header_timeout).await {
-                            Ok(s) => serve(&conn, s, r3, peer, true).await,
-                            Err(e) => {
-                                tracing::debug!(client = %peer, reason = e.reason(), error = %e, "route TLS handshake failed")
-                            }
-                        },
+                    let serving = async {
+                        match r3.server_tls.clone() {
+                            None => serve(&conn, stream, r3, peer, false, &slot).await,
+                            Some(t) => match t.accept(stream, header_timeout).await {
+                                Ok(s) => serve(&conn, s, r3, peer, true, &slot).await,
+                                Err(e) => {
+                                    tracing::debug!(client = %peer, reason = e.reason(), error = %e, "route TLS handshake failed")
+                                }
+                            },
+                        }
+                    };
+                    // Like the forward listeners: a connection that has not
+                    // sent a request yet gives way when the limit is reached.
+                    tokio::select! {
+                        _ = serving => {}
+                        _ = slot.shed() => {
+                            tracing::debug!(client = %peer, "shed: no request yet and the connection limit is reached");
+                        }
                     }
                     drop(live);
-                    drop(permit);
                 });
             }
         });

@@ -207,7 +207,7 @@ impl ReverseRoute {
             rr: AtomicUsize::new(0),
             cache: cache::Cache::new(cfg.fallback.as_ref().map(|f| f.max_entries).unwrap_or(0)),
             secret,
-            admission: crate::inbound::Admission::new(&all.admission, all.max_connections),
+            admission: crate::inbound::Admission::new(&all.admission),
             idle_timeout: all.idle_timeout,
             shutdown,
             server_tls: None,
