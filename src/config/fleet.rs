@@ -1,5 +1,5 @@
 //! `[fleet]`: health shared between gateways through etcd (see
-//! docs/fleet-health.md). Parsed here once into typed [`FleetSettings`].
+//! docs/fleet.md). Parsed here once into typed [`FleetSettings`].
 
 use std::time::Duration;
 

@@ -32,7 +32,7 @@ pub struct FileConfig {
     pub route: Vec<RouteConfig>,
     /// Destination ACL: see docs/security.md.
     pub acl: super::security::AclConfig,
-    /// Fleet health through etcd: see docs/fleet-health.md.
+    /// Fleet health through etcd: see docs/fleet.md.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<super::fleet::FleetConfig>,
     /// Upstream sets learnt at run time: see docs/fleet.md.
@@ -81,7 +81,7 @@ pub struct RouteConfig {
     #[serde(default = "ten_s")]
     pub timeout: Dur,
     /// Treat every call as gRPC (also detected per request by
-    /// `content-type: application/grpc`): see docs/protocols-reverse.md.
+    /// `content-type: application/grpc`): see docs/protocols.md.
     #[serde(default)]
     pub grpc: bool,
     /// TLS on the route listener: certificate chain (PEM); ALPN offers h2

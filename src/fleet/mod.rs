@@ -1,4 +1,4 @@
-//! Fleet health through etcd (`[fleet]`, docs/fleet-health.md): each
+//! Fleet health through etcd (`[fleet]`, docs/fleet.md): each
 //! gateway publishes its own verdicts on its upstreams (publish.rs) and
 //! watches everyone's (watch.rs); the pool turns a quorum of down reports
 //! into an ejection with reason `fleet` (pool/health/fleet.rs).

@@ -4,7 +4,7 @@
 //! failures always; 502/503/504 only for idempotent or buffered requests),
 //! optional signing, and a fallback (last good GET, or a static answer).
 //!
-//! Protocols (docs/protocols-reverse.md): HTTP/1.1 and h2c on the listener,
+//! Protocols (docs/protocols.md): HTTP/1.1 and h2c on the listener,
 //! HTTP/1.1 or HTTP/2 to each backend with a per-backend fallback to
 //! HTTP/1.1 (`fallback`), gRPC-aware retries and deadlines (`grpc`),
 //! WebSocket and other upgrades (`upgrade`).
