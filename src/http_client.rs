@@ -31,15 +31,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (tx, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, B>(TokioIo::new(io))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::trace!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(tx)
+    handshake_h1(io, false).await
 }
 
 /// HTTP/2 handshake (prior knowledge, or after ALPN chose `h2`) on `io`;
@@ -74,11 +66,26 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    handshake_h1(io, true).await
+}
+
+async fn handshake_h1<I, B>(io: I, upgrades: bool) -> Result<SendRequest<B>, hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (tx, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, B>(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
+        let r = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = r {
             tracing::trace!(error = %e, "upstream connection ended");
         }
     });
