@@ -16,14 +16,15 @@ use support::doctor_peers::TinyproxyWith;
 use support::faults::{Fault, FaultRelay};
 use support::*;
 
-fn gateway(upstream: &str, extra: &str) -> (Proxyguard, SocketAddr) {
+/// The gateway, its listener and its admin address.
+fn gateway(upstream: &str, extra: &str) -> (Proxyguard, SocketAddr, SocketAddr) {
     let listen = free_addr();
     let admin = free_addr();
     let cfg = format!(
         "bypass_loopback = false\n\n[[listen]]\naddr = \"{listen}\"\nprotocol = \"mixed\"\n\n\
          [admin]\naddr = \"{admin}\"\n\n[[upstream]]\nname = \"u0\"\nurl = \"{upstream}\"\n\n{extra}"
     );
-    (Proxyguard::start(&cfg), listen)
+    (Proxyguard::start(&cfg), listen, admin)
 }
 
 /// Runs each client at once (each is a separate Go process); results in order.
@@ -66,7 +67,7 @@ fn go_every_4s_through_a_silent_3s_cut_fails_direct_and_never_via_proxyguard() {
     };
     let path_direct = FaultRelay::start(squid.addr(), cut);
     let path_pg = FaultRelay::start(squid.addr(), cut);
-    let (pg, listen) = gateway(
+    let (pg, listen, _) = gateway(
         &path_pg.url("http"),
         "[pool]\nupstream_idle = \"2s\"\nhedge_after = \"off\"\n\n[timeouts]\nresponse_head = \"20s\"\n",
     );
@@ -107,7 +108,7 @@ fn a_connection_cut_on_reuse_shortens_the_upstream_idle_lifetime_once() {
             reset: true,
         },
     );
-    let (pg, listen) = gateway(&path.url("http"), "[pool]\nhedge_after = \"off\"\n");
+    let (pg, listen, admin) = gateway(&path.url("http"), "[pool]\nhedge_after = \"off\"\n");
     let r = GoClient::run(
         &GoOpts::new(&format!("{}/learn", origin.url()))
             .n(4)
@@ -129,6 +130,16 @@ fn a_connection_cut_on_reuse_shortens_the_upstream_idle_lifetime_once() {
         .filter(|l| l.contains("was cut on the path"))
         .count();
     assert_eq!(learnt, 1, "learnt and logged once:\n{}", pg.logs());
+    let status: serde_json::Value =
+        serde_json::from_str(&curl(&["-s", &format!("http://{admin}/status")]).body)
+            .expect("status JSON");
+    let limit = status["upstreams"][0]["idle_limit_ms"].as_u64();
+    // Half the idle age of the connection found cut (≥ 2 s, the relay's cut).
+    assert!(
+        limit.is_some_and(|ms| (1_000..=5_000).contains(&ms)),
+        "idle_limit_ms: {}",
+        status["upstreams"][0]
+    );
 }
 
 /// The issue's own scenario: tinyproxy with `Timeout 3` (it closes idle
@@ -139,7 +150,7 @@ fn go_every_4s_through_tinyproxy_timeout_3_side_by_side() {
     let nginx = Nginx::start();
     let tiny = TinyproxyWith::start("Timeout 3");
     let tiny_url = format!("http://{}", tiny.addr());
-    let (pg, listen) = gateway(&tiny_url, "");
+    let (pg, listen, _) = gateway(&tiny_url, "");
     let via = format!("http://{listen}");
     let http = format!("http://127.0.0.1:{}/small", nginx.port());
     let https = format!("https://127.0.0.1:{}/small", nginx.https_port());
@@ -174,7 +185,7 @@ fn ss(filter: &str) -> String {
 fn tcp_keepalive_is_set_on_client_and_upstream_sockets() {
     let origin = EchoServer::start();
     let tiny = TinyproxyWith::start("");
-    let (pg, listen) = gateway(
+    let (pg, listen, _) = gateway(
         &format!("http://{}", tiny.addr()),
         "[timeouts]\ntcp_keepalive = { idle = \"97s\", interval = \"5s\", count = 4 }\n",
     );

@@ -118,6 +118,9 @@ pub struct UpstreamStatus {
     pub ejection_reason: Option<String>,
     /// Other gateways of the fleet reporting it down (`[fleet]`).
     pub fleet_down: Vec<FleetReport>,
+    /// Idle lifetime of its pooled connections learnt from a connection cut
+    /// on the path (`null`: none seen; `[pool] upstream_idle` applies).
+    pub idle_limit_ms: Option<u64>,
 }
 
 /// One other gateway's down report about an upstream.
@@ -200,6 +203,7 @@ fn member_status(m: &Member, history: &History) -> UpstreamStatus {
             .into_iter()
             .map(|(gateway, reason)| FleetReport { gateway, reason })
             .collect(),
+        idle_limit_ms: m.idle_cut.learnt().map(|d| d.as_millis() as u64),
     }
 }
 
