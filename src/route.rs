@@ -18,7 +18,7 @@ use crate::upstream::{
 
 /// Where a connection went.
 #[derive(Debug, Clone)]
-pub enum Route {
+pub enum NextHop {
     /// `no_proxy` matched (or no upstreams configured).
     Bypass,
     /// Every upstream was out and `fallback = "direct"` applied.
@@ -26,12 +26,12 @@ pub enum Route {
     Upstream(Arc<Member>),
 }
 
-impl Route {
+impl NextHop {
     pub fn name(&self) -> &str {
         match self {
-            Route::Bypass => "direct(bypass)",
-            Route::Degraded => "direct(degraded)",
-            Route::Upstream(m) => m.name(),
+            NextHop::Bypass => "direct(bypass)",
+            NextHop::Degraded => "direct(degraded)",
+            NextHop::Upstream(m) => m.name(),
         }
     }
 }
@@ -52,7 +52,7 @@ pub struct Router {
 
 enum Decision {
     Fail(ConnectError),
-    Direct(Route),
+    Direct(NextHop),
     Pool(Vec<Arc<Member>>),
 }
 
@@ -61,11 +61,11 @@ pub struct PlainPlan(Decision);
 
 impl PlainPlan {
     /// Routes an idle connection may be reused on, most preferred first.
-    pub fn routes(&self) -> Vec<Route> {
+    pub fn routes(&self) -> Vec<NextHop> {
         match &self.0 {
             Decision::Fail(_) => Vec::new(),
             Decision::Direct(r) => vec![r.clone()],
-            Decision::Pool(c) => c.iter().cloned().map(Route::Upstream).collect(),
+            Decision::Pool(c) => c.iter().cloned().map(NextHop::Upstream).collect(),
         }
     }
 
@@ -156,10 +156,10 @@ impl Router {
         };
         if loopback {
             if table.bypass_loopback {
-                return Decision::Direct(Route::Bypass);
+                return Decision::Direct(NextHop::Bypass);
             }
         } else if table.no_proxy.bypass(&target.host.bare(), target.port) {
-            return Decision::Direct(Route::Bypass);
+            return Decision::Direct(NextHop::Bypass);
         }
         let plan = self.pool.plan(target, traffic);
         if plan.breakers_open {
@@ -169,10 +169,10 @@ impl Router {
         }
         if plan.degrade_direct {
             tracing::warn!(target = %target, "all upstreams unavailable: degraded to direct");
-            return Decision::Direct(Route::Degraded);
+            return Decision::Direct(NextHop::Degraded);
         }
         if plan.members.is_empty() {
-            Decision::Direct(Route::Bypass)
+            Decision::Direct(NextHop::Bypass)
         } else {
             Decision::Pool(plan.members)
         }
@@ -203,7 +203,7 @@ impl Router {
     }
 
     /// Opens a tunnel to `target`.
-    pub async fn tunnel(&self, target: &Target) -> Result<(Conn, Route), ConnectError> {
+    pub async fn tunnel(&self, target: &Target) -> Result<(Conn, NextHop), ConnectError> {
         self.known_dead(target)?;
         let r = match self.decide(target, Traffic::Tunnel) {
             Decision::Fail(e) => Err(e),
@@ -231,7 +231,7 @@ impl Router {
         &self,
         plan: PlainPlan,
         target: &Target,
-    ) -> Result<(HttpConn, Route), ConnectError> {
+    ) -> Result<(HttpConn, NextHop), ConnectError> {
         self.known_dead(target)?;
         let r = match plan.0 {
             Decision::Fail(e) => Err(e),
@@ -267,7 +267,7 @@ impl Router {
         cands: &[Arc<Member>],
         target: &Target,
         traffic: Traffic,
-    ) -> Result<(Established, Route), ConnectError> {
+    ) -> Result<(Established, NextHop), ConnectError> {
         let ctx = &self.ctx;
         let (est, m) = attempt::connect(&self.pool, cands, self.pool.budget(), |m: Arc<Member>| {
             use tracing::Instrument;
@@ -290,6 +290,6 @@ impl Router {
             .instrument(span)
         })
         .await?;
-        Ok((est, Route::Upstream(m)))
+        Ok((est, NextHop::Upstream(m)))
     }
 }

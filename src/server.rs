@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::inbound::{self, State};
+use crate::inbound::{self, Gateway};
 use crate::route::Router;
 
 use crate::shutdown::Shutdown;
@@ -29,7 +29,7 @@ pub enum ServeError {
 
 /// A running gateway (listeners bound).
 pub struct Running {
-    pub state: Arc<State>,
+    pub state: Arc<Gateway>,
     pub addrs: Vec<std::net::SocketAddr>,
     pub admin: Option<std::net::SocketAddr>,
     pub routes: Vec<(std::net::SocketAddr, Arc<crate::reverse::ReverseRoute>)>,
@@ -43,7 +43,7 @@ pub struct Running {
 pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeError> {
     crate::upstream::tls::ensure_provider();
     let router = Arc::new(Router::new(cfg));
-    let state = Arc::new(State::new(cfg, router.clone(), shutdown.clone()));
+    let state = Arc::new(Gateway::new(cfg, router.clone(), shutdown.clone()));
     crate::pool::checker::spawn(
         router.clone(),
         cfg.file.health.clone(),
@@ -149,7 +149,7 @@ struct Bound {
     tls: Vec<Arc<ServerTls>>,
 }
 
-async fn bind_listeners(cfg: &Config, state: &Arc<State>) -> Result<Bound, ServeError> {
+async fn bind_listeners(cfg: &Config, state: &Arc<Gateway>) -> Result<Bound, ServeError> {
     let mut b = Bound {
         tasks: Vec::new(),
         addrs: Vec::new(),

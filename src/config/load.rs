@@ -82,7 +82,7 @@ pub struct Listener {
 
 /// Inbound admission settings shared by every listener.
 #[derive(Debug, Clone, Default)]
-pub struct Admission {
+pub struct AdmissionSettings {
     pub users: Vec<Credentials>,
     pub allow: Vec<IpNet>,
 }
@@ -101,7 +101,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
-    pub admission: Admission,
+    pub admission: AdmissionSettings,
     pub resolve: HashMap<String, Vec<IpAddr>>,
     pub via: bool,
     pub admin_addr: Option<SocketAddr>,

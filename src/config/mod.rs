@@ -19,4 +19,4 @@ pub mod security;
 pub mod windows;
 pub mod windows_env;
 
-pub use load::{Admission, Applies, Config, ConfigError, Listener, UpstreamEntry};
+pub use load::{AdmissionSettings, Applies, Config, ConfigError, Listener, UpstreamEntry};

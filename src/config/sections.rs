@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use super::load::{Admission, Applies, ConfigError, Ctx, Listener, UpstreamEntry};
+use super::load::{AdmissionSettings, Applies, ConfigError, Ctx, Listener, UpstreamEntry};
 use super::schema::FileConfig;
 use crate::upstream::{Credentials, UpstreamSpec};
 
@@ -78,7 +78,7 @@ pub(super) fn resolve(
 }
 
 /// `[auth]`: inbound users and the client allow-list.
-pub(super) fn admission(cx: &Ctx<'_>, file: &FileConfig) -> Result<Admission, ConfigError> {
+pub(super) fn admission(cx: &Ctx<'_>, file: &FileConfig) -> Result<AdmissionSettings, ConfigError> {
     let mut users = Vec::new();
     for u in &file.auth.users {
         match u.get_ref().split_once(':') {
@@ -106,7 +106,7 @@ pub(super) fn admission(cx: &Ctx<'_>, file: &FileConfig) -> Result<Admission, Co
             }
         }
     }
-    Ok(Admission { users, allow })
+    Ok(AdmissionSettings { users, allow })
 }
 
 /// `no_proxy`, `[timeouts]` and `[limits]`.
@@ -384,7 +384,7 @@ pub(super) fn no_open_proxy(
     cx: &Ctx<'_>,
     file: &FileConfig,
     listeners: &[Listener],
-    admission: &Admission,
+    admission: &AdmissionSettings,
 ) -> Result<(), ConfigError> {
     // Safety: an open listener without auth or allow-list is an open proxy.
     for (l, lc) in listeners.iter().zip(&file.listen) {

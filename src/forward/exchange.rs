@@ -15,14 +15,14 @@ use tokio::time::Instant;
 use super::headers::build;
 use super::{key_for, member, Forwarder, OutBody, PoolKey};
 use crate::pool::Member;
-use crate::route::{PlainPlan, Route, Router};
+use crate::route::{NextHop, PlainPlan, Router};
 use crate::upstream::{ConnectError, Target};
 
 /// One exchange's result.
 pub(super) enum Outcome {
     Answered {
         resp: Response<Incoming>,
-        route: Route,
+        route: NextHop,
         key: PoolKey,
         tx: SendRequest<OutBody>,
         absolute: bool,
@@ -34,17 +34,17 @@ pub(super) enum Outcome {
     /// comes back unsent when hyper had not written it yet.
     Stale {
         unsent: Option<Request<OutBody>>,
-        route: Route,
+        route: NextHop,
         idle: Duration,
     },
     /// A fresh connection failed during the exchange.
     Broken {
-        route: Route,
+        route: NextHop,
         error: String,
         unsent: Option<Request<OutBody>>,
     },
     TimedOut {
-        route: Route,
+        route: NextHop,
         after: Duration,
     },
 }

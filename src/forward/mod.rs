@@ -42,7 +42,7 @@ use crate::body::{ClientBody, IdleBody};
 use crate::config::adaptive::from_samples;
 use crate::http_client::IdlePool;
 use crate::pool::Member;
-use crate::route::{Route, Router};
+use crate::route::{NextHop, Router};
 use crate::upstream::{ConnectError, Phase, Scheme, Target};
 
 pub type OutBody = Either<Gated<ClientBody<Incoming>>, Empty<Bytes>>;
@@ -137,19 +137,19 @@ fn learn_idle_cut(router: &Router, m: &Member, idle: Duration) {
     }
 }
 
-fn key_for(route: &Route, target: &Target) -> PoolKey {
+fn key_for(route: &NextHop, target: &Target) -> PoolKey {
     match route {
-        Route::Upstream(m) if matches!(m.spec().scheme, Scheme::Http | Scheme::Https) => {
+        NextHop::Upstream(m) if matches!(m.spec().scheme, Scheme::Http | Scheme::Https) => {
             PoolKey::Proxy(m.id)
         }
-        Route::Upstream(m) => PoolKey::Tunnel(m.id, target.clone()),
+        NextHop::Upstream(m) => PoolKey::Tunnel(m.id, target.clone()),
         _ => PoolKey::Direct(target.clone()),
     }
 }
 
-fn member(route: &Route) -> Option<&Arc<Member>> {
+fn member(route: &NextHop) -> Option<&Arc<Member>> {
     match route {
-        Route::Upstream(m) => Some(m),
+        NextHop::Upstream(m) => Some(m),
         _ => None,
     }
 }
@@ -232,9 +232,9 @@ impl Forwarder {
     }
 
     /// How long a pooled connection on `route` may have been idle.
-    fn idle_limit(&self, router: &Router, route: &Route) -> Duration {
+    fn idle_limit(&self, router: &Router, route: &NextHop) -> Duration {
         match route {
-            Route::Upstream(m) => m.idle_cut.limit(router.pool.settings().upstream_idle),
+            NextHop::Upstream(m) => m.idle_cut.limit(router.pool.settings().upstream_idle),
             _ => self.direct_idle,
         }
     }
@@ -254,7 +254,7 @@ impl Forwarder {
         router: &Router,
         target: &Target,
         req: Request<Incoming>,
-    ) -> Result<(Response<ForwardedBody>, Route), ForwardError> {
+    ) -> Result<(Response<ForwardedBody>, NextHop), ForwardError> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         self.add_via(&mut parts.headers);
@@ -339,7 +339,7 @@ impl Forwarder {
         client_failed: &AtomicBool,
         tries: &mut Tries,
         body: &mut Option<OutBody>,
-    ) -> Result<Option<(Response<Incoming>, Route)>, ForwardError> {
+    ) -> Result<Option<(Response<Incoming>, NextHop)>, ForwardError> {
         let can_retry = safe && tries.n < MAX_TRIES;
         let client_fault = || client_failed.load(Ordering::Relaxed);
         match outcome {

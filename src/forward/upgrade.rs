@@ -18,7 +18,7 @@ use super::{
     member, note_body_fault, strip_hop_by_hop, ForwardError, ForwardedBody, Forwarder, OutBody,
 };
 use crate::body::{ClientBody, IdleBody};
-use crate::route::{Route, Router};
+use crate::route::{NextHop, Router};
 use crate::upstream::{ConnectError, Phase, Target};
 
 /// How the upstream answered an upgrade request.
@@ -28,12 +28,12 @@ pub enum Upgrade {
     Switched {
         head: http::response::Parts,
         upstream: hyper::upgrade::OnUpgrade,
-        route: Route,
+        route: NextHop,
     },
     /// Anything else, passed through as a normal response.
     Answered {
         resp: Response<ForwardedBody>,
-        route: Route,
+        route: NextHop,
     },
 }
 

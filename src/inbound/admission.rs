@@ -23,7 +23,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Admission {
-    pub fn new(cfg: &crate::config::Admission) -> Self {
+    pub fn new(cfg: &crate::config::AdmissionSettings) -> Self {
         Admission {
             users: cfg.users.clone(),
             allow: cfg.allow.clone(),
@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn basic_auth_and_allow_list() {
-        let cfg = crate::config::Admission {
+        let cfg = crate::config::AdmissionSettings {
             users: vec![Credentials {
                 username: "al".into(),
                 password: "p:w".into(),

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{ConnCtx, State};
+use super::{ConnCtx, Gateway};
 use crate::acl::{self, Denied, Scope};
 use crate::config::redact::redact;
 use crate::forward::{strip_hop_by_hop, ForwardError};
@@ -25,7 +25,7 @@ pub type RespBody = Either<crate::forward::ForwardedBody, Full<Bytes>>;
 
 /// Serves one client connection (keep-alive, many requests): plain TCP, or
 /// the TLS stream of an `https` listener.
-pub async fn serve<I>(stream: I, ctx: Arc<ConnCtx>, state: Arc<State>)
+pub async fn serve<I>(stream: I, ctx: Arc<ConnCtx>, state: Arc<Gateway>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -167,7 +167,7 @@ fn acl_check(
 fn admit_credentials(
     req: &Request<Incoming>,
     ctx: &ConnCtx,
-    state: &State,
+    state: &Gateway,
 ) -> Option<Response<RespBody>> {
     if !state.admission.auth_required() {
         return None;
@@ -211,7 +211,7 @@ fn admit_credentials(
 async fn handle(
     mut req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
-    state: Arc<State>,
+    state: Arc<Gateway>,
 ) -> Result<Response<RespBody>, Infallible> {
     ctx.slot.active();
     let peer = ctx.peer;
@@ -314,7 +314,7 @@ async fn handle(
 async fn forward_plain(
     req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
-    state: Arc<State>,
+    state: Arc<Gateway>,
     started: Instant,
 ) -> Response<RespBody> {
     let peer = ctx.peer;
@@ -483,7 +483,7 @@ async fn connect(
     target: Target,
     scope: Scope,
     ctx: Arc<ConnCtx>,
-    state: Arc<State>,
+    state: Arc<Gateway>,
     started: Instant,
 ) -> Response<RespBody> {
     let peer = ctx.peer;

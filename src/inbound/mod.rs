@@ -17,7 +17,7 @@ use crate::config::schema::Protocol;
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::relay::RelayStats;
-use crate::route::{Route, Router};
+use crate::route::{NextHop, Router};
 use crate::shutdown::Shutdown;
 use crate::tls_acceptor::{HandshakeError, ServerTls, TLS_HANDSHAKE_BYTE};
 use crate::upstream::Target;
@@ -43,7 +43,7 @@ impl Drop for GaugeGuard {
 }
 
 /// Everything a client connection needs, shared by all listeners.
-pub struct State {
+pub struct Gateway {
     pub router: Arc<Router>,
     pub admission: Admission,
     pub forwarder: Forwarder,
@@ -71,9 +71,9 @@ pub struct ConnCtx {
     pub acl: Arc<Acl>,
 }
 
-impl State {
+impl Gateway {
     pub fn new(cfg: &Config, router: Arc<Router>, shutdown: Shutdown) -> Self {
-        State {
+        Gateway {
             router,
             admission: Admission::new(&cfg.admission),
             forwarder: Forwarder::new(
@@ -142,7 +142,7 @@ pub async fn serve_listener(
     listener: TcpListener,
     protocol: Protocol,
     tls: Option<Arc<ServerTls>>,
-    state: Arc<State>,
+    state: Arc<Gateway>,
 ) {
     let Ok(local) = listener.local_addr() else {
         return;
@@ -217,7 +217,7 @@ async fn handle(
     ctx: Arc<ConnCtx>,
     protocol: Protocol,
     tls: Option<Arc<ServerTls>>,
-    state: Arc<State>,
+    state: Arc<Gateway>,
 ) {
     let peer = ctx.peer;
     let speaks = match protocol {
@@ -279,11 +279,11 @@ fn tls_failed(peer: SocketAddr, e: &HandshakeError) {
 /// the ejection of its upstream. Shutdown does not: tunnels get the grace
 /// period, and the process exits after it.
 pub fn tunnel_cancel(
-    state: &State,
-    route: &Route,
+    state: &Gateway,
+    route: &NextHop,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let drain = match route {
-        Route::Upstream(m) if state.router.pool.config().drain_on_eject => Some(m.clone()),
+        NextHop::Upstream(m) if state.router.pool.config().drain_on_eject => Some(m.clone()),
         _ => None,
     };
     let shutdown = state.shutdown.clone();
@@ -308,7 +308,7 @@ pub fn log_tunnel(
     kind: &str,
     peer: SocketAddr,
     target: &Target,
-    route: &Route,
+    route: &NextHop,
     started: Instant,
     stats: &RelayStats,
 ) {

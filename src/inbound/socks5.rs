@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ConnCtx, State};
+use super::{ConnCtx, Gateway};
 use crate::acl;
 use crate::upstream::{Host, Target};
 
@@ -209,7 +209,7 @@ async fn request<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<Target,
 }
 
 struct ListenerAuth<'a> {
-    state: &'a State,
+    state: &'a Gateway,
     ip: IpAddr,
 }
 
@@ -251,7 +251,7 @@ async fn linger(s: &mut TcpStream) {
     .await;
 }
 
-pub async fn serve(mut stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State>) {
+pub async fn serve(mut stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<Gateway>) {
     let peer = ctx.peer;
     let started = Instant::now();
     let auth = ListenerAuth {

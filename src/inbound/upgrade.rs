@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::http::{access, forward_error, RespBody};
-use super::{ConnCtx, State};
+use super::{ConnCtx, Gateway};
 use crate::acl::{self, Scope};
 use crate::forward::{strip_hop_by_hop, Upgrade};
 use crate::upstream::Target;
@@ -25,7 +25,7 @@ pub(super) async fn forward(
     target: Target,
     scope: Scope,
     ctx: Arc<ConnCtx>,
-    state: Arc<State>,
+    state: Arc<Gateway>,
     started: Instant,
 ) -> Response<RespBody> {
     let peer = ctx.peer;
