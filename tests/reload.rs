@@ -29,14 +29,7 @@ impl Gw {
     fn reload(&self, body: &str) {
         let path = self.pg.config_path().expect("config file");
         std::fs::write(path, config(self.listen, self.admin, body)).unwrap();
-        let r = curl(&[
-            "-s",
-            "-X",
-            "POST",
-            "-H",
-            "Authorization: Bearer t0ken-t0ken-t0ken",
-            &format!("http://{}/reload", self.admin),
-        ]);
+        let r = admin_reload(self.admin, "t0ken-t0ken-t0ken");
         assert_eq!(r.status, 200, "reload: {r:?}\n{}", self.pg.logs());
     }
 
