@@ -19,6 +19,7 @@ impl Child {
     /// Spawns `cmd`, logging to `dir/<name>.stdout` and `dir/<name>.stderr`.
     /// Proxy env vars are removed unless the caller set them on `cmd`
     /// afterwards (use [`Child::spawn_env`] to set them explicitly).
+    /// From a thread inside a test namespace it runs inside ([`super::netns`]).
     pub fn spawn(name: &str, cmd: Command, dir: &Path) -> Child {
         let mut cmd = super::netns::wrap(cmd);
         let stdout = dir.join(format!("{name}.stdout"));
@@ -184,6 +185,7 @@ pub struct CmdOut {
 }
 
 /// Runs `cmd` to completion (stdin null), killing it after `timeout`.
+/// From a thread inside a test namespace it runs inside ([`super::netns`]).
 pub fn run_cmd(cmd: Command, timeout: Duration) -> CmdOut {
     let mut cmd = super::netns::wrap(cmd);
     let dir = temp_dir("cmd", false);
