@@ -461,14 +461,8 @@ fn env_upstreams(env: &ProxyEnv) -> Result<Vec<UpstreamEntry>, ConfigError> {
             message: format!("{e} (value {})", super::redact::redact(&p.raw)),
         })?;
         Ok(UpstreamEntry {
-            spec,
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails: 3,
-            fail_timeout: Duration::from_secs(10),
             applies,
-            origin: p.var.to_string(),
+            ..UpstreamEntry::with_defaults(spec, p.var)
         })
     };
     let mut out = Vec::new();
@@ -500,17 +494,11 @@ fn env_upstreams(env: &ProxyEnv) -> Result<Vec<UpstreamEntry>, ConfigError> {
     let tunnel = out.iter().any(|u| u.applies.tunnel);
     if !(plain && tunnel) {
         let mut d = UpstreamEntry {
-            spec: UpstreamSpec::direct("direct"),
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails: 3,
-            fail_timeout: Duration::from_secs(10),
             applies: Applies {
                 plain: !plain,
                 tunnel: !tunnel,
             },
-            origin: "default".into(),
+            ..UpstreamEntry::with_defaults(UpstreamSpec::direct("direct"), "default")
         };
         d.spec.name = "direct".into();
         out.push(d);
