@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::{ms, tlsinfo, Cause, Options, PathReport, Plan, Step, Timings, Verdict};
 use crate::upstream::{ConnectContext, Timeouts, UpstreamSpec};
 
@@ -39,8 +37,7 @@ pub(super) struct Fetched {
     pub status: u16,
 }
 
-pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(super) use crate::http_client::Io;
 
 /// The record of one walk in progress.
 pub(super) struct Walk {
