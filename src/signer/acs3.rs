@@ -12,7 +12,7 @@
 use sha2::{Digest, Sha256};
 
 use super::{
-    canonical_query, check_credentials, hmac_sha256, nonce_or, now_iso8601, percent_encode,
+    canonical_query, check_access_key, hmac_sha256, nonce_or, now_iso8601, percent_encode,
     SignError, SignRequest,
 };
 
@@ -95,12 +95,7 @@ pub fn sign_detailed(
     secret: &str,
     params: &Acs3Params,
 ) -> Result<Acs3Signed, SignError> {
-    check_credentials(
-        &params.access_key_id,
-        "AccessKeyId",
-        secret,
-        "AccessKey secret",
-    )?;
+    check_access_key(&params.access_key_id, secret)?;
     req.check_headers()?;
     let host = match (&params.host, req.header("host")) {
         (Some(h), _) => h.trim().to_string(),

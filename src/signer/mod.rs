@@ -226,6 +226,11 @@ pub(crate) fn check_credentials(
     Ok(())
 }
 
+/// rpc and acs3: neither the AccessKeyId nor its secret may be empty.
+pub(crate) fn check_access_key(id: &str, secret: &str) -> Result<(), SignError> {
+    check_credentials(id, "AccessKeyId", secret, "AccessKey secret")
+}
+
 /// The nonce given (trimmed; empty is an error), or a `fresh` one.
 pub(crate) fn nonce_or(
     given: Option<&str>,

@@ -11,7 +11,7 @@ use base64::Engine as _;
 
 pub use super::canonical_query;
 use super::{
-    check_credentials, hmac_sha1, nonce_or, now_iso8601, percent_encode, SignError, SignRequest,
+    check_access_key, hmac_sha1, nonce_or, now_iso8601, percent_encode, SignError, SignRequest,
 };
 
 /// What [`sign_detailed`] needs besides the request and the secret.
@@ -76,12 +76,7 @@ pub fn sign_detailed(
     secret: &str,
     params: &RpcParams,
 ) -> Result<RpcSigned, SignError> {
-    check_credentials(
-        &params.access_key_id,
-        "AccessKeyId",
-        secret,
-        "AccessKey secret",
-    )?;
+    check_access_key(&params.access_key_id, secret)?;
     let nonce = nonce_or(params.nonce.as_deref(), || uuid::Uuid::new_v4().to_string())?;
     let timestamp = params.timestamp.clone().unwrap_or_else(now_iso8601);
     let fixed: [(&str, String); 5] = [
