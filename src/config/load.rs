@@ -13,7 +13,7 @@ use super::env::ProxyEnv;
 use super::noproxy::NoProxy;
 use super::schema::{FileConfig, ListenConfig, Protocol};
 use super::sections;
-use crate::upstream::{Credentials, Host, Scheme, Timeouts, UpstreamSpec};
+use crate::upstream::{Credentials, Host, Timeouts, UpstreamSpec};
 
 /// A configuration error with its location.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -493,17 +493,14 @@ fn env_upstreams(env: &ProxyEnv) -> Result<Vec<UpstreamEntry>, ConfigError> {
     let plain = out.iter().any(|u| u.applies.plain);
     let tunnel = out.iter().any(|u| u.applies.tunnel);
     if !(plain && tunnel) {
-        let mut d = UpstreamEntry {
+        out.push(UpstreamEntry {
             applies: Applies {
                 plain: !plain,
                 tunnel: !tunnel,
             },
             ..UpstreamEntry::with_defaults(UpstreamSpec::direct("direct"), "default")
-        };
-        d.spec.name = "direct".into();
-        out.push(d);
+        });
     }
-    let _ = Scheme::Direct;
     Ok(out)
 }
 
