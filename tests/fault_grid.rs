@@ -78,7 +78,7 @@ enum Expect {
 fn expect(row: Row, col: Col) -> Expect {
     match col {
         Col::StallAfterHead | Col::CutMidBody => Expect::TruncatedVisibly,
-        Col::HalfDead | Col::AcceptClose | Col::Reset
+        Col::HalfDead | Col::AcceptClose | Col::Reset | Col::Flapping
             if matches!(row, Row::PlainPost | Row::ReversePut) =>
         {
             Expect::UnsafeUntilDetected

@@ -373,7 +373,7 @@ fn base_config(listen: SocketAddr, admin: SocketAddr) -> String {
     format!(
         "bypass_loopback = false\n\n[[listen]]\naddr = \"{listen}\"\nprotocol = \"mixed\"\n\n\
          [admin]\naddr = \"{admin}\"\ntoken = \"{TOKEN}\"\n\n\
-         [health]\ninterval = \"500ms\"\ntimeout = \"500ms\"\n\n\
+         [health]\ninterval = \"500ms\"\ntimeout = \"1s\"\n\n\
          [timeouts]\nresponse_head = \"3s\"\nbody_idle = \"1s\"\n\n"
     )
 }
@@ -510,7 +510,13 @@ pub fn run_cell(row: Row, col: Col) -> Outcome {
             interval,
         }
     };
-    let timeout = Duration::from_secs(5);
+    // A hang guard only, except where a stalled tunnel is failed by the
+    // client's own timeout.
+    let timeout = if col == Col::StallAfterHead {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(10)
+    };
     if col == Col::Kill {
         // Warm up (pooled connections to the first upstream exist), then
         // kill it: its port is closed.
