@@ -117,8 +117,11 @@ impl Col {
     }
 
     /// The relay's fault (`Kill` relays until the upstream is killed).
-    pub fn fault(self) -> Fault {
+    pub fn fault(self, row: Row) -> Fault {
         match self {
+            // A SOCKS5 upstream's replies (2-byte method, 10-byte IPv4
+            // connect) pass; the stall follows the HTTP head in the tunnel.
+            Col::StallAfterHead if row == Row::Socks5 => Fault::StallAfterHeadPast(12),
             Col::Baseline | Col::Kill => Fault::Pass,
             Col::HalfDead => Fault::Silent,
             Col::AcceptClose => Fault::AcceptClose,
@@ -444,7 +447,7 @@ pub fn run_cell(row: Row, col: Col) -> Outcome {
                 .collect(),
         ),
     };
-    let mut relay = Some(FaultRelay::start(peers.addr(0), col.fault()));
+    let mut relay = Some(FaultRelay::start(peers.addr(0), col.fault(row)));
     let relay_addr = relay.as_ref().map(|r| r.addr).unwrap();
     let scheme = peers.scheme();
     let relay_url = format!("{scheme}://{relay_addr}");
