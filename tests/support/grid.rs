@@ -346,6 +346,20 @@ enum Peers {
 }
 
 impl Peers {
+    fn start(row: Row) -> Peers {
+        match row {
+            Row::Socks5 => Peers::Socks(vec![Microsocks::start(None), Microsocks::start(None)]),
+            Row::ReverseGet | Row::ReversePut => {
+                Peers::Echo(vec![Some(EchoServer::start()), Some(EchoServer::start())])
+            }
+            _ => Peers::Tiny(
+                (0..2)
+                    .map(|_| Tinyproxy::start(TinyOpts::default()))
+                    .collect(),
+            ),
+        }
+    }
+
     fn addr(&self, i: usize) -> SocketAddr {
         match self {
             Peers::Tiny(t) => t[i].addr(),
@@ -436,36 +450,18 @@ fn wait_closed(addr: SocketAddr) {
 pub fn run_cell(row: Row, col: Col) -> Outcome {
     let nginx = Nginx::start_with(NginxOpts { big_bytes: BODY });
     let ca_file = nginx.ca().cert_path();
-    let mut peers = match row {
-        Row::Socks5 => Peers::Socks(vec![Microsocks::start(None), Microsocks::start(None)]),
-        Row::ReverseGet | Row::ReversePut => {
-            Peers::Echo(vec![Some(EchoServer::start()), Some(EchoServer::start())])
-        }
-        _ => Peers::Tiny(
-            (0..2)
-                .map(|_| Tinyproxy::start(TinyOpts::default()))
-                .collect(),
-        ),
-    };
+    let mut peers = Peers::start(row);
     let mut relay = Some(FaultRelay::start(peers.addr(0), col.fault(row)));
     let relay_addr = relay.as_ref().map(|r| r.addr).unwrap();
     let scheme = peers.scheme();
     let relay_url = format!("{scheme}://{relay_addr}");
     let second = peers.addr(1);
     let (listen, admin, route) = (free_addr(), free_addr(), free_addr());
+    let members = [relay_url.clone(), format!("{scheme}://{second}")];
     let cfg = if row.is_reverse() {
-        reverse_config(
-            listen,
-            admin,
-            route,
-            &[relay_url.clone(), format!("http://{second}")],
-        )
+        reverse_config(listen, admin, route, &members)
     } else {
-        forward_config(
-            listen,
-            admin,
-            &[relay_url.clone(), format!("{scheme}://{second}")],
-        )
+        forward_config(listen, admin, &members)
     };
     let mut pg = Proxyguard::start(&cfg);
     if row.is_reverse() {
@@ -523,7 +519,13 @@ pub fn run_cell(row: Row, col: Col) -> Outcome {
     if col == Col::Kill {
         // Warm up (pooled connections to the first upstream exist), then
         // kill it: its port is closed.
-        client(true).run(C, C, timeout);
+        let warm = client(true).run(C, C, timeout);
+        let first = relay.as_ref().map_or(0, |r| r.accepted());
+        assert!(
+            warm.ok == C as u64 && first > 0,
+            "{} × kill: the warm-up did not go through the first upstream ({first} accepted): {warm:?}",
+            row.name()
+        );
         peers.kill_first();
         drop(relay.take());
         wait_closed(relay_addr);
