@@ -22,6 +22,10 @@ pub enum Fault {
     Reset,
     /// Relay the request and the response head, then stall forever.
     StallAfterHead,
+    /// Like `StallAfterHead`, but the first `n` response bytes pass first
+    /// (a SOCKS5 upstream's method and connect replies, which hold no
+    /// `\r\n\r\n`): the stall comes after the HTTP head inside the tunnel.
+    StallAfterHeadPast(usize),
     /// Relay the first `n` response bytes, then close both ways.
     CutAfter(usize),
     /// Relay responses at about this many bytes per second.
@@ -175,6 +179,20 @@ fn serve(
                 if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
                     let _ = c.write_all(&head[..i + 4]);
                     // Stall: hold both sockets open, send nothing more.
+                    held.lock().unwrap().push(c);
+                    held.lock().unwrap().push(up);
+                    return;
+                }
+            }
+            Fault::StallAfterHeadPast(skip) => {
+                let pass = n.min(skip.saturating_sub(sent));
+                sent += pass;
+                if pass > 0 && c.write_all(&chunk[..pass]).is_err() {
+                    break;
+                }
+                head.extend_from_slice(&chunk[pass..]);
+                if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let _ = c.write_all(&head[..i + 4]);
                     held.lock().unwrap().push(c);
                     held.lock().unwrap().push(up);
                     return;

@@ -12,6 +12,7 @@ pub mod discovery_peers;
 pub mod doctor_peers;
 pub mod etcd;
 pub mod faults;
+pub mod grid;
 pub mod grpc;
 pub mod hey;
 pub mod netns;

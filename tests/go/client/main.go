@@ -54,6 +54,7 @@ func main() {
 	keepAlive := flag.Bool("keepalive", true, "reuse connections between requests")
 	interval := flag.Duration("interval", 0, "pause between one worker's requests")
 	proxyURL := flag.String("proxy", "", "proxy for every target, loopback included (default: the environment)")
+	wantLen := flag.Int("want-len", -1, "a body of any other length counts as failed (a cut that looks complete)")
 	flag.Parse()
 	if *url == "" {
 		fmt.Fprintln(os.Stderr, "-url is required")
@@ -136,6 +137,9 @@ func main() {
 						body, err = io.ReadAll(resp.Body)
 						resp.Body.Close()
 						status = resp.StatusCode
+						if err == nil && *wantLen >= 0 && status == 200 && len(body) != *wantLen {
+							err = fmt.Errorf("short body: %d of %d bytes", len(body), *wantLen)
+						}
 					}
 				}
 				ms := float64(time.Since(start).Microseconds()) / 1000.0
