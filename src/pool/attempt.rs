@@ -17,7 +17,11 @@
 //!   blackholed upstream is ejected instead of costing every connection.
 //!
 //! Connecting happens before any client byte is sent upstream, so none of
-//! this can duplicate a request.
+//! this can duplicate a request. Every verdict goes through the pool's one
+//! entry point (`Pool::report`, pool/outcome.rs).
+//!
+//! Used by forward (tunnels and plain-HTTP connections, through `route.rs`)
+//! and by reverse routes (backend connections, candidates in zone order).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,7 +32,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
-use super::{Member, Pool};
+use super::{Member, Outcome, Pool};
 use crate::upstream::{ConnectError, FaultClass, Phase};
 
 /// How hard to try, resolved for this one connection.
@@ -102,7 +106,7 @@ where
             let now = Instant::now();
             let remaining = self.deadline.saturating_duration_since(now);
             if remaining.is_zero() {
-                m.health.release_trial();
+                self.pool.report(&m, Outcome::Abandoned);
                 return false;
             }
             let fut = (self.connect)(m.clone());
@@ -138,19 +142,21 @@ where
     }
 
     fn finish_success(&mut self, m: &Arc<Member>, took: Duration) {
-        self.pool.report_success(m, took);
+        self.pool.report(m, Outcome::Served(took));
         for (other, since) in std::mem::take(&mut self.running) {
             let slow = self.budget.race_after.is_some_and(|r| since.elapsed() >= r);
-            if slow {
+            let outcome = if slow {
                 let e = ConnectError::timeout(Phase::ProxyHandshake, since.elapsed(), true);
-                self.pool.report_failure(&other, &e);
+                Outcome::UpstreamFault(e)
             } else {
-                other.health.release_trial();
-            }
+                Outcome::Abandoned
+            };
+            self.pool.report(&other, outcome);
         }
         // Another upstream reached the target these reported as failed.
         for (s, e) in std::mem::take(&mut self.suspects) {
-            self.pool.report_failure(&s, &e.confirmed_upstream_fault());
+            self.pool
+                .report(&s, Outcome::of_error(e.confirmed_upstream_fault()));
         }
         let first = &self.cands[0];
         if !Arc::ptr_eq(m, first) || self.any_failed {
@@ -175,7 +181,8 @@ where
             if let ConnectError::TargetFailed { next_hop, .. } = &mut e {
                 *next_hop = Some(m.name().to_string());
             }
-            m.health.release_trial();
+            // No verdict yet: another upstream's answer decides.
+            self.pool.report(&m, Outcome::Abandoned);
             self.suspects.push((m, e.clone()));
             self.last = Some(e);
             // Two upstreams agree: the target is the problem.
@@ -186,12 +193,12 @@ where
         }
         match e.fault() {
             FaultClass::Target | FaultClass::Local => {
-                m.health.release_trial();
+                self.pool.report(&m, Outcome::of_error(e.clone()));
                 self.last = Some(e);
                 !self.inflight.is_empty()
             }
             FaultClass::Upstream | FaultClass::Auth | FaultClass::Policy => {
-                self.pool.report_failure(&m, &e);
+                self.pool.report(&m, Outcome::UpstreamFault(e.clone()));
                 self.last = Some(e);
                 if !self.inflight.is_empty() {
                     return true;
@@ -252,7 +259,7 @@ where
             }
         }
         for (other, _) in std::mem::take(&mut self.running) {
-            other.health.release_trial();
+            self.pool.report(&other, Outcome::Abandoned);
         }
         // A target fault that no upstream contradicted is the answer.
         if let Some((_, e)) = self.suspects.first() {

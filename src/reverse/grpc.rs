@@ -21,6 +21,7 @@ use super::answer::{grpc_error, GrpcCode};
 use super::backend::AttemptError;
 use super::replay::Replay;
 use super::{as_backend_fault, BoxError, RespBody, ReverseRoute};
+use crate::pool::Outcome;
 use crate::upstream::{ConnectError, Phase};
 
 /// A gRPC call by its content type (`application/grpc`, `application/grpc+proto`, …;
@@ -193,12 +194,13 @@ impl ReverseRoute {
             let resp = match sent {
                 Err(_) => {
                     let e = ConnectError::timeout(Phase::FirstByte, deadline, true);
-                    self.pool.report_failure(m, &e);
+                    self.pool.report(m, Outcome::UpstreamFault(e.clone()));
                     last_err = Some(format!("{}: {e}", m.name()));
                     break;
                 }
                 Ok(Err(AttemptError::Connect(e))) => {
-                    self.pool.report_failure(m, &as_backend_fault(e.clone()));
+                    self.pool
+                        .report(m, Outcome::of_error(as_backend_fault(e.clone())));
                     last_err = Some(format!("{}: {e}", m.name()));
                     continue;
                 }
@@ -207,7 +209,7 @@ impl ReverseRoute {
                         phase: Phase::FirstByte,
                         proxy: true,
                     };
-                    self.pool.report_failure(m, &ce);
+                    self.pool.report(m, Outcome::UpstreamFault(ce));
                     last_err = Some(format!("{}: {e}", m.name()));
                     continue;
                 }
@@ -216,17 +218,17 @@ impl ReverseRoute {
             let left = end.saturating_duration_since(Instant::now());
             match verdict(resp, left).await {
                 Verdict::Unavailable(why) => {
-                    self.pool.report_failure(
+                    self.pool.report(
                         m,
-                        &ConnectError::ProxyStatus {
+                        Outcome::UpstreamFault(ConnectError::ProxyStatus {
                             status: 503,
                             reason: "grpc-status 14".into(),
-                        },
+                        }),
                     );
                     last_err = Some(format!("{}: UNAVAILABLE {why}", m.name()));
                 }
                 Verdict::Answer(mut resp) => {
-                    self.pool.report_success(m, t0.elapsed());
+                    self.pool.report(m, Outcome::Served(t0.elapsed()));
                     crate::forward::strip_hop_by_hop(resp.headers_mut());
                     tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status = resp.status().as_u16(), grpc = true, duration_ms = started.elapsed().as_millis() as u64, "request");
                     return resp;

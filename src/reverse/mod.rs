@@ -45,7 +45,7 @@ use crate::config::schema::RouteConfig;
 use crate::config::{Applies, UpstreamEntry};
 use crate::forward::strip_hop_by_hop;
 use crate::http_client::{IdlePool, SharedConns};
-use crate::pool::{Member, Pool};
+use crate::pool::{Member, Outcome, Pool};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
 use crate::upstream::{ConnectContext, ConnectError, Phase, UpstreamSpec};
@@ -371,7 +371,7 @@ impl ReverseRoute {
                         after: self.cfg.timeout.0,
                         proxy: true,
                     };
-                    self.pool.report_failure(m, &e);
+                    self.pool.report(m, Outcome::UpstreamFault(e.clone()));
                     last_err = Some(format!("{}: {e}", m.name()));
                     if buffered.is_none() {
                         break;
@@ -379,7 +379,8 @@ impl ReverseRoute {
                     continue;
                 }
                 Ok(Err(AttemptError::Connect(e))) => {
-                    self.pool.report_failure(m, &as_backend_fault(e.clone()));
+                    self.pool
+                        .report(m, Outcome::of_error(as_backend_fault(e.clone())));
                     last_err = Some(format!("{}: {e}", m.name()));
                     if buffered.is_none() && stream.is_none() {
                         break;
@@ -391,7 +392,7 @@ impl ReverseRoute {
                         phase: Phase::FirstByte,
                         proxy: true,
                     };
-                    self.pool.report_failure(m, &ce);
+                    self.pool.report(m, Outcome::UpstreamFault(ce));
                     last_err = Some(format!("{}: {e}", m.name()));
                     if buffered.is_none() {
                         break;
@@ -406,17 +407,17 @@ impl ReverseRoute {
                 && attempts < self.cfg.max_attempts as usize
                 && attempts < order.len()
             {
-                self.pool.report_failure(
+                self.pool.report(
                     m,
-                    &ConnectError::ProxyStatus {
+                    Outcome::UpstreamFault(ConnectError::ProxyStatus {
                         status,
                         reason: "backend".into(),
-                    },
+                    }),
                 );
                 last_err = Some(format!("{}: answered {status}", m.name()));
                 continue;
             }
-            self.pool.report_success(m, t0.elapsed());
+            self.pool.report(m, Outcome::Served(t0.elapsed()));
             tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status, duration_ms = started.elapsed().as_millis() as u64, "request");
             return self
                 .pass_on(&parts.method, resp, cache_key, cacheable_request)

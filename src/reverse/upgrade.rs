@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::answer::text;
 use super::{as_backend_fault, full_body, RespBody, ReverseRoute};
+use crate::pool::Outcome;
 
 /// The protocol an HTTP/1.1 request asks to switch to, if it does.
 pub fn requested(req: &Request<Incoming>) -> Option<HeaderValue> {
@@ -59,7 +60,8 @@ impl ReverseRoute {
             let mut tx = match self.upgrade_sender(m).await {
                 Ok(tx) => tx,
                 Err(e) => {
-                    self.pool.report_failure(m, &as_backend_fault(e.clone()));
+                    self.pool
+                        .report(m, Outcome::of_error(as_backend_fault(e.clone())));
                     last_err = Some(format!("{}: {e}", m.name()));
                     continue;
                 }
@@ -86,7 +88,7 @@ impl ReverseRoute {
                     continue;
                 }
             };
-            self.pool.report_success(m, started.elapsed());
+            self.pool.report(m, Outcome::Served(started.elapsed()));
             let status = resp.status();
             tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status = status.as_u16(), upgrade = ?proto, "request");
             if status != StatusCode::SWITCHING_PROTOCOLS {
