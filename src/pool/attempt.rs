@@ -354,13 +354,33 @@ mod tests {
         acts: &[(&str, Act)],
         b: Budget,
     ) -> (Result<String, ConnectError>, Duration) {
+        let names: Vec<String> = p.members().iter().map(|m| m.name().into()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (r, took, _) = run_in(p, &names, acts, b).await;
+        (r, took)
+    }
+
+    /// Runs the engine over the members named in `order`, in that order;
+    /// also says which were dialled, in order.
+    async fn run_in(
+        p: &Pool,
+        order: &[&str],
+        acts: &[(&str, Act)],
+        b: Budget,
+    ) -> (Result<String, ConnectError>, Duration, Vec<String>) {
         let acts: HashMap<String, Act> = acts
             .iter()
             .map(|(n, a)| (n.to_string(), a.clone()))
             .collect();
-        let cands = p.members().to_vec();
+        let all = p.members();
+        let cands: Vec<Arc<Member>> = order
+            .iter()
+            .filter_map(|n| all.iter().find(|m| m.name() == *n).cloned())
+            .collect();
+        let dialled = std::sync::Mutex::new(Vec::new());
         let start = Instant::now();
         let r = connect(p, &cands, b, |m: Arc<Member>| {
+            dialled.lock().unwrap().push(m.name().to_string());
             let act = acts.get(m.name()).cloned().unwrap_or(Act::Hang);
             async move {
                 match act {
@@ -387,7 +407,8 @@ mod tests {
         })
         .await
         .map(|(v, _)| v);
-        (r, start.elapsed())
+        let took = start.elapsed();
+        (r, took, dialled.into_inner().unwrap())
     }
 
     fn failures(p: &Pool, name: &str) -> u64 {
@@ -505,5 +526,31 @@ mod tests {
         let (r, _) = run(&p, &[("a", Act::TargetDead)], budget(None)).await;
         assert!(matches!(r, Err(ConnectError::TargetFailed { .. })), "{r:?}");
         assert_eq!(failures(&p, "a"), 0);
+    }
+
+    /// What reverse routes rely on: candidates in the order given (the
+    /// zone order), the next one *in that order* raced after `race_after`
+    /// (not the fastest), the silent one blamed; a budget of one attempt
+    /// (the last a request has left) never races, and a deadline shorter
+    /// than `connect_deadline` (the route's timeout) ends the run.
+    #[tokio::test(start_paused = true)]
+    async fn keeps_the_given_order_and_honours_a_reduced_budget() {
+        let p = pool(&["a", "b", "c"], BreakerConfig::default());
+        let acts = [("a", Act::Ok(5)), ("b", Act::Hang), ("c", Act::Ok(1))];
+        let (r, took, dialled) = run_in(&p, &["b", "a", "c"], &acts, budget(Some(100))).await;
+        assert_eq!(r.unwrap(), "a");
+        assert_eq!(took, Duration::from_millis(105));
+        assert_eq!(dialled, ["b", "a"], "c never dialled");
+        assert_eq!(failures(&p, "b"), 1, "the silent backend is blamed");
+        let p = pool(&["a", "b"], BreakerConfig::default());
+        let last = Budget {
+            max_attempts: 1,
+            deadline: Duration::from_millis(300),
+            ..budget(Some(100))
+        };
+        let (r, took, dialled) = run_in(&p, &["b", "a"], &acts, last).await;
+        assert!(matches!(r, Err(ConnectError::Timeout { .. })), "{r:?}");
+        assert_eq!(took, Duration::from_millis(300));
+        assert_eq!(dialled, ["b"], "one attempt left: no race");
     }
 }

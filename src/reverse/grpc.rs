@@ -18,11 +18,10 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::answer::{grpc_error, GrpcCode};
+use super::attempt::Dial;
 use super::backend::AttemptError;
 use super::replay::Replay;
-use super::{as_backend_fault, BoxError, RespBody, ReverseRoute};
-use crate::pool::Outcome;
-use crate::upstream::{ConnectError, Phase};
+use super::{BoxError, RespBody, ReverseRoute};
 
 /// A gRPC call by its content type (`application/grpc`, `application/grpc+proto`, …;
 /// not gRPC-Web, which is a different framing).
@@ -170,9 +169,9 @@ impl ReverseRoute {
         let deadline = call_deadline(self.cfg.timeout.0, &parts.headers);
         let end = started + deadline;
         let replay = Replay::new(body, self.cfg.retry_body_limit);
-        let order = self.order();
+        let plan = self.plan();
         let mut last_err: Option<String> = None;
-        for m in order.iter().take(self.cfg.max_attempts as usize) {
+        loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -183,52 +182,39 @@ impl ReverseRoute {
             if let Ok(v) = HeaderValue::from_str(&encode_grpc_timeout(left)) {
                 parts.headers.insert("grpc-timeout", v);
             }
-            let mut reader = Some(reader);
-            let mut make = || reader.take().map(|r| r.boxed_unsync());
-            let t0 = Instant::now();
-            let sent = tokio::time::timeout(
-                left,
-                self.exchange(m, &parts, client_host.as_ref(), &mut make),
-            )
-            .await;
-            let resp = match sent {
-                Err(_) => {
-                    let e = ConnectError::timeout(Phase::FirstByte, deadline, true);
-                    self.pool.report(m, Outcome::UpstreamFault(e.clone()));
-                    last_err = Some(format!("{}: {e}", m.name()));
+            let c = match self.connect_next(&plan, left, Dial::Request).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some(e) = e {
+                        last_err = Some(format!("no backend could be reached: {e}"));
+                    }
                     break;
                 }
-                Ok(Err(AttemptError::Connect(e))) => {
-                    self.pool
-                        .report(m, Outcome::of_error(as_backend_fault(e.clone())));
-                    last_err = Some(format!("{}: {e}", m.name()));
+            };
+            let m = c.m.clone();
+            let mut reader = Some(reader);
+            let mut make = || reader.take().map(|r| r.boxed_unsync());
+            let left = end.saturating_duration_since(Instant::now());
+            let sent = self
+                .exchange_within(c, &parts, client_host.as_ref(), &mut make, left)
+                .await;
+            let resp = match sent {
+                Ok(resp) => resp,
+                Err(e) => {
+                    last_err = Some(self.failed(&m, &e));
+                    if matches!(e, AttemptError::TimedOut(_)) {
+                        break;
+                    }
                     continue;
                 }
-                Ok(Err(AttemptError::Sent(e))) => {
-                    let ce = ConnectError::Reset {
-                        phase: Phase::FirstByte,
-                        proxy: true,
-                    };
-                    self.pool.report(m, Outcome::UpstreamFault(ce));
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    continue;
-                }
-                Ok(Ok(resp)) => resp,
             };
             let left = end.saturating_duration_since(Instant::now());
             match verdict(resp, left).await {
                 Verdict::Unavailable(why) => {
-                    self.pool.report(
-                        m,
-                        Outcome::UpstreamFault(ConnectError::ProxyStatus {
-                            status: 503,
-                            reason: "grpc-status 14".into(),
-                        }),
-                    );
+                    self.refused_answer(&m, 503, "grpc-status 14");
                     last_err = Some(format!("{}: UNAVAILABLE {why}", m.name()));
                 }
                 Verdict::Answer(mut resp) => {
-                    self.pool.report(m, Outcome::Served(t0.elapsed()));
                     crate::forward::strip_hop_by_hop(resp.headers_mut());
                     tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status = resp.status().as_u16(), grpc = true, duration_ms = started.elapsed().as_millis() as u64, "request");
                     return resp;
