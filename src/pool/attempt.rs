@@ -308,9 +308,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::{BreakerConfig, PoolConfig};
-    use crate::config::{Applies, UpstreamEntry};
-    use crate::upstream::{TargetFault, UpstreamSpec};
+    use crate::config::schema::BreakerConfig;
+    use crate::pool::test_pool;
+    use crate::upstream::TargetFault;
     use std::collections::HashMap;
 
     /// What the stub connector does for one upstream.
@@ -320,23 +320,6 @@ mod tests {
         Refused(u64),
         Hang,
         TargetDead,
-    }
-
-    fn pool(names: &[&str], breaker: BreakerConfig) -> Pool {
-        let entries = names
-            .iter()
-            .map(|n| UpstreamEntry {
-                spec: UpstreamSpec::parse(n, "http://127.0.0.1:9").unwrap(),
-                zone: None,
-                priority: 0,
-                weight: 1,
-                max_fails: 1,
-                fail_timeout: Duration::from_secs(10),
-                applies: Applies::ALL,
-                origin: "test".into(),
-            })
-            .collect();
-        Pool::new(entries, PoolConfig::default(), breaker)
     }
 
     fn budget(race_after: Option<u64>) -> Budget {
@@ -421,7 +404,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fails_over_and_blames_the_refusing_upstream() {
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let (r, _) = run(
             &p,
             &[("a", Act::Refused(1)), ("b", Act::Ok(1))],
@@ -435,7 +418,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn races_a_silent_upstream_and_counts_it_as_a_timeout() {
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let (r, took) = run(
             &p,
             &[("a", Act::Hang), ("b", Act::Ok(5))],
@@ -449,7 +432,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stops_at_the_deadline() {
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let (r, took) = run(&p, &[("a", Act::Hang), ("b", Act::Hang)], budget(Some(100))).await;
         assert!(matches!(r, Err(ConnectError::Timeout { .. })), "{r:?}");
         assert!(
@@ -460,7 +443,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_one_upstream_after_a_bounded_backoff() {
-        let p = pool(&["a"], BreakerConfig::default());
+        let p = test_pool(&["a"], BreakerConfig::default());
         // The first refusal ejects `a` (max_fails 1); the least-bad plan is
         // still tried again after the backoff, and fails each time.
         let (r, took) = run(&p, &[("a", Act::Refused(1))], budget(None)).await;
@@ -476,7 +459,7 @@ mod tests {
             failure_threshold: 1,
             ..BreakerConfig::default()
         };
-        let p = pool(&["a", "b"], cfg);
+        let p = test_pool(&["a", "b"], cfg);
         let a = p.members()[0].clone();
         a.health.record_failure(
             &ConnectError::Refused {
@@ -493,7 +476,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dead_target_blames_nobody() {
-        let p = pool(&["a", "b", "c"], BreakerConfig::default());
+        let p = test_pool(&["a", "b", "c"], BreakerConfig::default());
         let all = [
             ("a", Act::TargetDead),
             ("b", Act::TargetDead),
@@ -509,7 +492,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn target_fault_contradicted_by_another_upstream_blames_the_first() {
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let (r, _) = run(
             &p,
             &[("a", Act::TargetDead), ("b", Act::Ok(1))],
@@ -522,7 +505,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lone_upstream_reporting_a_dead_target_is_not_blamed() {
-        let p = pool(&["a"], BreakerConfig::default());
+        let p = test_pool(&["a"], BreakerConfig::default());
         let (r, _) = run(&p, &[("a", Act::TargetDead)], budget(None)).await;
         assert!(matches!(r, Err(ConnectError::TargetFailed { .. })), "{r:?}");
         assert_eq!(failures(&p, "a"), 0);
@@ -535,14 +518,14 @@ mod tests {
     /// than `connect_deadline` (the route's timeout) ends the run.
     #[tokio::test(start_paused = true)]
     async fn keeps_the_given_order_and_honours_a_reduced_budget() {
-        let p = pool(&["a", "b", "c"], BreakerConfig::default());
+        let p = test_pool(&["a", "b", "c"], BreakerConfig::default());
         let acts = [("a", Act::Ok(5)), ("b", Act::Hang), ("c", Act::Ok(1))];
         let (r, took, dialled) = run_in(&p, &["b", "a", "c"], &acts, budget(Some(100))).await;
         assert_eq!(r.unwrap(), "a");
         assert_eq!(took, Duration::from_millis(105));
         assert_eq!(dialled, ["b", "a"], "c never dialled");
         assert_eq!(failures(&p, "b"), 1, "the silent backend is blamed");
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let last = Budget {
             max_attempts: 1,
             deadline: Duration::from_millis(300),

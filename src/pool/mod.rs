@@ -255,11 +255,7 @@ impl Pool {
             .filter(|m| traffic.applies(m.entry.applies))
             .cloned()
             .collect();
-        let mut eligible: Vec<Arc<Member>> = serving
-            .iter()
-            .filter(|m| m.health.eligible())
-            .cloned()
-            .collect();
+        let mut eligible = eligible(&serving);
         if eligible.is_empty() {
             if serving.is_empty() {
                 return Plan {
@@ -414,11 +410,7 @@ impl Pool {
         busy: impl Fn(&Member) -> bool,
     ) -> Vec<Arc<Member>> {
         let all = self.members();
-        let mut eligible: Vec<Arc<Member>> = all
-            .iter()
-            .filter(|m| m.health.eligible())
-            .cloned()
-            .collect();
+        let mut eligible = eligible(&all);
         if eligible.is_empty() {
             return least_bad(all.to_vec());
         }
@@ -448,6 +440,15 @@ impl Pool {
     }
 }
 
+/// The members that may take new connections now.
+fn eligible(members: &[Arc<Member>]) -> Vec<Arc<Member>> {
+    members
+        .iter()
+        .filter(|m| m.health.eligible())
+        .cloned()
+        .collect()
+}
+
 /// Everything is out: keep trying the least bad rather than failing fast
 /// (the one that comes back soonest, then by priority) — but an open
 /// breaker means "fail fast" by definition, so those are left out.
@@ -458,6 +459,25 @@ fn least_bad(serving: Vec<Arc<Member>>) -> Vec<Arc<Member>> {
         .collect();
     v.sort_by_key(|m| (m.health.available_at(), m.entry.priority));
     v
+}
+
+/// A pool of `names` (each `http://127.0.0.1:9`, `max_fails` 1), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_pool(names: &[&str], breaker: BreakerConfig) -> Pool {
+    let entries = names
+        .iter()
+        .map(|n| UpstreamEntry {
+            spec: UpstreamSpec::parse(n, "http://127.0.0.1:9").expect("test URL"),
+            zone: None,
+            priority: 0,
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            applies: Applies::ALL,
+            origin: "test".into(),
+        })
+        .collect();
+    Pool::new(entries, PoolConfig::default(), breaker)
 }
 
 /// Logs health transitions (the event bus of the observability work hooks here).

@@ -158,26 +158,15 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::{BreakerConfig, PoolConfig};
-    use crate::config::{Applies, UpstreamEntry};
-    use crate::upstream::{TargetFault, UpstreamSpec};
+    use crate::config::schema::BreakerConfig;
+    use crate::upstream::TargetFault;
 
     fn pool() -> Pool {
-        let entry = UpstreamEntry {
-            spec: UpstreamSpec::parse("a", "http://127.0.0.1:9").unwrap(),
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails: 1,
-            fail_timeout: Duration::from_secs(10),
-            applies: Applies::ALL,
-            origin: "test".into(),
-        };
         let breaker = BreakerConfig {
             failure_threshold: 1,
             ..BreakerConfig::default()
         };
-        Pool::new(vec![entry], PoolConfig::default(), breaker)
+        crate::pool::test_pool(&["a"], breaker)
     }
 
     fn dead_target() -> ConnectError {

@@ -140,22 +140,22 @@ impl ReverseRoute {
 
     /// A connection to the next untried backend: a reusable one of the
     /// first candidate, else a new one through the attempt engine within
-    /// `within`. `Err(None)`: nothing left to try.
+    /// `within`. None when nothing is left to try, or nothing could be
+    /// reached (why goes to `last_err`).
     pub(super) async fn connect_next(
         &self,
         plan: &BackendPlan,
         within: Duration,
         dial: Dial,
-    ) -> Result<BackendConn, Option<ConnectError>> {
+        last_err: &mut Option<String>,
+    ) -> Option<BackendConn> {
         let cands = plan.untried();
         let attempts = plan.attempts_left();
-        let (Some(first), true) = (cands.first(), attempts > 0) else {
-            return Err(None);
-        };
+        let first = cands.first().filter(|_| attempts > 0)?;
         if let (Dial::Request, Some(tx)) = (dial, self.reusable(first, false)) {
             plan.note(first);
             let m = first.clone();
-            return Ok(BackendConn {
+            return Some(BackendConn {
                 tx,
                 reused: true,
                 m,
@@ -174,14 +174,17 @@ impl ReverseRoute {
                 r.map_err(as_backend_fault)
             }
         };
-        let (tx, m) = attempt::connect(&self.pool, &cands, budget, connect)
-            .await
-            .map_err(Some)?;
-        Ok(BackendConn {
-            tx,
-            reused: false,
-            m,
-        })
+        match attempt::connect(&self.pool, &cands, budget, connect).await {
+            Ok((tx, m)) => Some(BackendConn {
+                tx,
+                reused: false,
+                m,
+            }),
+            Err(e) => {
+                *last_err = Some(format!("no backend could be reached: {e}"));
+                None
+            }
+        }
     }
 
     /// One exchange on `c` with a response head due within `left`. A

@@ -6,16 +6,14 @@
 //! gRPC-shaped (HTTP 200, `grpc-status`, `grpc-message`).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use futures_util::StreamExt;
 use http::header::{HeaderMap, HeaderValue};
 use http::Response;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::Incoming;
 
 use super::answer::{grpc_error, GrpcCode};
 use super::attempt::Dial;
@@ -86,37 +84,6 @@ enum Verdict {
     Answer(Response<RespBody>),
 }
 
-/// A response body whose first frame was already read.
-struct Prefixed {
-    first: Option<Frame<Bytes>>,
-    rest: Incoming,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(f) = self.first.take() {
-            return Poll::Ready(Some(Ok(f)));
-        }
-        Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map(|o| o.map(|r| r.map_err(BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
 fn message(h: &HeaderMap) -> String {
     h.get("grpc-message")
         .and_then(|v| v.to_str().ok())
@@ -152,8 +119,10 @@ async fn verdict(resp: Response<Incoming>, left: Duration) -> Verdict {
             Some(f)
         }
     };
-    let body = Prefixed { first, rest: body }.boxed_unsync();
-    Verdict::Answer(Response::from_parts(parts, body))
+    // The frame already read, then the rest as it comes.
+    let rest = BodyStream::new(body).map(|r| r.map_err(BoxError::from));
+    let body = StreamBody::new(futures_util::stream::iter(first.map(Ok)).chain(rest));
+    Verdict::Answer(Response::from_parts(parts, body.boxed_unsync()))
 }
 
 impl ReverseRoute {
@@ -182,14 +151,9 @@ impl ReverseRoute {
             if let Ok(v) = HeaderValue::from_str(&encode_grpc_timeout(left)) {
                 parts.headers.insert("grpc-timeout", v);
             }
-            let c = match self.connect_next(&plan, left, Dial::Request).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if let Some(e) = e {
-                        last_err = Some(format!("no backend could be reached: {e}"));
-                    }
-                    break;
-                }
+            let next = self.connect_next(&plan, left, Dial::Request, &mut last_err);
+            let Some(c) = next.await else {
+                break;
             };
             let m = c.m.clone();
             let mut reader = Some(reader);

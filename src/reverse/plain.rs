@@ -155,14 +155,9 @@ impl ReverseRoute {
         loop {
             // The route's `timeout` covers one attempt, connecting included.
             let until = Instant::now() + timeout;
-            let c = match self.connect_next(&plan, timeout, Dial::Request).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if let Some(e) = e {
-                        last_err = Some(format!("no backend could be reached: {e}"));
-                    }
-                    break;
-                }
+            let next = self.connect_next(&plan, timeout, Dial::Request, &mut last_err);
+            let Some(c) = next.await else {
+                break;
             };
             let m = c.m.clone();
             let left = until.saturating_duration_since(Instant::now());

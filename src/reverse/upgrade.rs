@@ -98,14 +98,9 @@ impl ReverseRoute {
         let timeout = self.cfg.timeout.0;
         let mut last_err = None;
         loop {
-            let c = match self.connect_next(&plan, timeout, Dial::Upgrade).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let why = e.map(|e| format!("no backend could be reached: {e}"));
-                    return Err(why
-                        .or(last_err)
-                        .unwrap_or_else(|| "no backend available".into()));
-                }
+            let next = self.connect_next(&plan, timeout, Dial::Upgrade, &mut last_err);
+            let Some(c) = next.await else {
+                return Err(last_err.unwrap_or_else(|| "no backend available".into()));
             };
             let empty = full_body(Default::default());
             let r = self.backend_request(&c.m, parts, client_host, empty, false);
