@@ -135,7 +135,7 @@ impl ReverseRoute {
 
     /// Probes direct backends on the health interval.
     pub(super) fn spawn_checks(self: &Arc<Self>, cfg: HealthConfig, shutdown: Shutdown) {
-        if !cfg.enabled || self.cfg.via == "pool" {
+        if !cfg.enabled || self.via_pool {
             return;
         }
         let me = self.clone();
