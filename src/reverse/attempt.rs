@@ -232,3 +232,37 @@ impl ReverseRoute {
         self.pool.report(m, Outcome::UpstreamFault(e));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{Phase, TargetFault};
+
+    #[test]
+    fn a_backend_that_cannot_be_reached_is_at_fault_and_our_limits_are_not() {
+        let direct = ConnectError::Refused {
+            addr: "127.0.0.1:1".into(),
+            proxy: false,
+        };
+        assert_eq!(
+            direct.fault(),
+            FaultClass::Target,
+            "as the connector sees it"
+        );
+        assert_eq!(as_backend_fault(direct).fault(), FaultClass::Upstream);
+        let tls = ConnectError::timeout(Phase::Tls, Duration::from_secs(1), false);
+        assert_eq!(as_backend_fault(tls).fault(), FaultClass::Upstream);
+        // Through the forward pool: the proxy worked, the backend did not.
+        let via_pool = ConnectError::TargetFailed {
+            status: 502,
+            reason: "Unable to connect".into(),
+            kind: TargetFault::Refused,
+            next_hop: Some("corp".into()),
+        };
+        let e = as_backend_fault(via_pool);
+        assert_eq!(e.fault(), FaultClass::Upstream);
+        assert!(!e.needs_second_opinion());
+        let ours = ConnectError::NoRoute("every upstream's circuit breaker is open".into());
+        assert_eq!(as_backend_fault(ours).fault(), FaultClass::Local);
+    }
+}

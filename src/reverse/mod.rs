@@ -1,7 +1,9 @@
 //! Reverse-proxy mode: a local listener forwarding to backends across zones
-//! with the same pool machinery as upstream proxies (passive ejection,
-//! breakers, active probes), zone-aware choice, safe retries (connection
-//! failures always; 502/503/504 only for idempotent or buffered requests),
+//! with the same pool machinery as upstream proxies (the zone order as a
+//! pool strategy, the attempt engine, passive ejection, breakers, active
+//! probes, outcomes reported through `Pool::report`), safe retries
+//! (connection failures always; a failed exchange only with the body held
+//! in full; 502/503/504 only for idempotent requests with the body held),
 //! optional signing, and a fallback (last good GET, or a static answer).
 //!
 //! Protocols (docs/protocols.md): HTTP/1.1 and h2c on the listener,
