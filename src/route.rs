@@ -134,11 +134,7 @@ impl Router {
         let ctx = ConnectContext::new(Resolver::new(cfg.resolve.clone()), cfg.timeouts);
         Router {
             ctx,
-            pool: Pool::new(
-                cfg.upstreams.clone(),
-                cfg.file.pool.clone(),
-                cfg.file.breaker.clone(),
-            ),
+            pool: Pool::new(cfg.upstreams.clone(), cfg.pool.clone(), cfg.breaker.clone()),
             table: ArcSwap::from_pointee(RouteTable {
                 no_proxy: cfg.no_proxy.clone(),
                 bypass_loopback: cfg.bypass_loopback,

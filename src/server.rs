@@ -46,11 +46,11 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, ServeErr
     let state = Arc::new(Gateway::new(cfg, router.clone(), shutdown.clone()));
     crate::pool::checker::spawn(
         router.clone(),
-        cfg.file.health.clone(),
-        cfg.file.pool.checks,
+        cfg.health.clone(),
+        cfg.pool.checks,
         shutdown.clone(),
     );
-    crate::admin::alerts::spawn(cfg.file.alert.clone(), router.clone(), shutdown.clone());
+    crate::admin::alerts::spawn(cfg.alerts.clone(), router.clone(), shutdown.clone());
     let fleet = (cfg.fleet.as_ref())
         .map(|f| crate::fleet::spawn(f.clone(), router.clone(), shutdown.clone()));
     crate::discovery::start(cfg, router.clone(), shutdown.clone()).await;
@@ -206,8 +206,8 @@ const LIVE_SECTIONS: &[&str] = &["upstream", "pool", "breaker", "no_proxy", "byp
 /// limits, auth, health, alerts, routes…): said in the log and the event.
 pub fn needs_restart(started: &Config, new: &Config) -> Vec<String> {
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (
-        serde_json::to_value(&started.file),
-        serde_json::to_value(&new.file),
+        serde_json::to_value(&started.as_read),
+        serde_json::to_value(&new.as_read),
     ) else {
         return Vec::new();
     };
@@ -237,11 +237,9 @@ pub fn reload(router: &Router, path: &std::path::Path, started: &Config) -> Resu
         }
         Ok(cfg) => {
             let n = cfg.upstreams.len();
-            router.pool.replace(
-                cfg.upstreams.clone(),
-                cfg.file.pool.clone(),
-                cfg.file.breaker.clone(),
-            );
+            router
+                .pool
+                .replace(cfg.upstreams.clone(), cfg.pool.clone(), cfg.breaker.clone());
             router.table.store(Arc::new(crate::route::RouteTable {
                 no_proxy: cfg.no_proxy.clone(),
                 bypass_loopback: cfg.bypass_loopback,

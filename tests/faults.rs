@@ -67,14 +67,7 @@ impl Gw {
 
     /// `POST /reload` with the admin token.
     fn reload(&self) -> CurlOut {
-        curl(&[
-            "-s",
-            "-X",
-            "POST",
-            "-H",
-            "Authorization: Bearer t0ken-t0ken-t0ken",
-            &format!("http://{}/reload", self.admin),
-        ])
+        admin_reload(self.admin, "t0ken-t0ken-t0ken")
     }
 
     fn healthz(&self) -> u16 {

@@ -11,7 +11,10 @@ use toml::Spanned;
 
 use super::env::ProxyEnv;
 use super::noproxy::NoProxy;
-use super::schema::{FileConfig, ListenConfig, Protocol};
+use super::schema::{
+    AlertConfig, BreakerConfig, FileConfig, HealthConfig, ListenConfig, PoolConfig, Protocol,
+    RouteConfig,
+};
 use super::sections;
 use crate::upstream::{Credentials, Host, Scheme, Timeouts, UpstreamSpec};
 
@@ -110,8 +113,18 @@ pub struct Config {
     pub security: super::security::Security,
     /// `[fleet]` (config/fleet.rs), when configured.
     pub fleet: Option<super::fleet::FleetSettings>,
-    /// The file as read (for `check` to print, redacted).
-    pub file: FileConfig,
+    /// `[timeouts] expect_continue`.
+    pub expect_continue: Duration,
+    /// `[pool]`, `[breaker]`, `[health]`, `[[alert]]` and `[[route]]`, as
+    /// validated: what run time reads.
+    pub pool: PoolConfig,
+    pub breaker: BreakerConfig,
+    pub health: HealthConfig,
+    pub alerts: Vec<AlertConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// The file as read: for `check` to print (redacted) and for a reload
+    /// to name the sections that changed. Run time reads the typed fields.
+    pub as_read: FileConfig,
     /// `path` or `environment`.
     pub source_name: String,
     /// The file to re-read on reload (None for zero-config).
@@ -308,7 +321,13 @@ impl Config {
             admin_token,
             security,
             fleet,
-            file,
+            expect_continue: t.expect_continue.0,
+            pool: file.pool.clone(),
+            breaker: file.breaker.clone(),
+            health: file.health.clone(),
+            alerts: file.alert.clone(),
+            routes: file.route.clone(),
+            as_read: file,
             source_name: source.to_string(),
             path: None,
             discovery,
@@ -388,7 +407,7 @@ impl Config {
 
     /// The effective configuration as TOML, with secrets redacted.
     pub fn effective_toml(&self) -> String {
-        let mut f = self.file.clone();
+        let mut f = self.as_read.clone();
         super::redact::redact_file(&mut f);
         f.listen = self
             .listeners

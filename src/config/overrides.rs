@@ -40,15 +40,15 @@ impl Config {
         match addr {
             None => {
                 self.admin_addr = None;
-                self.file.admin.enabled = false;
+                self.as_read.admin.enabled = false;
             }
             Some(a) => {
                 if !a.ip().is_loopback() && self.admin_token.is_none() {
                     return Err(cli_error("admin.addr", format!("{a} is not loopback: set [admin] token_env (or token) so the admin API is not open to the network")));
                 }
                 self.admin_addr = Some(a);
-                self.file.admin.enabled = true;
-                self.file.admin.addr = Spanned::new(CLI_SPAN, a.to_string());
+                self.as_read.admin.enabled = true;
+                self.as_read.admin.addr = Spanned::new(CLI_SPAN, a.to_string());
             }
         }
         Ok(())
@@ -57,16 +57,16 @@ impl Config {
     /// True when the admin address was asked for (file or command line):
     /// then failing to bind it is an error. The built-in default only warns.
     pub fn admin_is_explicit(&self) -> bool {
-        self.file.admin.addr.span() != (0..0)
+        self.as_read.admin.addr.span() != (0..0)
     }
 
     /// `[pool] upstreams_from_env = true` with no `[[upstream]]`: use the
     /// proxies (and NO_PROXY) of the environment, as zero-config does.
     pub fn apply_upstreams_from_env(&mut self, env: &ProxyEnv) -> Result<(), ConfigError> {
-        if !self.file.pool.upstreams_from_env {
+        if !self.as_read.pool.upstreams_from_env {
             return Ok(());
         }
-        if !self.file.upstream.is_empty() {
+        if !self.as_read.upstream.is_empty() {
             return Err(ConfigError {
                 source_name: self.source_name.clone(),
                 line: None,

@@ -335,7 +335,7 @@ mod round_tests {
         // A reload keeps the discovered members.
         router
             .pool
-            .replace(Vec::new(), cfg.file.pool.clone(), cfg.file.breaker.clone());
+            .replace(Vec::new(), cfg.pool.clone(), cfg.breaker.clone());
         assert_eq!(names().len(), MAX_MEMBERS);
     }
 }

@@ -220,7 +220,7 @@ fn every_upstream(
         eprintln!("proxyguard doctor: give a URL, or --config FILE to check every upstream");
         return ExitCode::from(2);
     };
-    let Some(check) = cfg.file.health.url.clone() else {
+    let Some(check) = cfg.health.url.clone() else {
         eprintln!("proxyguard doctor: --config without URL needs [health] url in the config");
         return ExitCode::from(2);
     };

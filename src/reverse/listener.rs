@@ -63,7 +63,7 @@ pub async fn start(
     limits: Arc<Limits>,
 ) -> Result<Vec<(SocketAddr, Arc<ReverseRoute>)>, crate::server::ServeError> {
     let mut out = Vec::new();
-    for rc in &cfg.file.route {
+    for rc in &cfg.routes {
         let addr: SocketAddr = rc.listen.get_ref().trim().parse().map_err(|_| {
             crate::server::ServeError::Route(format!("bad listen {}", rc.listen.get_ref()))
         })?;
@@ -81,7 +81,7 @@ pub async fn start(
             .map_err(|source| crate::server::ServeError::Bind { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!(addr = %local, tls = route.server_tls.is_some(), backends = rc.backend.len(), local_zone = rc.local_zone.as_deref().unwrap_or("-"), via = %rc.via, "reverse route");
-        route.spawn_checks(cfg.file.health.clone(), shutdown.clone());
+        route.spawn_checks(cfg.health.clone(), shutdown.clone());
         let r2 = route.clone();
         let sd = shutdown.clone();
         let header_timeout = cfg.client_header_timeout;

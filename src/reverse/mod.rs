@@ -184,12 +184,12 @@ impl ReverseRoute {
                 })?),
                 None => None,
             };
-        let mut pool_cfg = all.file.pool.clone();
+        let mut pool_cfg = all.pool.clone();
         pool_cfg.max_attempts = cfg.max_attempts;
         let idle_timeout = pool_cfg.idle_timeout.0;
         Ok(ReverseRoute {
             cfg: cfg.clone(),
-            pool: Pool::new(entries, pool_cfg, all.file.breaker.clone()),
+            pool: Pool::new(entries, pool_cfg, all.breaker.clone()),
             ctx: ConnectContext {
                 resolver: router.ctx.resolver.clone(),
                 timeouts: all.timeouts,

@@ -139,3 +139,16 @@ pub fn proxyguard_run(args: &[&str], env: &[(&str, &str)], timeout: Duration) ->
     cmd.args(args);
     run_cmd(cmd, timeout)
 }
+
+/// `POST /reload` on the admin listener at `admin` with `token`.
+pub fn admin_reload(admin: SocketAddr, token: &str) -> CurlOut {
+    let auth = format!("Authorization: Bearer {token}");
+    curl(&[
+        "-s",
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        &format!("http://{admin}/reload"),
+    ])
+}
