@@ -20,6 +20,14 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+/// The error of a body that may carry any error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body of `Bytes` frames whose error becomes a [`BoxError`]: what the
+/// wrappers here (and the `Expect` gate) can wrap.
+pub trait ByteBody: Body<Data = Bytes, Error: Into<BoxError>> + Unpin {}
+impl<B> ByteBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Unpin {}
+
 /// The client's request body, watched for errors.
 pub struct ClientBody<B> {
     inner: B,
@@ -117,13 +125,9 @@ impl<B> IdleBody<B> {
     }
 }
 
-impl<B> Body for IdleBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<B: ByteBody> Body for IdleBody<B> {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -22,27 +22,27 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use crate::body::BoxError;
+
+/// A connection the client can speak HTTP on (TCP, a tunnel, TLS…).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A request body the client can send: what hyper's handshakes ask of it.
+pub trait SendBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+impl<B> SendBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
 /// HTTP/1.1 handshake on `io`; the connection is driven by a spawned task
 /// that ends when the connection closes or every sender is dropped.
-pub async fn handshake<I, B>(io: I) -> Result<SendRequest<B>, hyper::Error>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn handshake<I: Io, B: SendBody>(io: I) -> Result<SendRequest<B>, hyper::Error> {
     handshake_h1(io, false).await
 }
 
 /// HTTP/2 handshake (prior knowledge, or after ALPN chose `h2`) on `io`;
 /// the returned sender is cheap to clone and shares the connection.
-pub async fn handshake_h2<I, B>(io: I) -> Result<http2::SendRequest<B>, hyper::Error>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: Body + Unpin + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn handshake_h2<I: Io, B: SendBody + Unpin>(
+    io: I,
+) -> Result<http2::SendRequest<B>, hyper::Error> {
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
@@ -59,23 +59,16 @@ where
 /// Like [`handshake`], for a request that may be answered `101 Switching
 /// Protocols`: the connection task hands the socket over to
 /// `hyper::upgrade::on(response)` instead of closing it. Never pooled.
-pub async fn handshake_with_upgrades<I, B>(io: I) -> Result<SendRequest<B>, hyper::Error>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn handshake_with_upgrades<I: Io, B: SendBody>(
+    io: I,
+) -> Result<SendRequest<B>, hyper::Error> {
     handshake_h1(io, true).await
 }
 
-async fn handshake_h1<I, B>(io: I, upgrades: bool) -> Result<SendRequest<B>, hyper::Error>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+async fn handshake_h1<I: Io, B: SendBody>(
+    io: I,
+    upgrades: bool,
+) -> Result<SendRequest<B>, hyper::Error> {
     let (tx, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, B>(TokioIo::new(io))
         .await?;
@@ -98,12 +91,7 @@ pub enum Sender<B> {
     H2(http2::SendRequest<B>),
 }
 
-impl<B> Sender<B>
-where
-    B: Body + Unpin + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<B: SendBody + Unpin> Sender<B> {
     /// Sends `req` once the connection is ready for it.
     pub async fn send(
         &mut self,
@@ -191,15 +179,10 @@ impl<K: Hash + Eq, C: Reusable + Clone> Default for SharedConns<K, C> {
 /// Opens a direct connection to an `http://` or `https://` URL's host
 /// (TLS verified against the platform roots) and does the handshake. For
 /// proxyguard's own outbound calls: alert webhooks, the status CLI.
-pub async fn connect_url<B>(
+pub async fn connect_url<B: SendBody>(
     url: &url::Url,
     ctx: &crate::upstream::ConnectContext,
-) -> Result<SendRequest<B>, String>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<SendRequest<B>, String> {
     use crate::upstream::{tcp_connect, Host, NoopObserver};
     let host = match url.host() {
         Some(url::Host::Domain(d)) => Host::Name(d.to_ascii_lowercase()),

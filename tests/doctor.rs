@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::netns::Netns;
 use support::*;
 
 struct Doc {
@@ -422,65 +423,26 @@ fn tls_causes() {
     );
 }
 
-/// A network namespace with only `lo`, whose resolv.conf points at
-/// 127.0.0.1 inside it: DNS fails fast and nothing leaves the namespace.
-struct Netns(String);
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("pgdoc{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "ip netns add failed (needs root and iproute2)");
-        let dir = format!("/etc/netns/{name}");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            format!("{dir}/resolv.conf"),
-            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
-        )
-        .unwrap();
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
-            .status();
-        Netns(name)
-    }
-    fn doctor(&self, args: &[&str]) -> Doc {
-        let run = |json: bool| {
-            let mut c = Command::new("ip");
-            c.args([
-                "netns",
-                "exec",
-                &self.0,
-                proxyguard_bin(),
-                "doctor",
-                "--timeout",
-                "3s",
-            ]);
-            c.args(args);
-            if json {
-                c.arg("--json");
-            }
-            for v in PROXY_ENV_VARS {
-                c.env_remove(v);
-            }
-            c.env("NO_COLOR", "1");
-            run_cmd(c, Duration::from_secs(30))
-        };
-        let j = run(true);
-        let h = run(false);
-        Doc {
-            code: j.code,
-            json: serde_json::from_str(&j.stdout).unwrap_or_else(|e| panic!("{e}: {j:?}")),
-            human: h.stdout,
+/// `doctor` run inside a network namespace with only `lo`, whose
+/// resolv.conf points at 127.0.0.1 inside it (see `support::netns`): DNS
+/// fails fast and nothing leaves the namespace.
+fn ns_doctor(ns: &Netns, args: &[&str]) -> Doc {
+    let run = |json: bool| {
+        let mut c = ns.command(proxyguard_bin());
+        c.args(["doctor", "--timeout", "3s"]);
+        c.args(args);
+        if json {
+            c.arg("--json");
         }
-    }
-}
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.0));
+        c.env("NO_COLOR", "1");
+        run_cmd(c, Duration::from_secs(30))
+    };
+    let j = run(true);
+    let h = run(false);
+    Doc {
+        code: j.code,
+        json: serde_json::from_str(&j.stdout).unwrap_or_else(|e| panic!("{e}: {j:?}")),
+        human: h.stdout,
     }
 }
 
@@ -488,25 +450,31 @@ impl Drop for Netns {
 fn dns_and_unreachable_causes_in_an_isolated_namespace() {
     let ns = Netns::new();
     expect(
-        &ns.doctor(&[
-            "--proxy",
-            "http://no-such-proxy.invalid:3128",
-            "http://example.invalid/",
-        ]),
+        &ns_doctor(
+            &ns,
+            &[
+                "--proxy",
+                "http://no-such-proxy.invalid:3128",
+                "http://example.invalid/",
+            ],
+        ),
         "proxy_dns_failure",
     );
     expect(
-        &ns.doctor(&["http://no-such-target.invalid/"]),
+        &ns_doctor(&ns, &["http://no-such-target.invalid/"]),
         "target_dns_failure",
     );
     // Only `lo` exists in this test's own namespace: any other address has
     // no route, so connect fails with ENETUNREACH and no packet is sent.
     expect(
-        &ns.doctor(&[
-            "--proxy",
-            "http://10.255.255.1:3128",
-            "http://example.invalid/",
-        ]),
+        &ns_doctor(
+            &ns,
+            &[
+                "--proxy",
+                "http://10.255.255.1:3128",
+                "http://example.invalid/",
+            ],
+        ),
         "proxy_unreachable",
     );
 }

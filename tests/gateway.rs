@@ -220,6 +220,12 @@ fn chains_through_dante_and_microsocks_with_and_without_auth() {
 
 #[test]
 fn no_proxy_bypass_goes_direct_and_upstream_sees_nothing() {
+    // In a namespace whose only resolver is a dnsmasq on its loopback that
+    // knows no names: the lookup of sub.bypass.test below never leaves the
+    // machine and gets a real NXDOMAIN.
+    let ns = support::netns::Netns::new();
+    let _inside = ns.enter();
+    let _dns = support::netns::NsDns::start("");
     let echo = EchoServer::start();
     let tiny = Tinyproxy::start(TinyOpts {
         connect_ports: None,
@@ -239,8 +245,8 @@ fn no_proxy_bypass_goes_direct_and_upstream_sees_nothing() {
         &proxy_http(&pg),
         &format!("http://sub.bypass.test:{}/x", echo.port()),
     ]);
-    // sub.bypass.test has no resolve override and no DNS: it must fail as a
-    // direct DNS error, proving it was not sent to tinyproxy either.
+    // sub.bypass.test has no resolve override and no DNS record: it must
+    // fail as a direct DNS error, proving it was not sent to tinyproxy either.
     assert_eq!(r.status, 502, "{r:?}");
     assert!(r.headers.contains("error=dns_error"), "{r:?}");
     std::thread::sleep(Duration::from_millis(300));
@@ -474,6 +480,10 @@ fn bad_input_gets_errors_and_service_continues() {
 
 #[test]
 fn zero_config_uses_environment_and_refuses_loops() {
+    // tinyproxy looks the target name up: in a namespace whose resolv.conf
+    // names its own loopback (nothing listens), so the lookup stays here.
+    let ns = support::netns::Netns::new();
+    let _inside = ns.enter();
     let echo = EchoServer::start();
     let tiny = Tinyproxy::start(TinyOpts {
         connect_ports: None,

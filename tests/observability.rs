@@ -187,46 +187,15 @@ fn admin_endpoints_alerts_status_cli_and_page() {
     );
 }
 
-/// Renders a page in headless Chromium; returns the DOM after scripts ran.
+/// Renders a page in headless Chromium (in its own network namespace, so
+/// its own lookups never leave the machine); returns the DOM after scripts ran.
 fn chromium(url: &str, screenshot: Option<&std::path::Path>) -> String {
-    let bin = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .expect("chromium is required (scripts/test installs Debian's chromium)");
-    let profile = temp_dir("chromium", false);
-    let common = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--virtual-time-budget=4000",
-        "--window-size=1280,860",
-    ];
-    let udd = format!("--user-data-dir={}", profile.path().display());
     if let Some(p) = screenshot {
-        let mut c = Command::new(bin);
-        c.args(common)
-            .arg(&udd)
-            .arg(format!("--screenshot={}", p.display()))
-            .arg(url);
-        let out = run_cmd(c, Duration::from_secs(60));
+        let shot = format!("--screenshot={}", p.display());
+        let out = support::browser::chromium_run(url, &[&shot]);
         assert!(!out.timed_out, "chromium screenshot timed out: {out:?}");
     }
-    let mut c = Command::new(bin);
-    c.args(common).arg(&udd).arg("--dump-dom").arg(url);
-    let out = run_cmd(c, Duration::from_secs(60));
-    assert!(!out.timed_out && out.code == 0, "chromium failed: {out:?}");
-    out.stdout
+    support::browser::chromium_dom(url)
 }
 
 #[test]

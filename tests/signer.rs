@@ -105,7 +105,9 @@ fn rpc_official_vector() {
          %26SignatureVersion%3D1.0%26Timestamp%3D2016-02-23T12%253A46%253A24Z\
          %26Version%3D2014-05-26"
     );
-    let params_out = rpc::sign(&req, "testsecret", &params).expect("sign");
+    let params_out = rpc::sign_detailed(&req, "testsecret", &params)
+        .expect("sign")
+        .params;
     assert_eq!(params_out.len(), 9);
     assert_eq!(
         params_out.last(),

@@ -2,7 +2,7 @@
 //! a command with the event in environment variables, a log line), with a
 //! cooldown per (event kind, upstream) so a flapping upstream does not flood.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,74 +87,131 @@ async fn command(cmd: &str, ev: &Event) -> Result<(), String> {
     }
 }
 
-/// Spawns the alert dispatcher and the error-rate watcher.
+/// Spawns the alert dispatcher and, when a rule listens for `error_rate`,
+/// the error-rate watcher.
 pub fn spawn(rules: Vec<AlertConfig>, router: Arc<Router>, shutdown: Shutdown) {
     if rules.is_empty() {
         return;
     }
-    let bus: Arc<EventBus> = router.pool.events.clone();
-    // Error rate over each rule's window, checked every second.
     if let Some(r) = rules
         .iter()
         .find(|r| r.on.iter().any(|k| k == "error_rate"))
     {
-        let (threshold, window) = (r.threshold, r.window.0);
-        let router = router.clone();
-        let sd = shutdown.clone();
-        tokio::spawn(async move {
-            let mut samples: std::collections::VecDeque<(Instant, u64, u64)> = Default::default();
-            let mut firing = false;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = sd.triggered() => return,
-                }
-                let (ok, err) = router.pool.members().iter().fold((0, 0), |(o, e), m| {
-                    (
-                        o + m
-                            .health
-                            .successes
-                            .load(std::sync::atomic::Ordering::Relaxed),
-                        e + m.health.failures.load(std::sync::atomic::Ordering::Relaxed),
-                    )
-                });
-                let now = Instant::now();
-                samples.push_back((now, ok, err));
-                while samples
-                    .front()
-                    .is_some_and(|s| now.duration_since(s.0) > window)
-                {
-                    samples.pop_front();
-                }
-                let Some(first) = samples.front() else {
-                    continue;
-                };
-                let (dok, derr) = (ok.saturating_sub(first.1), err.saturating_sub(first.2));
-                let total = dok + derr;
-                let rate = if total == 0 {
-                    0.0
-                } else {
-                    derr as f64 / total as f64
-                };
-                if total >= 5 && rate >= threshold && !firing {
-                    firing = true;
-                    router.pool.events.emit(
-                        "error_rate",
-                        None,
-                        format!(
-                            "{:.0}% of {total} upstream connections failed in the last {window:?}",
-                            rate * 100.0
-                        ),
-                    );
-                } else if rate < threshold / 2.0 {
-                    firing = false;
-                }
-            }
-        });
+        let rate = ErrorRate::new(r.threshold, r.window.0);
+        spawn_error_rate_watch(rate, router.clone(), shutdown.clone());
     }
+    spawn_dispatcher(rules, &router.pool.events, shutdown);
+}
+
+/// The share of failed upstream connections over a sliding window, from
+/// samples of the members' cumulative counters.
+struct ErrorRate {
+    threshold: f64,
+    window: Duration,
+    /// (when, successes, failures) in time order, none older than `window`.
+    samples: VecDeque<(Instant, u64, u64)>,
+    firing: bool,
+}
+
+impl ErrorRate {
+    fn new(threshold: f64, window: Duration) -> Self {
+        ErrorRate {
+            threshold,
+            window,
+            samples: VecDeque::new(),
+            firing: false,
+        }
+    }
+
+    /// Adds a sample of the cumulative counters taken at `now`. Returns the
+    /// event detail when at least 5 connections in the window failed at a
+    /// rate of `threshold` or more; it fires again only after the rate fell
+    /// below half the threshold. Counters that went down (a reload replaced
+    /// the members) count as no change.
+    fn observe(&mut self, now: Instant, ok: u64, err: u64) -> Option<String> {
+        self.samples.push_back((now, ok, err));
+        while self
+            .samples
+            .front()
+            .is_some_and(|s| now.duration_since(s.0) > self.window)
+        {
+            self.samples.pop_front();
+        }
+        let &(_, first_ok, first_err) = self.samples.front()?;
+        let (dok, derr) = (ok.saturating_sub(first_ok), err.saturating_sub(first_err));
+        let total = dok + derr;
+        let rate = if total == 0 {
+            0.0
+        } else {
+            derr as f64 / total as f64
+        };
+        if total >= 5 && rate >= self.threshold && !self.firing {
+            self.firing = true;
+            return Some(format!(
+                "{:.0}% of {total} upstream connections failed in the last {:?}",
+                rate * 100.0,
+                self.window
+            ));
+        }
+        if rate < self.threshold / 2.0 {
+            self.firing = false;
+        }
+        None
+    }
+}
+
+/// Successes and failures of all members so far.
+fn connection_totals(router: &Router) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    router.pool.members().iter().fold((0, 0), |(o, e), m| {
+        (
+            o + m.health.successes.load(Relaxed),
+            e + m.health.failures.load(Relaxed),
+        )
+    })
+}
+
+/// Samples the counters every second and emits `error_rate` events.
+fn spawn_error_rate_watch(mut rate: ErrorRate, router: Arc<Router>, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.triggered() => return,
+            }
+            let (ok, err) = connection_totals(&router);
+            if let Some(detail) = rate.observe(Instant::now(), ok, err) {
+                router.pool.events.emit("error_rate", None, detail);
+            }
+        }
+    });
+}
+
+/// When each (rule, event kind, upstream) last fired.
+#[derive(Default)]
+struct Cooldowns(HashMap<(usize, &'static str, Option<String>), Instant>);
+
+impl Cooldowns {
+    /// Whether rule `i` may fire for `ev` now (and if so, notes that it does).
+    fn admit(&mut self, i: usize, rule: &AlertConfig, ev: &Event) -> bool {
+        let key = (i, ev.kind, ev.upstream.clone());
+        if self
+            .0
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < rule.cooldown.0)
+        {
+            return false;
+        }
+        self.0.insert(key, Instant::now());
+        true
+    }
+}
+
+/// Runs every matching rule on each event of `bus`, until shutdown.
+fn spawn_dispatcher(rules: Vec<AlertConfig>, bus: &EventBus, shutdown: Shutdown) {
     let mut rx = bus.subscribe();
     tokio::spawn(async move {
-        let mut last: HashMap<(usize, &'static str, Option<String>), Instant> = HashMap::new();
+        let mut cooldowns = Cooldowns::default();
         loop {
             let ev = tokio::select! {
                 r = rx.recv() => match r {
@@ -171,34 +228,73 @@ pub fn spawn(rules: Vec<AlertConfig>, router: Arc<Router>, shutdown: Shutdown) {
                 if !rule.on.iter().any(|k| k == ev.kind) {
                     continue;
                 }
-                let key = (i, ev.kind, ev.upstream.clone());
-                if last
-                    .get(&key)
-                    .is_some_and(|t| t.elapsed() < rule.cooldown.0)
-                {
+                if !cooldowns.admit(i, rule, &ev) {
                     metrics::counter!("proxyguard_alerts_suppressed_total", "event" => ev.kind)
                         .increment(1);
                     continue;
                 }
-                last.insert(key, Instant::now());
-                metrics::counter!("proxyguard_alerts_total", "event" => ev.kind).increment(1);
-                if rule.log || (rule.webhook.is_none() && rule.command.is_none()) {
-                    tracing::warn!(event = ev.kind, upstream = ev.upstream.as_deref().unwrap_or("-"), detail = %ev.detail, "alert");
-                }
-                let (ev2, hook, cmd) = (ev.clone(), rule.webhook.clone(), rule.command.clone());
-                tokio::spawn(async move {
-                    if let Some(h) = hook {
-                        if let Err(e) = webhook(&h, &ev2).await {
-                            tracing::warn!(event = ev2.kind, error = %e, "alert webhook failed");
-                        }
-                    }
-                    if let Some(c) = cmd {
-                        if let Err(e) = command(&c, &ev2).await {
-                            tracing::warn!(event = ev2.kind, error = %e, "alert command failed");
-                        }
-                    }
-                });
+                fire(rule, &ev);
             }
         }
     });
+}
+
+/// One rule's actions for one event: the log line at once, the webhook and
+/// the command in a task of their own.
+fn fire(rule: &AlertConfig, ev: &Event) {
+    metrics::counter!("proxyguard_alerts_total", "event" => ev.kind).increment(1);
+    if rule.log || (rule.webhook.is_none() && rule.command.is_none()) {
+        tracing::warn!(event = ev.kind, upstream = ev.upstream.as_deref().unwrap_or("-"), detail = %ev.detail, "alert");
+    }
+    let (ev, hook, cmd) = (ev.clone(), rule.webhook.clone(), rule.command.clone());
+    tokio::spawn(async move {
+        if let Some(h) = hook {
+            if let Err(e) = webhook(&h, &ev).await {
+                tracing::warn!(event = ev.kind, error = %e, "alert webhook failed");
+            }
+        }
+        if let Some(c) = cmd {
+            if let Err(e) = command(&c, &ev).await {
+                tracing::warn!(event = ev.kind, error = %e, "alert command failed");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_rate_fires_once_over_the_threshold_and_rearms_below_half() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = ErrorRate::new(0.5, Duration::from_secs(10));
+        assert_eq!(r.observe(at(0), 100, 10), None);
+        // 4 failures in the window: too few to judge.
+        assert_eq!(r.observe(at(1), 100, 14), None);
+        let detail = r.observe(at(2), 101, 16);
+        assert_eq!(
+            detail.as_deref(),
+            Some("86% of 7 upstream connections failed in the last 10s")
+        );
+        // Still over the threshold: no second event.
+        assert_eq!(r.observe(at(3), 101, 20), None);
+        // The early samples leave the window; only successes since: re-armed.
+        assert_eq!(r.observe(at(14), 200, 20), None);
+        assert_eq!(r.observe(at(15), 250, 22), None);
+        assert_eq!(
+            r.observe(at(16), 250, 80).as_deref(),
+            Some("55% of 110 upstream connections failed in the last 10s"),
+            "fires again once re-armed"
+        );
+    }
+
+    #[test]
+    fn error_rate_counters_that_go_down_after_a_reload_count_as_no_change() {
+        let t0 = Instant::now();
+        let mut r = ErrorRate::new(0.5, Duration::from_secs(10));
+        assert_eq!(r.observe(t0, 1000, 500), None);
+        assert_eq!(r.observe(t0 + Duration::from_secs(1), 3, 2), None);
+    }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::duration::Dur;
-use super::load::{Applies, ConfigError, Ctx, UpstreamEntry};
+use super::load::{ConfigError, Ctx, UpstreamEntry};
 use super::schema::FileConfig;
 use crate::upstream::UpstreamSpec;
 
@@ -48,32 +48,25 @@ pub struct DiscoveryConfig {
     pub kind: Spanned<DiscoveryKind>,
     /// dns: the name to query. `_service._proto.name` asks for SRV records,
     /// anything else for A and AAAA records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Spanned<String>>,
     /// dns: the scheme of the discovered proxies (`http`, `https`,
     /// `socks5`, `socks5h`; default `http`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<Spanned<String>>,
     /// dns, A/AAAA only: the proxies' port (SRV records carry their own).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<Spanned<u16>>,
     /// dns: refresh period (default 30s; the record TTL when shorter; never
     /// under 1s). file: poll period (default 1s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Dur>,
     /// dns: `IP` or `IP:port` of the name server to ask (default: the
     /// system resolver).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_server: Option<Spanned<String>>,
     /// etcd: client URLs, e.g. `["http://127.0.0.1:2379"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Spanned<String>>,
     /// etcd: every key under this prefix holds one upstream entry (JSON).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<Spanned<String>>,
     /// file: a glob of TOML (`[[upstream]]` tables) or JSON (a list of
     /// entries) files.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<Spanned<String>>,
 }
 
@@ -391,35 +384,9 @@ fn etcd(cx: &Ctx<'_>, d: &DiscoveryConfig) -> Result<Source, ConfigError> {
 }
 
 /// One discovered upstream as an etcd value or a file entry holds it: the
-/// `[[upstream]]` fields.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntryConfig {
-    /// Required in files; in etcd the key names the member unless given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-    #[serde(default)]
-    pub priority: i32,
-    #[serde(default = "one")]
-    pub weight: u32,
-    #[serde(default = "three")]
-    pub max_fails: u32,
-    #[serde(default = "ten_s")]
-    pub fail_timeout: Dur,
-}
-
-fn one() -> u32 {
-    1
-}
-fn three() -> u32 {
-    3
-}
-fn ten_s() -> Dur {
-    Dur::secs(10)
-}
+/// `[[upstream]]` fields, with the name optional (required in files; in etcd
+/// the key names the member unless given) and the URL a plain string.
+pub type EntryConfig = super::member::MemberConfig<Option<String>, String>;
 
 /// Longest member name a source may produce.
 pub const MAX_NAME: usize = 200;
@@ -455,16 +422,7 @@ impl EntryConfig {
         if self.weight == 0 {
             return Err("`weight` must be at least 1".into());
         }
-        Ok(UpstreamEntry {
-            spec,
-            zone: self.zone.clone(),
-            priority: self.priority,
-            weight: self.weight,
-            max_fails: self.max_fails.max(1),
-            fail_timeout: self.fail_timeout.0,
-            applies: Applies::ALL,
-            origin: origin.to_string(),
-        })
+        Ok(self.entry(spec, origin))
     }
 }
 

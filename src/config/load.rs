@@ -16,7 +16,7 @@ use super::schema::{
     RouteConfig,
 };
 use super::sections;
-use crate::upstream::{Credentials, Host, Scheme, Timeouts, UpstreamSpec};
+use crate::upstream::{Credentials, Host, Timeouts, UpstreamSpec};
 
 /// A configuration error with its location.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -480,14 +480,8 @@ fn env_upstreams(env: &ProxyEnv) -> Result<Vec<UpstreamEntry>, ConfigError> {
             message: format!("{e} (value {})", super::redact::redact(&p.raw)),
         })?;
         Ok(UpstreamEntry {
-            spec,
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails: 3,
-            fail_timeout: Duration::from_secs(10),
             applies,
-            origin: p.var.to_string(),
+            ..UpstreamEntry::with_defaults(spec, p.var)
         })
     };
     let mut out = Vec::new();
@@ -518,23 +512,14 @@ fn env_upstreams(env: &ProxyEnv) -> Result<Vec<UpstreamEntry>, ConfigError> {
     let plain = out.iter().any(|u| u.applies.plain);
     let tunnel = out.iter().any(|u| u.applies.tunnel);
     if !(plain && tunnel) {
-        let mut d = UpstreamEntry {
-            spec: UpstreamSpec::direct("direct"),
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails: 3,
-            fail_timeout: Duration::from_secs(10),
+        out.push(UpstreamEntry {
             applies: Applies {
                 plain: !plain,
                 tunnel: !tunnel,
             },
-            origin: "default".into(),
-        };
-        d.spec.name = "direct".into();
-        out.push(d);
+            ..UpstreamEntry::with_defaults(UpstreamSpec::direct("direct"), "default")
+        });
     }
-    let _ = Scheme::Direct;
     Ok(out)
 }
 

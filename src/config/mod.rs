@@ -9,6 +9,7 @@ pub mod fleet;
 mod listen_tls;
 pub mod load;
 pub mod locate;
+pub mod member;
 pub mod noproxy;
 pub mod overrides;
 pub mod redact;

@@ -1,5 +1,8 @@
 //! The configuration file as plain serde structs. Every key here is part of
 //! the user interface: see docs/configuration.md.
+//!
+//! An optional key is an `Option` field: serde reads a missing one as `None`
+//! and the TOML writer leaves `None` out, so such fields need no attributes.
 
 use std::collections::BTreeMap;
 
@@ -7,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::duration::Dur;
+use super::member::{one, ten_s, three};
 
 /// The whole file. Unknown keys are errors, so typos are caught at load.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +37,6 @@ pub struct FileConfig {
     /// Destination ACL: see docs/security.md.
     pub acl: super::security::AclConfig,
     /// Fleet health through etcd: see docs/fleet.md.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<super::fleet::FleetConfig>,
     /// Upstream sets learnt at run time: see docs/fleet.md.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -47,20 +50,16 @@ pub struct RouteConfig {
     pub listen: Spanned<String>,
     /// Backends in this zone are preferred; others take traffic only when the
     /// local ones are out of service or all at `max_inflight`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_zone: Option<String>,
     /// `direct`, or `pool` to reach backends through the upstream-proxy pool.
     #[serde(default = "via_direct")]
     pub via: String,
     /// Host header sent to backends: omitted = the backend's host, `"keep"` =
     /// the client's, anything else = that literal value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     #[serde(default)]
     pub backend: Vec<BackendConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sign: Option<RouteSign>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<RouteFallback>,
     #[serde(default = "three")]
     pub max_attempts: u32,
@@ -69,10 +68,8 @@ pub struct RouteConfig {
     #[serde(default = "retry_body")]
     pub retry_body_limit: usize,
     /// Extra CA certificates (PEM) trusted for https:// backends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
     /// TLS server name override for https:// backends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
     /// In-flight requests per backend beyond which it counts as overloaded (0 = no limit).
     #[serde(default)]
@@ -86,10 +83,8 @@ pub struct RouteConfig {
     pub grpc: bool,
     /// TLS on the route listener: certificate chain (PEM); ALPN offers h2
     /// and http/1.1. Needs `key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<Spanned<String>>,
     /// The certificate's private key (PEM).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Spanned<String>>,
 }
 
@@ -104,7 +99,6 @@ fn retry_body() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub url: Spanned<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
     #[serde(default = "one")]
     pub weight: u32,
@@ -113,7 +107,6 @@ pub struct BackendConfig {
     #[serde(default = "ten_s")]
     pub fail_timeout: Dur,
     /// Active health check: `connect` (default) or `grpc`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<super::route_protocols::BackendCheck>,
 }
 
@@ -126,10 +119,8 @@ pub struct RouteSign {
     pub key: String,
     /// Environment variable holding the app secret (never in the file).
     pub secret_env: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
     /// `HmacSHA256` (default) or `HmacSHA1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_method: Option<String>,
     /// Extra headers to sign besides X-Ca-*.
     #[serde(default)]
@@ -141,7 +132,6 @@ pub struct RouteSign {
 #[serde(deny_unknown_fields)]
 pub struct RouteFallback {
     /// Serve the last good response to the same GET, up to this age.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_get: Option<Dur>,
     #[serde(default = "status_503")]
     pub status: u16,
@@ -153,7 +143,6 @@ pub struct RouteFallback {
     #[serde(default = "thousand")]
     pub max_entries: usize,
     /// `http1`: speak HTTP/1.1 to a backend that fails over HTTP/2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<super::route_protocols::FallbackProtocol>,
 }
 
@@ -175,10 +164,8 @@ pub struct AdminConfig {
     pub addr: Spanned<String>,
     /// Bearer token required for `POST /reload`, and for everything when the
     /// admin address is not loopback. Prefer `token_env`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Name of an environment variable holding the token.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
     /// `Host` header values accepted besides the bind address and `localhost`.
     pub hosts: Vec<String>,
@@ -201,9 +188,7 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     pub on: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// Also write the alert to the log (always on when no other action).
     #[serde(default)]
@@ -268,9 +253,7 @@ pub struct ListenConfig {
     #[serde(default)]
     pub protocol: Protocol,
     /// TLS listener (`https`, or `mixed` accepting TLS too): see config/listen_tls.rs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<Spanned<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Spanned<String>>,
 }
 
@@ -285,34 +268,9 @@ impl Default for ListenConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    pub name: String,
-    pub url: Spanned<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-    /// Lower is preferred by the `failover` strategy.
-    #[serde(default)]
-    pub priority: i32,
-    #[serde(default = "one")]
-    pub weight: u32,
-    /// Passive failures within `fail_timeout` that eject the upstream.
-    #[serde(default = "three")]
-    pub max_fails: u32,
-    #[serde(default = "ten_s")]
-    pub fail_timeout: Dur,
-}
-
-fn one() -> u32 {
-    1
-}
-fn three() -> u32 {
-    3
-}
-fn ten_s() -> Dur {
-    Dur::secs(10)
-}
+/// An `[[upstream]]` table: the name is required, the URL keeps its place
+/// in the file for errors.
+pub type UpstreamConfig = super::member::MemberConfig<String, Spanned<String>>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -396,11 +354,8 @@ pub struct AuthConfig {
     /// Brute-force bans (docs/security.md): failures per IP within
     /// `fail_window` (default 5 in 1m) before a ban of `ban_for` (5m,
     /// doubling on repeat).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_failures: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_window: Option<Dur>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ban_for: Option<Dur>,
 }
 
@@ -523,10 +478,8 @@ pub struct HealthConfig {
     pub timeout: Dur,
     /// Optional URL fetched through the upstream; without it the check stops
     /// after the proxy handshake (to a target given by `target`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// `host:port` the handshake-only check tunnels to (default: the proxy itself).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     pub expect_status: Vec<u16>,
     pub rise: u32,

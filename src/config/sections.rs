@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use super::load::{AdmissionSettings, Applies, ConfigError, Ctx, Listener, UpstreamEntry};
+use super::load::{AdmissionSettings, ConfigError, Ctx, Listener, UpstreamEntry};
 use super::schema::FileConfig;
 use crate::upstream::{Credentials, UpstreamSpec};
 
@@ -40,16 +40,7 @@ pub(super) fn upstreams(
         if u.weight == 0 {
             return cx.at(&u.url, "upstream.weight", "must be at least 1".into());
         }
-        upstreams.push(UpstreamEntry {
-            spec,
-            zone: u.zone.clone(),
-            priority: u.priority,
-            weight: u.weight,
-            max_fails: u.max_fails.max(1),
-            fail_timeout: u.fail_timeout.0,
-            applies: Applies::ALL,
-            origin: "config".into(),
-        });
+        upstreams.push(u.entry(spec, "config"));
     }
     Ok(upstreams)
 }

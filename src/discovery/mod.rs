@@ -224,20 +224,13 @@ pub async fn start(cfg: &Config, router: Arc<Router>, shutdown: Shutdown) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Applies;
     use crate::upstream::UpstreamSpec;
 
     fn e(name: &str, origin: &str) -> UpstreamEntry {
-        UpstreamEntry {
-            spec: UpstreamSpec::parse(name, "http://127.0.0.1:1").unwrap(),
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails: 3,
-            fail_timeout: Duration::from_secs(10),
-            applies: Applies::ALL,
-            origin: origin.into(),
-        }
+        UpstreamEntry::with_defaults(
+            UpstreamSpec::parse(name, "http://127.0.0.1:1").unwrap(),
+            origin,
+        )
     }
 
     fn names(v: &[UpstreamEntry]) -> Vec<String> {

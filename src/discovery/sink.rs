@@ -195,21 +195,12 @@ pub fn host_port(ip: IpAddr, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Applies;
     use crate::upstream::UpstreamSpec;
 
     #[test]
     fn a_member_on_our_own_listener_is_a_loop() {
-        let e = |url: &str| UpstreamEntry {
-            spec: UpstreamSpec::parse("x", url).unwrap(),
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails: 3,
-            fail_timeout: Duration::from_secs(10),
-            applies: Applies::ALL,
-            origin: "dns".into(),
-        };
+        let e =
+            |url: &str| UpstreamEntry::with_defaults(UpstreamSpec::parse("x", url).unwrap(), "dns");
         let own = ["127.0.0.1:3128".parse().unwrap()];
         assert!(loops_back(&e("http://127.0.0.1:3128"), &own));
         assert!(!loops_back(&e("http://127.0.0.2:3128"), &own));
@@ -224,20 +215,12 @@ mod tests {
 mod round_tests {
     use super::*;
     use crate::config::discovery::{FileSpec, SourceSpec};
-    use crate::config::{Applies, Config};
+    use crate::config::Config;
     use crate::upstream::UpstreamSpec;
 
     fn entry(name: &str, port: u16) -> UpstreamEntry {
-        UpstreamEntry {
-            spec: UpstreamSpec::parse(name, &format!("http://127.0.0.1:{port}")).unwrap(),
-            zone: None,
-            priority: 0,
-            weight: 1,
-            max_fails: 3,
-            fail_timeout: Duration::from_secs(10),
-            applies: Applies::ALL,
-            origin: "file".into(),
-        }
+        let url = format!("http://127.0.0.1:{port}");
+        UpstreamEntry::with_defaults(UpstreamSpec::parse(name, &url).unwrap(), "file")
     }
 
     fn kinds(r: &Router) -> Vec<&'static str> {

@@ -127,18 +127,30 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         return hold_run(&rt, &base, hold, args.json);
     }
     let colour = !args.json && report::use_colour();
-    match rt.block_on(super::run(&base)) {
+    print_report(
+        rt.block_on(super::run(&base)),
+        args.json,
+        |r| report::human(r, colour),
+        |r| r.verdict.ok,
+    )
+}
+
+/// Prints a mode's report (pretty JSON with `--json`, else `human`) and
+/// exits 0 when the path works, 1 when it does not, 2 on a usage error.
+fn print_report<R: serde::Serialize>(
+    r: Result<R, super::DoctorError>,
+    json: bool,
+    human: impl FnOnce(&R) -> String,
+    ok: impl FnOnce(&R) -> bool,
+) -> ExitCode {
+    match r {
         Ok(r) => {
-            if args.json {
+            if json {
                 println!("{}", report::json(&r));
             } else {
-                print!("{}", report::human(&r, colour));
+                print!("{}", human(&r));
             }
-            if r.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            exit(ok(&r))
         }
         Err(e) => {
             eprintln!("proxyguard doctor: {e}");
@@ -170,20 +182,7 @@ fn repeat(
             let _ = std::io::stdout().flush();
         }
     }));
-    match r {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                print!("{}", super::repeat::human_summary(&r));
-            }
-            exit(r.ok)
-        }
-        Err(e) => {
-            eprintln!("proxyguard doctor: {e}");
-            ExitCode::from(2)
-        }
-    }
+    print_report(r, json, super::repeat::human_summary, |r| r.ok)
 }
 
 /// `--hold DURATION`: the idle-cut timeline.
@@ -193,20 +192,12 @@ fn hold_run(
     hold: Duration,
     json: bool,
 ) -> ExitCode {
-    match rt.block_on(super::hold::run(base, hold)) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                print!("{}", super::hold::human(&r));
-            }
-            exit(r.ok)
-        }
-        Err(e) => {
-            eprintln!("proxyguard doctor: {e}");
-            ExitCode::from(2)
-        }
-    }
+    print_report(
+        rt.block_on(super::hold::run(base, hold)),
+        json,
+        super::hold::human,
+        |r| r.verdict.ok,
+    )
 }
 
 /// Every configured upstream against the config's check URL.
@@ -232,7 +223,7 @@ fn every_upstream(
         o.upstream = Some(u.spec.clone());
         match rt.block_on(super::run(&o)) {
             Ok(r) => {
-                all_ok &= r.ok;
+                all_ok &= r.verdict.ok;
                 rows.push((u.spec.name.clone(), r));
             }
             Err(e) => {
@@ -267,7 +258,7 @@ fn every_upstream(
                 "{:<16} {:<40} {}",
                 n,
                 phases.join(" "),
-                r.cause.unwrap_or("ok")
+                r.verdict.cause.unwrap_or("ok")
             );
         }
     }

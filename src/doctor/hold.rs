@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::walk::{context, Io};
-use super::{run_plan, Cause, DoctorError, Options, Plan};
+use super::{run_plan, Cause, DoctorError, Options, Plan, Verdict};
 use crate::upstream::{NoopObserver, UpstreamSpec};
 
 /// How an idle connection was cut.
@@ -54,10 +54,8 @@ pub struct Probe {
 /// The `--hold` report.
 #[derive(Debug, Clone, Serialize)]
 pub struct HoldReport {
-    pub ok: bool,
-    pub cause: Option<&'static str>,
-    pub summary: String,
-    pub fix: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
     pub url: String,
     pub proxy: Option<String>,
     pub hold_s: f64,
@@ -112,10 +110,7 @@ pub async fn run(opts: &Options, hold: Duration) -> Result<HoldReport, DoctorErr
     let plan = Plan::new(opts)?;
     let first = run_plan(opts, &plan).await;
     let mut report = HoldReport {
-        ok: first.ok,
-        cause: first.cause,
-        summary: first.summary.clone(),
-        fix: first.fix.clone(),
+        verdict: first.verdict.clone(),
         url: plan.url.to_string(),
         proxy: plan.proxy.as_ref().map(|p| p.redacted_url()),
         hold_s: hold.as_secs_f64(),
@@ -124,7 +119,7 @@ pub async fn run(opts: &Options, hold: Duration) -> Result<HoldReport, DoctorErr
         cut_kind: None,
         probes: Vec::new(),
     };
-    if !first.ok {
+    if !first.verdict.ok {
         return Ok(report);
     }
     let ages = schedule(hold);
@@ -134,16 +129,17 @@ pub async fn run(opts: &Options, hold: Duration) -> Result<HoldReport, DoctorErr
         match h {
             Ok(h) => held.push(h),
             Err(e) => {
-                report.ok = false;
-                report.cause = Some(Cause::ProxyReset.code());
-                report.summary = format!("Could not open the idle connections: {e}.");
-                report.fix = Cause::ProxyReset.fix().to_string();
+                report.verdict = Verdict::failed(
+                    Cause::ProxyReset,
+                    format!("Could not open the idle connections: {e}."),
+                    Cause::ProxyReset.fix().to_string(),
+                );
                 return Ok(report);
             }
         }
     }
     if held.iter().all(|h| h.closes) {
-        report.summary = format!(
+        report.verdict.summary = format!(
             "{} closes the connection after every answer: there is no idle connection to cut; clients open a new one per request. Try an https:// URL to hold CONNECT tunnels.",
             if plan.proxy.is_some() { "The proxy" } else { "The server" }
         );
@@ -230,27 +226,7 @@ async fn open(plan: &Plan, opts: &Options) -> Result<Held, String> {
 
 /// Sends one GET and reads the whole answer.
 async fn request(h: &mut Held, plan: &Plan) -> Result<u16, String> {
-    let url = &plan.url;
-    let uri = if h.absolute_form {
-        url.as_str().to_string()
-    } else {
-        let mut p = url.path().to_string();
-        if let Some(q) = url.query() {
-            p.push('?');
-            p.push_str(q);
-        }
-        p
-    };
-    let mut req = http::Request::get(uri)
-        .header(http::header::HOST, host_header(plan))
-        .header(
-            http::header::USER_AGENT,
-            concat!("proxyguard-doctor/", env!("CARGO_PKG_VERSION")),
-        );
-    if let Some(a) = &h.proxy_auth {
-        req = req.header(http::header::PROXY_AUTHORIZATION, a.as_str());
-    }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let req = super::http::get_request(plan, h.absolute_form, h.proxy_auth.as_deref())?;
     h.tx.ready().await.map_err(|e| e.to_string())?;
     let resp = h.tx.send_request(req).await.map_err(|e| kind_text(&e))?;
     let status = resp.status().as_u16();
@@ -268,18 +244,6 @@ async fn request(h: &mut Held, plan: &Plan) -> Result<u16, String> {
         .await
         .map_err(|e| kind_text(&e))?;
     Ok(status)
-}
-
-fn host_header(plan: &Plan) -> String {
-    if plan.url.port().is_some() {
-        format!(
-            "{}:{}",
-            super::bracket(&plan.target.host.bare()),
-            plan.target.port
-        )
-    } else {
-        plan.target.host.bare()
-    }
 }
 
 /// "rst:…" or "fin:…" from a hyper error, by the I/O error under it.
@@ -359,25 +323,20 @@ fn conclude(r: &mut HoldReport) {
     let first_cut = r.probes.iter().find(|p| !p.ok).cloned();
     match first_cut {
         None => {
-            r.ok = true;
-            r.cause = None;
-            r.summary = format!(
+            r.verdict = Verdict::ok(format!(
                 "Idle connections survived every age probed (up to {:.0} s).",
                 r.idle_survived_s.unwrap_or(0.0)
-            );
-            r.fix = String::new();
+            ));
         }
         Some(c) => {
             let kind = c.cut_kind.unwrap_or(CutKind::Silent);
-            r.ok = false;
-            r.cause = Some(Cause::IdleCut.code());
             r.idle_cut_s = Some(c.age_s);
             r.cut_kind = Some(kind);
             let survived = r
                 .idle_survived_s
                 .map(|s| format!("survived {s:.1} s idle but "))
                 .unwrap_or_default();
-            r.summary = format!(
+            let summary = format!(
                 "A connection on this path {survived}was cut after {:.1} s idle: {}.",
                 c.age_s,
                 kind.describe()
@@ -385,10 +344,11 @@ fn conclude(r: &mut HoldReport) {
             let below = (r.idle_survived_s.unwrap_or(c.age_s / 2.0))
                 .max(1.0)
                 .floor();
-            r.fix = format!(
+            let fix = format!(
                 "{} Here: IdleConnTimeout ≤ {below:.0}s (e.g. `&http.Transport{{IdleConnTimeout: {below:.0} * time.Second}}`).",
                 Cause::IdleCut.fix()
             );
+            r.verdict = Verdict::failed(Cause::IdleCut, summary, fix);
         }
     }
 }
@@ -414,17 +374,7 @@ pub fn human(r: &HoldReport) -> String {
             );
         }
     }
-    let _ = writeln!(out, "\nDiagnosis");
-    match r.cause {
-        None => {
-            let _ = writeln!(out, "  ✓ ok: {}", r.summary);
-        }
-        Some(c) => {
-            let _ = writeln!(out, "  cause: {c}");
-            let _ = writeln!(out, "  why:   {}", r.summary);
-            let _ = writeln!(out, "  fix:   {}", r.fix);
-        }
-    }
+    r.verdict.write_diagnosis(&mut out, "✓");
     out
 }
 
@@ -450,10 +400,7 @@ mod tests {
     #[test]
     fn verdict_names_the_first_cut_and_the_last_survivor() {
         let mut r = HoldReport {
-            ok: true,
-            cause: None,
-            summary: String::new(),
-            fix: String::new(),
+            verdict: Verdict::ok(String::new()),
             url: String::new(),
             proxy: None,
             hold_s: 8.0,
@@ -478,9 +425,13 @@ mod tests {
             ],
         };
         conclude(&mut r);
-        assert_eq!(r.cause, Some("idle_cut"));
+        assert_eq!(r.verdict.cause, Some("idle_cut"));
         assert_eq!((r.idle_survived_s, r.idle_cut_s), (Some(2.0), Some(3.0)));
         assert_eq!(r.cut_kind, Some(CutKind::Silent));
-        assert!(r.fix.contains("IdleConnTimeout ≤ 2s"), "{}", r.fix);
+        assert!(
+            r.verdict.fix.contains("IdleConnTimeout ≤ 2s"),
+            "{}",
+            r.verdict.fix
+        );
     }
 }

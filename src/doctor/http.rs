@@ -36,7 +36,10 @@ pub(super) async fn run(
         tokio::spawn(async move {
             let _ = c.await;
         });
-        let req = request(plan, proxy, absolute_form)?;
+        let auth = proxy
+            .and_then(|p| p.credentials.as_ref())
+            .map(http_connect::basic_auth);
+        let req = get_request(plan, absolute_form, auth.as_deref())?;
         let resp = tx.send_request(req).await.map_err(|e| chain(&e))?;
         let ttfb = started.elapsed();
         let (parts, body) = resp.into_parts();
@@ -119,10 +122,12 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-fn request(
+/// The doctor's GET of the plan's URL: absolute-form with `proxy_auth`
+/// (`Proxy-Authorization`) to an HTTP proxy, origin-form otherwise.
+pub(super) fn get_request(
     plan: &Plan,
-    proxy: Option<&UpstreamSpec>,
     absolute_form: bool,
+    proxy_auth: Option<&str>,
 ) -> Result<http::Request<Empty<Bytes>>, String> {
     let url = &plan.url;
     let path = if absolute_form {
@@ -146,13 +151,8 @@ fn request(
             http::header::USER_AGENT,
             concat!("proxyguard-doctor/", env!("CARGO_PKG_VERSION")),
         );
-    if absolute_form {
-        if let Some(a) = proxy.and_then(|p| p.credentials.as_ref()) {
-            req = req.header(
-                http::header::PROXY_AUTHORIZATION,
-                http_connect::basic_auth(a),
-            );
-        }
+    if let Some(a) = proxy_auth.filter(|_| absolute_form) {
+        req = req.header(http::header::PROXY_AUTHORIZATION, a);
     }
     req.body(Empty::new()).map_err(|e| e.to_string())
 }

@@ -74,14 +74,58 @@ pub struct Timings {
     pub total: f64,
 }
 
-/// The result of walking one path (through the proxy, or direct).
-#[derive(Debug, Clone, Serialize)]
-pub struct PathReport {
-    pub via: String,
+/// The diagnosis every report starts with: whether the path works and, if
+/// not, the cause (its code), why, and the fix.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
     pub ok: bool,
     pub cause: Option<&'static str>,
     pub summary: String,
     pub fix: String,
+}
+
+impl Verdict {
+    pub fn ok(summary: String) -> Self {
+        Verdict {
+            ok: true,
+            cause: None,
+            summary,
+            fix: String::new(),
+        }
+    }
+
+    pub fn failed(cause: Cause, summary: String, fix: String) -> Self {
+        Verdict {
+            ok: false,
+            cause: Some(cause.code()),
+            summary,
+            fix,
+        }
+    }
+
+    /// The closing "Diagnosis" block of the human report.
+    fn write_diagnosis(&self, out: &mut String, ok_mark: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "\nDiagnosis");
+        match self.cause {
+            None => {
+                let _ = writeln!(out, "  {ok_mark} ok: {}", self.summary);
+            }
+            Some(c) => {
+                let _ = writeln!(out, "  cause: {c}");
+                let _ = writeln!(out, "  why:   {}", self.summary);
+                let _ = writeln!(out, "  fix:   {}", self.fix);
+            }
+        }
+    }
+}
+
+/// The result of walking one path (through the proxy, or direct).
+#[derive(Debug, Clone, Serialize)]
+pub struct PathReport {
+    pub via: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
     pub status: Option<u16>,
     pub steps: Vec<Step>,
     pub timings: Timings,
@@ -95,10 +139,8 @@ pub struct PathReport {
 /// The whole report (the JSON schema in docs/doctor.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub ok: bool,
-    pub cause: Option<&'static str>,
-    pub summary: String,
-    pub fix: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
     pub url: String,
     pub proxy: Option<String>,
     pub proxy_source: String,
@@ -253,10 +295,7 @@ pub async fn run_plan(opts: &Options, plan: &Plan) -> Report {
     let mut steps = vec![plan.settings_step.clone()];
     steps.extend(main.steps.clone());
     Report {
-        ok: main.ok,
-        cause: main.cause,
-        summary: main.summary.clone(),
-        fix: main.fix.clone(),
+        verdict: main.verdict.clone(),
         url: plan.url.to_string(),
         proxy: plan.proxy.as_ref().map(|p| p.redacted_url()),
         proxy_source: plan.proxy_source.clone(),

@@ -116,7 +116,10 @@ async fn bounded<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Opt
 
 async fn http_probe(addr: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"OPTIONS * HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+    // HTTP/1.0 without a Host: a proxy answers it itself. With `Host: probe`
+    // tinyproxy took it for a request to http://probe/ and looked the name
+    // `probe` up on its network before answering 500.
+    s.write_all(b"OPTIONS * HTTP/1.0\r\nUser-Agent: proxyguard-doctor\r\n\r\n")
         .await
         .ok()?;
     let mut buf = vec![0u8; 256];

@@ -76,9 +76,9 @@ fn line(n: usize, at: String, r: &Report) -> RunLine {
     RunLine {
         n,
         at,
-        ok: r.ok,
-        cause: r.cause,
-        summary: r.summary.clone(),
+        ok: r.verdict.ok,
+        cause: r.verdict.cause,
+        summary: r.verdict.summary.clone(),
         total_ms: r.timings.total,
         phases,
     }

@@ -62,28 +62,18 @@ pub fn human(r: &Report, colour: bool) -> String {
         let _ = writeln!(
             out,
             "  direct result: {}",
-            if d.ok {
+            if d.verdict.ok {
                 "ok".to_string()
             } else {
-                format!("{} — {}", d.cause.unwrap_or("-"), d.summary)
+                format!("{} — {}", d.verdict.cause.unwrap_or("-"), d.verdict.summary)
             }
         );
     }
-    let _ = writeln!(out, "\nDiagnosis");
-    match r.cause {
-        None => {
-            let _ = writeln!(out, "  {} ok: {}", mark(true, colour), r.summary);
-        }
-        Some(c) => {
-            let _ = writeln!(out, "  cause: {c}");
-            let _ = writeln!(out, "  why:   {}", r.summary);
-            let _ = writeln!(out, "  fix:   {}", r.fix);
-        }
-    }
+    r.verdict.write_diagnosis(&mut out, mark(true, colour));
     out
 }
 
-pub fn json(r: &Report) -> String {
+pub fn json<R: serde::Serialize>(r: &R) -> String {
     serde_json::to_string_pretty(r).unwrap_or_else(|e| {
         format!("{{\"ok\":false,\"cause\":null,\"summary\":\"cannot render: {e}\"}}")
     })

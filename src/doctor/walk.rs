@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use super::{ms, tlsinfo, Cause, Options, PathReport, Plan, Step, Timings};
+use super::{ms, tlsinfo, Cause, Options, PathReport, Plan, Step, Timings, Verdict};
 use crate::upstream::{ConnectContext, Timeouts, UpstreamSpec};
 
 /// Why a walk stopped.
@@ -39,8 +37,7 @@ pub(super) struct Fetched {
     pub status: u16,
 }
 
-pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(super) use crate::http_client::Io;
 
 /// The record of one walk in progress.
 pub(super) struct Walk {
@@ -76,31 +73,26 @@ impl Walk {
     fn finish(self, via: String, plan: &Plan, result: Result<Fetched, Failure>) -> PathReport {
         let mut timings = self.timings;
         timings.total = ms(self.started.elapsed());
-        let (ok, cause, summary, fix, status) = match result {
+        let (verdict, status) = match result {
             Ok(f) => (
-                true,
-                None,
-                format!(
+                Verdict::ok(format!(
                     "{} fetched: {} in {:.1} ms.",
                     plan.url, f.status, timings.total
-                ),
-                String::new(),
+                )),
                 Some(f.status),
             ),
             Err(f) => (
-                false,
-                Some(f.cause.code()),
-                f.summary,
-                f.fix.unwrap_or_else(|| f.cause.fix().to_string()),
+                Verdict::failed(
+                    f.cause,
+                    f.summary,
+                    f.fix.unwrap_or_else(|| f.cause.fix().to_string()),
+                ),
                 f.status,
             ),
         };
         PathReport {
             via,
-            ok,
-            cause,
-            summary,
-            fix,
+            verdict,
             status,
             steps: self.steps,
             timings,

@@ -25,6 +25,8 @@ use http::header::{HeaderMap, EXPECT};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
+use crate::body::{BoxError, ByteBody};
+
 const WAITING: u8 = 0;
 /// The body may flow (100 received, or no answer within `EXPECT_WAIT`).
 const GO: u8 = 1;
@@ -119,13 +121,9 @@ impl<B> Gated<B> {
     }
 }
 
-impl<B> Body for Gated<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<B: ByteBody> Body for Gated<B> {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

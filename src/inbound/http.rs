@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::tunnel::Tunnel;
 use super::{ConnCtx, Gateway};
 use crate::acl::{self, Denied, Scope};
 use crate::config::redact::redact;
@@ -105,34 +106,45 @@ pub fn error_response(err: &ConnectError, upstream: Option<&str>) -> Response<Re
     r
 }
 
-pub(super) fn access(
-    peer: SocketAddr,
-    method: &Method,
-    target: &str,
-    upstream: &str,
-    status: u16,
-    started: Instant,
-    outcome: &str,
-) {
-    metrics::counter!(
-        "proxyguard_requests_total",
-        "kind" => if *method == Method::CONNECT { "connect" } else { "http" },
-        "outcome" => outcome.to_string()
-    )
-    .increment(1);
-    let target = redact(target);
-    tracing::info!(
-        target: "access",
-        kind = "http",
-        client = %peer,
-        method = %method,
-        target,
-        upstream,
-        status,
-        duration_ms = started.elapsed().as_millis() as u64,
-        outcome,
-        "request"
-    );
+/// One request's access-log line: who asked, how, for what, since when.
+pub(super) struct Access {
+    pub peer: SocketAddr,
+    pub method: Method,
+    /// The target as the line names it (redacted when written).
+    pub target: String,
+    pub started: Instant,
+}
+
+impl Access {
+    /// Counts the request and writes its line.
+    pub fn log(&self, upstream: &str, status: u16, outcome: &str) {
+        let method = &self.method;
+        metrics::counter!(
+            "proxyguard_requests_total",
+            "kind" => if *method == Method::CONNECT { "connect" } else { "http" },
+            "outcome" => outcome.to_string()
+        )
+        .increment(1);
+        let target = redact(&self.target);
+        tracing::info!(
+            target: "access",
+            kind = "http",
+            client = %self.peer,
+            method = %method,
+            target,
+            upstream,
+            status,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            outcome,
+            "request"
+        );
+    }
+
+    /// Logs the refusal and answers `msg` as plain text.
+    fn reject(&self, status: StatusCode, outcome: &str, msg: &str) -> Response<RespBody> {
+        self.log("-", status.as_u16(), outcome);
+        text(status, msg)
+    }
 }
 
 /// 403 with `Proxy-Status: proxyguard; error=destination_ip_prohibited`.
@@ -140,21 +152,24 @@ fn prohibited(d: &Denied) -> Response<RespBody> {
     error_response(&ConnectError::Prohibited(d.clone()), None)
 }
 
+/// A destination the listener's ACL admitted, and the scope its
+/// connections run in.
+pub(super) struct Admitted {
+    pub target: Target,
+    pub scope: Scope,
+}
+
 /// Normalises the target's host and checks it against the listener's ACL.
-fn acl_check(
-    ctx: &ConnCtx,
-    target: Target,
-    tunnel: bool,
-) -> Result<(Target, Scope), (Target, Denied)> {
+fn acl_check(ctx: &ConnCtx, target: Target, tunnel: bool) -> Result<Admitted, (Target, Denied)> {
     let target = Target::new(acl::normalize(&target.host), target.port);
     match ctx.acl.check_target(&target, tunnel) {
-        Ok(verdict) => Ok((
+        Ok(verdict) => Ok(Admitted {
             target,
-            Scope {
+            scope: Scope {
                 acl: ctx.acl.clone(),
                 verdict,
             },
-        )),
+        }),
         Err(d) => {
             acl::record(&d, ctx.peer, if tunnel { "connect" } else { "http" });
             Err((target, d))
@@ -214,8 +229,12 @@ async fn handle(
     state: Arc<Gateway>,
 ) -> Result<Response<RespBody>, Infallible> {
     ctx.slot.active();
-    let peer = ctx.peer;
-    let started = Instant::now();
+    let mut log = Access {
+        peer: ctx.peer,
+        method: req.method().clone(),
+        target: "-".into(),
+        started: Instant::now(),
+    };
     // hyper's buffer limit is soft when a whole head arrives in one read;
     // enforce the configured limit on the parsed head as well.
     let head_bytes: usize = req
@@ -225,89 +244,91 @@ async fn handle(
         .sum::<usize>()
         + req.uri().to_string().len();
     if head_bytes > state.max_header_bytes {
-        access(
-            peer,
-            req.method(),
-            "-",
-            "-",
-            431,
-            started,
-            "header_too_large",
-        );
-        return Ok(text(
+        return Ok(log.reject(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header_too_large",
             &format!(
                 "proxyguard: request head of {head_bytes} bytes exceeds limits.max_header_bytes ({})",
                 state.max_header_bytes
             ),
         ));
     }
+    log.target = req.uri().to_string();
     if let Some(r) = admit_credentials(&req, &ctx, &state) {
-        let (status, outcome) = match r.status() {
-            StatusCode::TOO_MANY_REQUESTS => (429, "auth_banned"),
-            _ => (407, "auth_required"),
+        let outcome = match r.status() {
+            StatusCode::TOO_MANY_REQUESTS => "auth_banned",
+            _ => "auth_required",
         };
-        access(
-            peer,
-            req.method(),
-            &req.uri().to_string(),
-            "-",
-            status,
-            started,
-            outcome,
-        );
+        log.log("-", r.status().as_u16(), outcome);
         return Ok(r);
     }
-
-    if req.method() == Method::CONNECT {
-        let Some(target) = req
-            .uri()
-            .authority()
-            .and_then(|a| Target::parse_authority(a.as_str(), None))
-        else {
-            access(
-                peer,
-                req.method(),
-                &req.uri().to_string(),
-                "-",
-                400,
-                started,
-                "bad_target",
-            );
-            return Ok(text(
-                StatusCode::BAD_REQUEST,
-                "proxyguard: CONNECT needs host:port",
-            ));
-        };
-        let (target, scope) = match acl_check(&ctx, target, true) {
-            Ok(x) => x,
-            Err((target, d)) => {
-                access(
-                    peer,
-                    req.method(),
-                    &target.to_string(),
-                    "-",
-                    403,
-                    started,
-                    "destination_ip_prohibited",
-                );
-                return Ok(prohibited(&d));
-            }
-        };
-        // Boxed: hyper keeps (and moves) the service future with every
-        // connection, and the tunnel's future is large; only CONNECTs pay
-        // for the allocation.
-        return Ok(Box::pin(connect(
-            req_upgrade(&mut req),
-            target,
-            scope,
-            ctx,
-            state,
-            started,
-        ))
-        .await);
+    if req.method() != Method::CONNECT {
+        return Ok(forward_plain(req, ctx, state, log).await);
     }
-    Ok(forward_plain(req, ctx, state, started).await)
+    let dest = match connect_target(&req, &ctx, &mut log) {
+        Ok(x) => x,
+        Err(refused) => return Ok(*refused),
+    };
+    // Boxed: hyper keeps (and moves) the service future with every
+    // connection, and the tunnel's future is large; only CONNECTs pay for
+    // the allocation.
+    let upgrade = hyper::upgrade::on(&mut req);
+    Ok(Box::pin(connect(upgrade, dest, ctx, state, log)).await)
+}
+
+/// A CONNECT's `host:port`, normalised and admitted by the ACL (`log`
+/// then names it); else the refusal, logged.
+fn connect_target(
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    log: &mut Access,
+) -> Result<Admitted, Box<Response<RespBody>>> {
+    let Some(target) = req
+        .uri()
+        .authority()
+        .and_then(|a| Target::parse_authority(a.as_str(), None))
+    else {
+        return Err(Box::new(log.reject(
+            StatusCode::BAD_REQUEST,
+            "bad_target",
+            "proxyguard: CONNECT needs host:port",
+        )));
+    };
+    match acl_check(ctx, target, true) {
+        Ok(dest) => {
+            log.target = dest.target.to_string();
+            Ok(dest)
+        }
+        Err((target, d)) => {
+            log.target = target.to_string();
+            log.log("-", 403, "destination_ip_prohibited");
+            Err(Box::new(prohibited(&d)))
+        }
+    }
+}
+
+/// The target of an absolute-form `http://` request; else the refusal, logged.
+fn plain_target(uri: &http::Uri, log: &Access) -> Result<Target, Box<Response<RespBody>>> {
+    let target = match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(a)) => Target::parse_authority(a.as_str(), Some(80)),
+        (Some(s), _) => {
+            return Err(Box::new(log.reject(
+                StatusCode::BAD_REQUEST,
+                "bad_scheme",
+                &format!(
+                    "proxyguard: cannot forward {s}:// in absolute-form; use CONNECT for https"
+                ),
+            )));
+        }
+        _ => {
+            return Err(Box::new(log.reject(
+                StatusCode::BAD_REQUEST,
+                "not_proxy_request",
+                "proxyguard: this is a forward proxy; send absolute-form requests (http://host/path) or CONNECT",
+            )));
+        }
+    };
+    target.ok_or_else(|| Box::new(text(StatusCode::BAD_REQUEST, "proxyguard: bad host in URL")))
 }
 
 /// An absolute-form request: checked, then forwarded.
@@ -315,115 +336,46 @@ async fn forward_plain(
     req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
     state: Arc<Gateway>,
-    started: Instant,
+    log: Access,
 ) -> Response<RespBody> {
-    let peer = ctx.peer;
-    let uri = req.uri().clone();
-    let target = match (uri.scheme_str(), uri.authority()) {
-        (Some("http"), Some(a)) => Target::parse_authority(a.as_str(), Some(80)),
-        (Some(s), _) => {
-            access(
-                peer,
-                req.method(),
-                &uri.to_string(),
-                "-",
-                400,
-                started,
-                "bad_scheme",
-            );
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "proxyguard: cannot forward {s}:// in absolute-form; use CONNECT for https"
-                ),
-            );
-        }
-        _ => {
-            access(
-                peer,
-                req.method(),
-                &uri.to_string(),
-                "-",
-                400,
-                started,
-                "not_proxy_request",
-            );
-            return text(
-                StatusCode::BAD_REQUEST,
-                "proxyguard: this is a forward proxy; send absolute-form requests (http://host/path) or CONNECT",
-            );
-        }
+    let target = match plain_target(req.uri(), &log) {
+        Ok(t) => t,
+        Err(refused) => return *refused,
     };
-    let Some(target) = target else {
-        return text(StatusCode::BAD_REQUEST, "proxyguard: bad host in URL");
-    };
-    let (target, scope) = match acl_check(&ctx, target, false) {
+    let dest = match acl_check(&ctx, target, false) {
         Ok(x) => x,
         Err((_, d)) => {
-            access(
-                peer,
-                req.method(),
-                &uri.to_string(),
-                "-",
-                403,
-                started,
-                "destination_ip_prohibited",
-            );
+            log.log("-", 403, "destination_ip_prohibited");
             return prohibited(&d);
         }
     };
     if crate::forward::wants_upgrade(req.headers()) {
         // Boxed like CONNECT: only upgrades pay for the larger future.
-        return Box::pin(super::upgrade::forward(
-            req, target, scope, ctx, state, started,
-        ))
-        .await;
+        return Box::pin(super::upgrade::forward(req, dest, ctx, state, log)).await;
     }
-    let method = req.method().clone();
+    let Admitted { target, scope } = dest;
     let forwarded = acl::scoped(scope, state.forwarder.forward(&state.router, &target, req)).await;
     match forwarded {
         Ok((resp, route)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            access(
-                peer,
-                &method,
-                &uri.to_string(),
-                route.name(),
-                parts.status.as_u16(),
-                started,
-                "ok",
-            );
+            log.log(route.name(), parts.status.as_u16(), "ok");
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) => forward_error(e, peer, &method, &uri.to_string(), started),
+        Err(e) => forward_error(e, &log),
     }
 }
 
 /// The response for a failed forward, with its access-log line.
-pub(super) fn forward_error(
-    err: ForwardError,
-    peer: SocketAddr,
-    method: &Method,
-    uri: &str,
-    started: Instant,
-) -> Response<RespBody> {
+pub(super) fn forward_error(err: ForwardError, log: &Access) -> Response<RespBody> {
     match err {
         ForwardError::Connect(e) => {
-            access(
-                peer,
-                method,
-                uri,
-                "-",
-                e.http_status(),
-                started,
-                e.proxy_status_error(),
-            );
+            log.log("-", e.http_status(), e.proxy_status_error());
             error_response(&e, None)
         }
         ForwardError::Client(msg) => {
             // The client's own body broke: its fault, nobody else's.
-            access(peer, method, uri, "-", 400, started, "client_error");
+            log.log("-", 400, "client_error");
             let mut r = text(
                 StatusCode::BAD_REQUEST,
                 &format!("proxyguard: 400 Bad Request: {msg}"),
@@ -433,15 +385,7 @@ pub(super) fn forward_error(
             r
         }
         ForwardError::Timeout { upstream, after } => {
-            access(
-                peer,
-                method,
-                uri,
-                &upstream,
-                504,
-                started,
-                "http_response_timeout",
-            );
+            log.log(&upstream, 504, "http_response_timeout");
             let mut r = text(
                 StatusCode::GATEWAY_TIMEOUT,
                 &format!(
@@ -458,7 +402,7 @@ pub(super) fn forward_error(
             r
         }
         ForwardError::Upstream(msg) => {
-            access(peer, method, uri, "-", 502, started, "upstream_error");
+            log.log("-", 502, "upstream_error");
             let mut r = text(
                 StatusCode::BAD_GATEWAY,
                 &format!("proxyguard: 502 Bad Gateway: {msg}"),
@@ -474,48 +418,30 @@ pub(super) fn forward_error(
     }
 }
 
-fn req_upgrade(req: &mut Request<Incoming>) -> hyper::upgrade::OnUpgrade {
-    hyper::upgrade::on(req)
-}
-
 async fn connect(
     upgrade: hyper::upgrade::OnUpgrade,
-    target: Target,
-    scope: Scope,
+    Admitted { target, scope }: Admitted,
     ctx: Arc<ConnCtx>,
     state: Arc<Gateway>,
-    started: Instant,
+    log: Access,
 ) -> Response<RespBody> {
-    let peer = ctx.peer;
     let (mut conn, route) = match acl::scoped(scope, state.router.tunnel(&target)).await {
         Ok(x) => x,
         Err(e) => {
-            access(
-                peer,
-                &Method::CONNECT,
-                &target.to_string(),
-                "-",
-                e.http_status(),
-                started,
-                e.proxy_status_error(),
-            );
+            log.log("-", e.http_status(), e.proxy_status_error());
             return error_response(&e, None);
         }
     };
-    let live = state.shutdown.live();
-    tokio::spawn(async move {
-        // The tunnel keeps the connection's slot for its whole life.
-        let _slot = ctx.slot.clone();
-        let upgraded = match upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed");
-                return;
-            }
+    let st = state.clone();
+    super::tunnel::spawn(ctx, &state, upgrade, move |upgraded| async move {
+        let tunnel = Tunnel {
+            kind: "connect",
+            peer: log.peer,
+            target: &target,
+            route: &route,
+            started: log.started,
         };
-        let cancel = super::tunnel_cancel(&state, &route);
-        let _active = super::GaugeGuard::new("proxyguard_tunnels_active");
-        let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let mut client = parts.io.into_inner();
                 // hyper's leftover bytes may share its whole read buffer:
@@ -525,14 +451,20 @@ async fn connect(
                     return;
                 }
                 drop(early);
-                crate::relay::relay_conn(&mut client, conn, state.idle_timeout, cancel).await
+                tunnel
+                    .run(&st, |idle, cancel| {
+                        crate::relay::relay_conn(&mut client, conn, idle, cancel)
+                    })
+                    .await
             }
             Err(upgraded) => {
-                crate::relay::relay(TokioIo::new(upgraded), conn, state.idle_timeout, cancel).await
+                tunnel
+                    .run(&st, |idle, cancel| {
+                        crate::relay::relay(TokioIo::new(upgraded), conn, idle, cancel)
+                    })
+                    .await
             }
-        };
-        super::log_tunnel("connect", peer, &target, &route, started, &stats);
-        drop(live);
+        }
     });
     Response::new(Either::Right(Full::new(Bytes::new())))
 }

@@ -5,22 +5,21 @@ pub mod bans;
 pub mod http;
 pub mod limits;
 pub mod socks5;
+pub mod tunnel;
 mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::schema::Protocol;
 use crate::config::Config;
 use crate::forward::Forwarder;
-use crate::relay::RelayStats;
-use crate::route::{NextHop, Router};
+use crate::route::Router;
 use crate::shutdown::Shutdown;
 use crate::tls_acceptor::{HandshakeError, ServerTls, TLS_HANDSHAKE_BYTE};
-use crate::upstream::Target;
 
 pub use admission::Admission;
 
@@ -272,59 +271,5 @@ fn tls_failed(peer: SocketAddr, e: &HandshakeError) {
         reason,
         error = %e,
         "TLS handshake with the client failed"
-    );
-}
-
-/// What ends a live tunnel early: nothing, or (with `pool.drain_on_eject`)
-/// the ejection of its upstream. Shutdown does not: tunnels get the grace
-/// period, and the process exits after it.
-pub fn tunnel_cancel(
-    state: &Gateway,
-    route: &NextHop,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let drain = match route {
-        NextHop::Upstream(m) if state.router.pool.config().drain_on_eject => Some(m.clone()),
-        _ => None,
-    };
-    let shutdown = state.shutdown.clone();
-    async move {
-        let ejected = async {
-            match drain {
-                Some(m) => m.health.ejection().await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        // Ends at the upstream's ejection (`drain_on_eject`) or when the
-        // shutdown grace period is over.
-        tokio::select! {
-            _ = ejected => {}
-            _ = shutdown.expired() => {}
-        }
-    }
-}
-
-/// Writes the access-log line for a tunnel.
-pub fn log_tunnel(
-    kind: &str,
-    peer: SocketAddr,
-    target: &Target,
-    route: &NextHop,
-    started: Instant,
-    stats: &RelayStats,
-) {
-    metrics::counter!("proxyguard_tunnels_total", "kind" => kind.to_string(), "outcome" => stats.end.as_str()).increment(1);
-    metrics::counter!("proxyguard_bytes_total", "direction" => "up").increment(stats.up);
-    metrics::counter!("proxyguard_bytes_total", "direction" => "down").increment(stats.down);
-    tracing::info!(
-        target: "access",
-        kind,
-        client = %peer,
-        target = %target,
-        upstream = route.name(),
-        bytes_up = stats.up,
-        bytes_down = stats.down,
-        duration_ms = started.elapsed().as_millis() as u64,
-        outcome = stats.end.as_str(),
-        "tunnel"
     );
 }

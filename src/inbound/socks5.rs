@@ -314,11 +314,18 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<Gateway>
             if reply(&mut stream, 0x00, conn.local_addr()).await.is_err() {
                 return;
             }
-            let cancel = super::tunnel_cancel(&state, &route);
-            let _active = super::GaugeGuard::new("proxyguard_tunnels_active");
-            let stats =
-                crate::relay::relay_conn(&mut stream, conn, state.idle_timeout, cancel).await;
-            super::log_tunnel("socks5", peer, &target, &route, started, &stats);
+            let tunnel = super::tunnel::Tunnel {
+                kind: "socks5",
+                peer,
+                target: &target,
+                route: &route,
+                started,
+            };
+            tunnel
+                .run(&state, |idle, cancel| {
+                    crate::relay::relay_conn(&mut stream, conn, idle, cancel)
+                })
+                .await;
         }
     }
 }

@@ -13,13 +13,24 @@ use super::Member;
 use crate::config::schema::{CheckKind, Checks, HealthConfig};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
-use crate::upstream::{ConnectError, NoopObserver, Target};
+use crate::upstream::{ConnectError, Host, Phase, PhaseObserver, Target};
+
+/// Notes whether the proxy's name was resolved, so a check that times out
+/// while the resolver is silent says so instead of only "timed out".
+#[derive(Default)]
+struct Resolved(bool);
+
+impl PhaseObserver for Resolved {
+    fn phase(&mut self, phase: Phase, _took: Duration, _detail: &str) {
+        self.0 |= phase == Phase::Dns;
+    }
+}
 
 /// Runs one check of `m`; Ok(detail) or Err(reason).
 pub async fn check_once(router: &Router, m: &Member, cfg: &HealthConfig) -> Result<String, String> {
     let spec = m.spec();
     let ctx = &router.ctx;
-    let mut obs = NoopObserver;
+    let mut obs = Resolved::default();
     let fut = async {
         if let Some(url) = &cfg.url {
             let u = url::Url::parse(url).map_err(|e| e.to_string())?;
@@ -78,9 +89,14 @@ pub async fn check_once(router: &Router, m: &Member, cfg: &HealthConfig) -> Resu
                 .map_err(|e| e.to_string())
         }
     };
-    match tokio::time::timeout(cfg.timeout.0, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("check timed out after {:?}", cfg.timeout.0)),
+    let r = tokio::time::timeout(cfg.timeout.0, fut).await;
+    match (r, &spec.host) {
+        (Ok(r), _) => r,
+        (Err(_), Host::Name(name)) if !obs.0 => Err(format!(
+            "check timed out after {:?}: DNS lookup of {name} unanswered",
+            cfg.timeout.0
+        )),
+        (Err(_), _) => Err(format!("check timed out after {:?}", cfg.timeout.0)),
     }
 }
 

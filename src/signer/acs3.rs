@@ -11,11 +11,14 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{check_header_value, hmac_sha256, now_iso8601, percent_encode, SignError, SignRequest};
+use super::{
+    canonical_query, check_access_key, hmac_sha256, nonce_or, now_iso8601, percent_encode,
+    SignError, SignRequest,
+};
 
 pub const ALGORITHM: &str = "ACS3-HMAC-SHA256";
 
-/// What [`sign`] needs besides the request and the secret.
+/// What [`sign_detailed`] needs besides the request and the secret.
 #[derive(Debug, Clone, Default)]
 pub struct Acs3Params {
     pub access_key_id: String,
@@ -52,21 +55,6 @@ pub fn canonical_uri(path: &str) -> String {
         .join("/")
 }
 
-/// Decoded query parameters re-encoded (RFC 3986), sorted, `k=v` joined by `&`
-/// (an empty value gives `k=`).
-pub fn canonical_query(req: &SignRequest) -> String {
-    let mut enc: Vec<(String, String)> = req
-        .query_pairs()
-        .iter()
-        .map(|(k, v)| (percent_encode(k), percent_encode(v)))
-        .collect();
-    enc.sort();
-    enc.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// Canonical request of `req` (which must already carry all headers to sign) and the
 /// `;`-joined signed header names.
 pub fn canonical_request(req: &SignRequest) -> (String, String) {
@@ -93,7 +81,7 @@ pub fn canonical_request(req: &SignRequest) -> (String, String) {
         "{}\n{}\n{}\n{}\n{}\n{}",
         req.method.trim().to_ascii_uppercase(),
         canonical_uri(req.path()),
-        canonical_query(req),
+        canonical_query(&req.query_pairs()),
         canonical_headers,
         signed_headers,
         body_hash
@@ -107,15 +95,8 @@ pub fn sign_detailed(
     secret: &str,
     params: &Acs3Params,
 ) -> Result<Acs3Signed, SignError> {
-    if params.access_key_id.trim().is_empty() {
-        return Err(SignError::Usage("the AccessKeyId is empty".into()));
-    }
-    if secret.is_empty() {
-        return Err(SignError::Usage("the AccessKey secret is empty".into()));
-    }
-    for (k, v) in &req.headers {
-        check_header_value(k, v)?;
-    }
+    check_access_key(&params.access_key_id, secret)?;
+    req.check_headers()?;
     let host = match (&params.host, req.header("host")) {
         (Some(h), _) => h.trim().to_string(),
         (None, Some(h)) => h.trim().to_string(),
@@ -124,13 +105,9 @@ pub fn sign_detailed(
     if host.is_empty() {
         return Err(SignError::MissingHeader("host".into()));
     }
-    let nonce = match &params.nonce {
-        Some(n) if n.trim().is_empty() => {
-            return Err(SignError::Usage("the nonce is empty".into()));
-        }
-        Some(n) => n.trim().to_string(),
-        None => uuid::Uuid::new_v4().simple().to_string(),
-    };
+    let nonce = nonce_or(params.nonce.as_deref(), || {
+        uuid::Uuid::new_v4().simple().to_string()
+    })?;
     let mut added: Vec<(String, String)> = vec![
         ("host".into(), host),
         (
@@ -148,10 +125,7 @@ pub fn sign_detailed(
     }
     let mut work = req.clone();
     work.remove_header("authorization");
-    for (k, v) in &added {
-        check_header_value(k, v)?;
-        work.set_header(k, v.clone());
-    }
+    work.set_headers_checked(&added)?;
     let (canonical_request, signed_headers) = canonical_request(&work);
     let string_to_sign = format!(
         "{ALGORITHM}\n{}",
@@ -174,16 +148,6 @@ pub fn sign_detailed(
     })
 }
 
-/// Sign `req`; returns the headers to add (`host`, `x-acs-date`, `x-acs-signature-nonce`,
-/// `x-acs-content-sha256`, optional `x-acs-security-token`, `Authorization`).
-pub fn sign(
-    req: &SignRequest,
-    secret: &str,
-    params: &Acs3Params,
-) -> Result<Vec<(String, String)>, SignError> {
-    sign_detailed(req, secret, params).map(|s| s.headers)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +167,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            sign(&req, "s", &p),
+            sign_detailed(&req, "s", &p),
             Err(SignError::MissingHeader(h)) if h == "host"
         ));
     }

@@ -16,7 +16,9 @@ use std::str::FromStr;
 use base64::Engine as _;
 use md5::{Digest, Md5};
 
-use super::{check_header_value, hmac_sha1, hmac_sha256, now_epoch_ms, SignError, SignRequest};
+use super::{
+    check_credentials, hmac_sha1, hmac_sha256, nonce_or, now_epoch_ms, SignError, SignRequest,
+};
 
 /// Headers that are part of the fixed StringToSign lines or carry the signature itself:
 /// never listed as signed headers.
@@ -195,15 +197,8 @@ pub fn sign_detailed(
     secret: &str,
     params: &ApigwParams,
 ) -> Result<ApigwSigned, SignError> {
-    if params.app_key.trim().is_empty() {
-        return Err(SignError::Usage("the AppKey (X-Ca-Key) is empty".into()));
-    }
-    if secret.is_empty() {
-        return Err(SignError::Usage("the app secret is empty".into()));
-    }
-    for (k, v) in &req.headers {
-        check_header_value(k, v)?;
-    }
+    check_credentials(&params.app_key, "AppKey (X-Ca-Key)", secret, "app secret")?;
+    req.check_headers()?;
     let mut work = req.clone();
     for name in [
         "x-ca-signature",
@@ -214,13 +209,7 @@ pub fn sign_detailed(
         work.remove_header(name);
     }
     let timestamp = params.timestamp_ms.unwrap_or_else(now_epoch_ms).to_string();
-    let nonce = match &params.nonce {
-        Some(n) if n.trim().is_empty() => {
-            return Err(SignError::Usage("the nonce is empty".into()));
-        }
-        Some(n) => n.trim().to_string(),
-        None => uuid::Uuid::new_v4().to_string(),
-    };
+    let nonce = nonce_or(params.nonce.as_deref(), || uuid::Uuid::new_v4().to_string())?;
     let mut added: Vec<(String, String)> = vec![
         ("X-Ca-Key".into(), params.app_key.trim().to_string()),
         ("X-Ca-Timestamp".into(), timestamp),
@@ -236,10 +225,7 @@ pub fn sign_detailed(
     if needs_content_md5(&work) {
         added.push(("Content-MD5".into(), content_md5(&work.body)));
     }
-    for (k, v) in &added {
-        check_header_value(k, v)?;
-        work.set_header(k, v.clone());
-    }
+    work.set_headers_checked(&added)?;
     for extra in &params.extra_signed_headers {
         let lower = extra.trim().to_ascii_lowercase();
         if NEVER_SIGNED.contains(&lower.as_str()) {

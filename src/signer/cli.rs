@@ -227,25 +227,24 @@ fn iso_timestamp(t: &str) -> Result<String, SignError> {
 
 /// Quote for PowerShell: single quotes (no `$` expansion), `'` written as `''`.
 pub fn powershell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=%+".contains(&b));
-    if plain {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "''"))
-    }
+    single_quote(s, b"-_./:=%+", "''")
 }
 
 /// Quote for a POSIX shell: single quotes, `'` written as `'\''`.
 pub fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
+    single_quote(s, b"-_./:=@%+,", "'\\''")
+}
+
+/// `s` itself when it is non-empty and only ASCII alphanumerics and `plain`
+/// bytes; else `s` in single quotes, each `'` inside written as `quote`.
+fn single_quote(s: &str, plain: &[u8], quote: &str) -> String {
+    if !s.is_empty()
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
-    if plain {
+            .all(|b| b.is_ascii_alphanumeric() || plain.contains(&b))
+    {
         s.to_string()
     } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
+        format!("'{}'", s.replace('\'', quote))
     }
 }
 
@@ -324,11 +323,28 @@ impl Output<'_> {
 pub fn run(args: &SignArgs) -> Result<String, SignError> {
     let secret = load_secret(args)?;
     let target = parse_target(&args.url)?;
-    let mut req = SignRequest::new(args.method.trim().to_ascii_uppercase(), "");
-    req.url = target.path_and_query.clone();
+    let req = build_request(args, &target)?;
+    reject_apigw_only_flags(args)?;
+    let out = Output {
+        args,
+        req: &req,
+        target: &target,
+    };
+    match args.scheme {
+        Scheme::Apigw => out.apigw(&secret),
+        Scheme::Rpc => out.rpc(&secret),
+        Scheme::Acs3 => out.acs3(&secret),
+    }
+}
+
+/// The request as given: method, path and query, `--header`s and the body file.
+fn build_request(args: &SignArgs, target: &Target) -> Result<SignRequest, SignError> {
+    let mut req = SignRequest::new(
+        args.method.trim().to_ascii_uppercase(),
+        target.path_and_query.clone(),
+    );
     for h in &args.headers {
-        let (k, v) = parse_header(h)?;
-        req.headers.push((k, v));
+        req.headers.push(parse_header(h)?);
     }
     if let Some(path) = &args.body_file {
         req.body = std::fs::read(path).map_err(|source| SignError::BodyFile {
@@ -336,120 +352,133 @@ pub fn run(args: &SignArgs) -> Result<String, SignError> {
             source,
         })?;
     }
-    if args.scheme != Scheme::Apigw {
-        let only_apigw = [
-            ("--stage", args.stage.is_some()),
-            ("--signature-method", args.signature_method.is_some()),
-            ("--sign-header", !args.sign_headers.is_empty()),
-        ];
-        if let Some((flag, _)) = only_apigw.iter().find(|(_, set)| *set) {
-            return Err(SignError::Usage(format!(
-                "{flag} only applies to --scheme apigw"
-            )));
+    Ok(req)
+}
+
+/// `--stage`, `--signature-method` and `--sign-header` mean nothing to rpc and acs3.
+fn reject_apigw_only_flags(args: &SignArgs) -> Result<(), SignError> {
+    if args.scheme == Scheme::Apigw {
+        return Ok(());
+    }
+    let only_apigw = [
+        ("--stage", args.stage.is_some()),
+        ("--signature-method", args.signature_method.is_some()),
+        ("--sign-header", !args.sign_headers.is_empty()),
+    ];
+    match only_apigw.iter().find(|(_, set)| *set) {
+        Some((flag, _)) => Err(SignError::Usage(format!(
+            "{flag} only applies to --scheme apigw"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `--compare-server`: where our StringToSign and the gateway's part.
+fn compare_with_server(ours: &str, server: &str) -> String {
+    match super::verify::compare_string_to_sign(ours, server) {
+        None => format!(
+            "StringToSign matches the server's.\nOurs (newlines as #): {}\nIf the gateway still rejects the signature, the AppSecret differs.",
+            ours.replace('\n', "#")
+        ),
+        Some(m) => format!(
+            "StringToSign differs at line {} (our position {}, server position {}): ours {:?}, server {:?}\n  ours:   {}\n  server: {}\nOurs in full (newlines as #): {}",
+            m.ours_line,
+            m.ours_position,
+            m.server_position,
+            m.ours_char,
+            m.server_char,
+            m.ours_context,
+            m.server_context,
+            ours.replace('\n', "#")
+        ),
+    }
+}
+
+impl Output<'_> {
+    fn apigw(&self, secret: &str) -> Result<String, SignError> {
+        let args = self.args;
+        let params = apigw::ApigwParams {
+            app_key: args.key.clone(),
+            signature_method: match &args.signature_method {
+                Some(m) => m.parse()?,
+                None => apigw::SignatureMethod::HmacSha256,
+            },
+            stage: args.stage.clone(),
+            extra_signed_headers: args.sign_headers.clone(),
+            timestamp_ms: args.timestamp.as_deref().map(apigw_timestamp).transpose()?,
+            nonce: args.nonce.clone(),
+        };
+        let signed = apigw::sign_detailed(self.req, secret, &params)?;
+        if let Some(server) = &args.compare_server {
+            return Ok(compare_with_server(&signed.string_to_sign, server));
+        }
+        if args.curl {
+            let url = self.full_url(&self.req.url)?;
+            Ok(self.curl(&url, &signed.headers, true))
+        } else if args.explain {
+            Ok(format!(
+                "Scheme: apigw ({})\nStringToSign (each line end shown as \\n):\n{}\n\nAs the gateway reports it (newlines as #):\n{}\n\nSignature: {}\n\nHeaders to add:\n{}",
+                params.signature_method,
+                visible_newlines(&signed.string_to_sign),
+                signed.string_to_sign.replace('\n', "#"),
+                signed.signature,
+                header_lines(&signed.headers)
+            ))
+        } else {
+            Ok(header_lines(&signed.headers))
         }
     }
-    let out = Output {
-        args,
-        req: &req,
-        target: &target,
-    };
-    match args.scheme {
-        Scheme::Apigw => {
-            let params = apigw::ApigwParams {
-                app_key: args.key.clone(),
-                signature_method: match &args.signature_method {
-                    Some(m) => m.parse()?,
-                    None => apigw::SignatureMethod::HmacSha256,
-                },
-                stage: args.stage.clone(),
-                extra_signed_headers: args.sign_headers.clone(),
-                timestamp_ms: args.timestamp.as_deref().map(apigw_timestamp).transpose()?,
-                nonce: args.nonce.clone(),
-            };
-            let signed = apigw::sign_detailed(&req, &secret, &params)?;
-            if let Some(server) = &args.compare_server {
-                return Ok(match crate::signer::verify::compare_string_to_sign(&signed.string_to_sign, server) {
-                    None => format!(
-                        "StringToSign matches the server's.\nOurs (newlines as #): {}\nIf the gateway still rejects the signature, the AppSecret differs.",
-                        signed.string_to_sign.replace('\n', "#")
-                    ),
-                    Some(m) => format!(
-                        "StringToSign differs at line {} (our position {}, server position {}): ours {:?}, server {:?}\n  ours:   {}\n  server: {}\nOurs in full (newlines as #): {}",
-                        m.ours_line,
-                        m.ours_position,
-                        m.server_position,
-                        m.ours_char,
-                        m.server_char,
-                        m.ours_context,
-                        m.server_context,
-                        signed.string_to_sign.replace('\n', "#")
-                    ),
-                });
-            }
-            if args.curl {
-                let url = out.full_url(&req.url)?;
-                Ok(out.curl(&url, &signed.headers, true))
-            } else if args.explain {
-                Ok(format!(
-                    "Scheme: apigw ({})\nStringToSign (each line end shown as \\n):\n{}\n\nAs the gateway reports it (newlines as #):\n{}\n\nSignature: {}\n\nHeaders to add:\n{}",
-                    params.signature_method,
-                    visible_newlines(&signed.string_to_sign),
-                    signed.string_to_sign.replace('\n', "#"),
-                    signed.signature,
-                    header_lines(&signed.headers)
-                ))
-            } else {
-                Ok(header_lines(&signed.headers))
-            }
+
+    fn rpc(&self, secret: &str) -> Result<String, SignError> {
+        let args = self.args;
+        let params = rpc::RpcParams {
+            access_key_id: args.key.clone(),
+            timestamp: args.timestamp.as_deref().map(iso_timestamp).transpose()?,
+            nonce: args.nonce.clone(),
+        };
+        let signed = rpc::sign_detailed(self.req, secret, &params)?;
+        let path_and_query = format!("{}?{}", self.req.path(), signed.query_string());
+        let url = match &self.target.origin {
+            Some(origin) => format!("{origin}{path_and_query}"),
+            None => path_and_query.clone(),
+        };
+        if args.curl {
+            let url = self.full_url(&path_and_query)?;
+            Ok(self.curl(&url, &[], false))
+        } else if args.explain {
+            Ok(format!(
+                "Scheme: rpc (HMAC-SHA1, key = secret + \"&\")\nCanonicalQuery:\n{}\n\nStringToSign:\n{}\n\nSignature: {}\n\nSigned URL:\n{url}",
+                signed.canonical_query, signed.string_to_sign, signed.signature
+            ))
+        } else {
+            Ok(url)
         }
-        Scheme::Rpc => {
-            let params = rpc::RpcParams {
-                access_key_id: args.key.clone(),
-                timestamp: args.timestamp.as_deref().map(iso_timestamp).transpose()?,
-                nonce: args.nonce.clone(),
-            };
-            let signed = rpc::sign_detailed(&req, &secret, &params)?;
-            let path_and_query = format!("{}?{}", req.path(), signed.query_string());
-            let url = match &target.origin {
-                Some(origin) => format!("{origin}{path_and_query}"),
-                None => path_and_query.clone(),
-            };
-            if args.curl {
-                let url = out.full_url(&path_and_query)?;
-                Ok(out.curl(&url, &[], false))
-            } else if args.explain {
-                Ok(format!(
-                    "Scheme: rpc (HMAC-SHA1, key = secret + \"&\")\nCanonicalQuery:\n{}\n\nStringToSign:\n{}\n\nSignature: {}\n\nSigned URL:\n{url}",
-                    signed.canonical_query, signed.string_to_sign, signed.signature
-                ))
-            } else {
-                Ok(url)
-            }
-        }
-        Scheme::Acs3 => {
-            let params = acs3::Acs3Params {
-                access_key_id: args.key.clone(),
-                timestamp: args.timestamp.as_deref().map(iso_timestamp).transpose()?,
-                nonce: args.nonce.clone(),
-                host: target.host.clone(),
-                security_token: None,
-            };
-            let signed = acs3::sign_detailed(&req, &secret, &params)?;
-            let add = &signed.headers;
-            if args.curl {
-                let url = out.full_url(&req.url)?;
-                Ok(out.curl(&url, add, false))
-            } else if args.explain {
-                Ok(format!(
-                    "Scheme: acs3 (ACS3-HMAC-SHA256)\nCanonicalRequest (each line end shown as \\n):\n{}\n\nStringToSign (each line end shown as \\n):\n{}\n\nSignature: {}\n\nHeaders to add:\n{}",
-                    visible_newlines(&signed.canonical_request),
-                    visible_newlines(&signed.string_to_sign),
-                    signed.signature,
-                    header_lines(add)
-                ))
-            } else {
-                Ok(header_lines(add))
-            }
+    }
+
+    fn acs3(&self, secret: &str) -> Result<String, SignError> {
+        let args = self.args;
+        let params = acs3::Acs3Params {
+            access_key_id: args.key.clone(),
+            timestamp: args.timestamp.as_deref().map(iso_timestamp).transpose()?,
+            nonce: args.nonce.clone(),
+            host: self.target.host.clone(),
+            security_token: None,
+        };
+        let signed = acs3::sign_detailed(self.req, secret, &params)?;
+        let add = &signed.headers;
+        if args.curl {
+            let url = self.full_url(&self.req.url)?;
+            Ok(self.curl(&url, add, false))
+        } else if args.explain {
+            Ok(format!(
+                "Scheme: acs3 (ACS3-HMAC-SHA256)\nCanonicalRequest (each line end shown as \\n):\n{}\n\nStringToSign (each line end shown as \\n):\n{}\n\nSignature: {}\n\nHeaders to add:\n{}",
+                visible_newlines(&signed.canonical_request),
+                visible_newlines(&signed.string_to_sign),
+                signed.signature,
+                header_lines(add)
+            ))
+        } else {
+            Ok(header_lines(add))
         }
     }
 }

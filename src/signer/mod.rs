@@ -75,6 +75,25 @@ impl SignRequest {
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
     }
 
+    /// Rejects the request if any header value would break its header line.
+    pub(crate) fn check_headers(&self) -> Result<(), SignError> {
+        self.headers
+            .iter()
+            .try_for_each(|(k, v)| check_header_value(k, v))
+    }
+
+    /// Sets each of `headers` (replacing same-named ones) after checking its value.
+    pub(crate) fn set_headers_checked(
+        &mut self,
+        headers: &[(String, String)],
+    ) -> Result<(), SignError> {
+        for (k, v) in headers {
+            check_header_value(k, v)?;
+            self.set_header(k, v.clone());
+        }
+        Ok(())
+    }
+
     fn without_fragment(&self) -> &str {
         match self.url.find('#') {
             Some(i) => &self.url[..i],
@@ -188,6 +207,55 @@ pub(crate) fn hmac_sha1(key: &[u8], data: &[u8]) -> Result<Vec<u8>, SignError> {
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key).map_err(|_| SignError::Crypto)?;
     mac.update(data);
     Ok(mac.finalize().into_bytes().to_vec())
+}
+
+/// Every scheme needs a key id and a secret: neither may be empty. `key_name`
+/// and `secret_name` are what the scheme calls them.
+pub(crate) fn check_credentials(
+    key: &str,
+    key_name: &str,
+    secret: &str,
+    secret_name: &str,
+) -> Result<(), SignError> {
+    if key.trim().is_empty() {
+        return Err(SignError::Usage(format!("the {key_name} is empty")));
+    }
+    if secret.is_empty() {
+        return Err(SignError::Usage(format!("the {secret_name} is empty")));
+    }
+    Ok(())
+}
+
+/// rpc and acs3: neither the AccessKeyId nor its secret may be empty.
+pub(crate) fn check_access_key(id: &str, secret: &str) -> Result<(), SignError> {
+    check_credentials(id, "AccessKeyId", secret, "AccessKey secret")
+}
+
+/// The nonce given (trimmed; empty is an error), or a `fresh` one.
+pub(crate) fn nonce_or(
+    given: Option<&str>,
+    fresh: impl FnOnce() -> String,
+) -> Result<String, SignError> {
+    match given.map(str::trim) {
+        Some("") => Err(SignError::Usage("the nonce is empty".into())),
+        Some(n) => Ok(n.to_string()),
+        None => Ok(fresh()),
+    }
+}
+
+/// Parameters RFC 3986-encoded, sorted by encoded key (then value), `k=v`
+/// joined by `&` (an empty value gives `k=`): the canonical query of the rpc
+/// and acs3 schemes.
+pub fn canonical_query(params: &[(String, String)]) -> String {
+    let mut enc: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (percent_encode(k), percent_encode(v)))
+        .collect();
+    enc.sort();
+    enc.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Reject header values that would break the header line.

@@ -9,9 +9,12 @@
 
 use base64::Engine as _;
 
-use super::{hmac_sha1, now_iso8601, percent_encode, SignError, SignRequest};
+pub use super::canonical_query;
+use super::{
+    check_access_key, hmac_sha1, nonce_or, now_iso8601, percent_encode, SignError, SignRequest,
+};
 
-/// What [`sign`] needs besides the request and the secret.
+/// What [`sign_detailed`] needs besides the request and the secret.
 #[derive(Debug, Clone, Default)]
 pub struct RpcParams {
     pub access_key_id: String,
@@ -46,19 +49,6 @@ fn encode_pairs(params: &[(String, String)]) -> String {
         .join("&")
 }
 
-/// Parameters sorted by encoded key (then value), encoded and joined by `&`.
-pub fn canonical_query(params: &[(String, String)]) -> String {
-    let mut enc: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (percent_encode(k), percent_encode(v)))
-        .collect();
-    enc.sort();
-    enc.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// `METHOD&%2F&pe(canonical_query)`.
 pub fn string_to_sign(method: &str, params: &[(String, String)]) -> String {
     format!(
@@ -86,19 +76,8 @@ pub fn sign_detailed(
     secret: &str,
     params: &RpcParams,
 ) -> Result<RpcSigned, SignError> {
-    if params.access_key_id.trim().is_empty() {
-        return Err(SignError::Usage("the AccessKeyId is empty".into()));
-    }
-    if secret.is_empty() {
-        return Err(SignError::Usage("the AccessKey secret is empty".into()));
-    }
-    let nonce = match &params.nonce {
-        Some(n) if n.trim().is_empty() => {
-            return Err(SignError::Usage("the nonce is empty".into()));
-        }
-        Some(n) => n.trim().to_string(),
-        None => uuid::Uuid::new_v4().to_string(),
-    };
+    check_access_key(&params.access_key_id, secret)?;
+    let nonce = nonce_or(params.nonce.as_deref(), || uuid::Uuid::new_v4().to_string())?;
     let timestamp = params.timestamp.clone().unwrap_or_else(now_iso8601);
     let fixed: [(&str, String); 5] = [
         ("AccessKeyId", params.access_key_id.trim().to_string()),
@@ -125,15 +104,6 @@ pub fn sign_detailed(
         string_to_sign,
         signature,
     })
-}
-
-/// Sign `req`; returns all query parameters including `Signature`.
-pub fn sign(
-    req: &SignRequest,
-    secret: &str,
-    params: &RpcParams,
-) -> Result<Vec<(String, String)>, SignError> {
-    sign_detailed(req, secret, params).map(|s| s.params)
 }
 
 #[cfg(test)]

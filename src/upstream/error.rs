@@ -368,10 +368,15 @@ impl ConnectError {
         }
     }
 
-    /// The upstream a target failure was reported through, if known.
+    /// The next hop the failure is about, if known: the upstream a target
+    /// failure was reported through, or the proxy whose own name did not
+    /// resolve (its host name).
     pub fn next_hop(&self) -> Option<&str> {
         match self {
             ConnectError::TargetFailed { next_hop, .. } => next_hop.as_deref(),
+            ConnectError::Dns {
+                host, proxy: true, ..
+            } => Some(host),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod faults;
 pub mod grpc;
 pub mod hey;
+pub mod netns;
 pub mod rawclient;
 pub mod websocket;
 

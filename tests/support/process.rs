@@ -19,7 +19,9 @@ impl Child {
     /// Spawns `cmd`, logging to `dir/<name>.stdout` and `dir/<name>.stderr`.
     /// Proxy env vars are removed unless the caller set them on `cmd`
     /// afterwards (use [`Child::spawn_env`] to set them explicitly).
-    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Child {
+    /// From a thread inside a test namespace it runs inside ([`super::netns`]).
+    pub fn spawn(name: &str, cmd: Command, dir: &Path) -> Child {
+        let mut cmd = super::netns::wrap(cmd);
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
         cmd.stdin(Stdio::null())
@@ -183,7 +185,9 @@ pub struct CmdOut {
 }
 
 /// Runs `cmd` to completion (stdin null), killing it after `timeout`.
-pub fn run_cmd(mut cmd: Command, timeout: Duration) -> CmdOut {
+/// From a thread inside a test namespace it runs inside ([`super::netns`]).
+pub fn run_cmd(cmd: Command, timeout: Duration) -> CmdOut {
+    let mut cmd = super::netns::wrap(cmd);
     let dir = temp_dir("cmd", false);
     let out_p = dir.path().join("stdout");
     let err_p = dir.path().join("stderr");
