@@ -18,16 +18,21 @@ use crate::pool::Member;
 use crate::route::{NextHop, PlainPlan, Router};
 use crate::upstream::{ConnectError, Target};
 
+/// An answer from the upstream (or the origin, going direct), with the
+/// connection it came on.
+pub(super) struct Answer {
+    pub resp: Response<Incoming>,
+    pub route: NextHop,
+    pub key: PoolKey,
+    pub tx: SendRequest<OutBody>,
+    /// Sent in absolute form to an HTTP proxy (its 407 or 502 is its own).
+    pub absolute: bool,
+    pub had_auth: bool,
+}
+
 /// One exchange's result.
-pub(super) enum Outcome {
-    Answered {
-        resp: Response<Incoming>,
-        route: NextHop,
-        key: PoolKey,
-        tx: SendRequest<OutBody>,
-        absolute: bool,
-        had_auth: bool,
-    },
+pub(super) enum Exchange {
+    Answered(Answer),
     /// No connection could be made (the attempt engine already reported it).
     NoConnection(ConnectError),
     /// A pooled connection, idle for `idle`, was found closed; the request
@@ -60,7 +65,7 @@ impl Forwarder {
         parts: &http::request::Parts,
         excluded: &[Arc<Member>],
         fresh: bool,
-    ) -> Outcome {
+    ) -> Exchange {
         let empty = || Either::Right(Empty::new());
         let plan = router.plain_plan(target).excluding(excluded);
         let routes = plan.routes();
@@ -89,11 +94,11 @@ impl Forwarder {
         tokio::pin!(second);
         tokio::select! {
             o = &mut first => match o {
-                o @ Outcome::Answered { .. } => o,
+                o @ Exchange::Answered(_) => o,
                 _ => second.await,
             },
             o = &mut second => match o {
-                o @ Outcome::Answered { .. } => {
+                o @ Exchange::Answered(_) => {
                     metrics::counter!("proxyguard_hedges_won_total").increment(1);
                     o
                 }
@@ -112,7 +117,7 @@ impl Forwarder {
         body: OutBody,
         plan: PlainPlan,
         fresh: bool,
-    ) -> Outcome {
+    ) -> Exchange {
         let reused = if fresh {
             None
         } else {
@@ -140,14 +145,14 @@ impl Forwarder {
                 // so every request does not carry (and move) its state.
                 let (hc, route) = match Box::pin(router.http_conn(plan, target)).await {
                     Ok(x) => x,
-                    Err(e) => return Outcome::NoConnection(e),
+                    Err(e) => return Exchange::NoConnection(e),
                 };
                 let key = key_for(&route, target);
                 let tx = match Box::pin(crate::http_client::handshake::<_, OutBody>(hc.conn)).await
                 {
                     Ok(tx) => tx,
                     Err(e) => {
-                        return Outcome::Broken {
+                        return Exchange::Broken {
                             route,
                             error: e.to_string(),
                             unsent: None,
@@ -168,31 +173,31 @@ impl Forwarder {
         let limit = router.ctx.timeouts.response_head;
         let started = Instant::now();
         match tokio::time::timeout(limit, tx.try_send_request(req)).await {
-            Err(_) => Outcome::TimedOut {
+            Err(_) => Exchange::TimedOut {
                 route,
                 after: limit,
             },
             Ok(Ok(resp)) => {
                 self.record_head_latency(started.elapsed());
-                Outcome::Answered {
+                Exchange::Answered(Answer {
                     resp,
                     route,
                     key,
                     tx,
                     absolute,
                     had_auth: auth.is_some(),
-                }
+                })
             }
             Ok(Err(mut e)) => {
                 let unsent = e.take_message();
                 if let Some(idle) = reused_after {
-                    Outcome::Stale {
+                    Exchange::Stale {
                         unsent,
                         route,
                         idle,
                     }
                 } else {
-                    Outcome::Broken {
+                    Exchange::Broken {
                         route,
                         error: e.into_error().to_string(),
                         unsent,

@@ -34,16 +34,16 @@ mod upgrade;
 pub use headers::strip_hop_by_hop;
 pub use upgrade::{wants_upgrade, Upgrade};
 
-use exchange::Outcome;
+use exchange::{Answer, Exchange};
 use expect::{expects_continue, ContinueGate, Gated};
 use headers::{idempotent, proxy_auth_error, proxy_gateway_error};
 
 use crate::body::{ClientBody, IdleBody};
 use crate::config::adaptive::from_samples;
 use crate::http_client::IdlePool;
-use crate::pool::Member;
+use crate::pool::{Member, Outcome};
 use crate::route::{NextHop, Router};
-use crate::upstream::{ConnectError, Phase, Scheme, Target};
+use crate::upstream::{ConnectError, Scheme, Target};
 
 pub type OutBody = Either<Gated<ClientBody<Incoming>>, Empty<Bytes>>;
 
@@ -158,11 +158,40 @@ fn member(route: &NextHop) -> Option<&Arc<Member>> {
 struct Tries {
     n: u32,
     stale: u32,
+    /// Idempotent with no body: may be sent again after it went out.
+    safe: bool,
+    /// Set by the client's body when it broke (the client's own fault).
+    client_failed: Arc<AtomicBool>,
+    /// The request body for the next try (an unsent request gives it back).
+    body: Option<OutBody>,
     /// Upstreams excluded from the next plan (failed this request).
     excluded: Vec<Arc<Member>>,
     /// Upstream proxies that answered this request with a gateway error.
     gateway_failed: Vec<Arc<Member>>,
 }
+
+impl Tries {
+    fn can_retry(&self) -> bool {
+        self.safe && self.n < MAX_TRIES
+    }
+
+    fn client_fault(&self) -> bool {
+        self.client_failed.load(Ordering::Relaxed)
+    }
+
+    /// Counts `outcome` against the upstream behind `route` (if any) and
+    /// leaves it out of the next plan.
+    fn blame(&mut self, router: &Router, route: &NextHop, outcome: Outcome) {
+        if let Some(m) = member(route) {
+            router.pool.report(m, outcome);
+            self.excluded.push(m.clone());
+        }
+    }
+}
+
+/// What judging one exchange decided: the answer, an error, or `None` to
+/// try again.
+type Judged = Result<Option<(Response<Incoming>, NextHop)>, ForwardError>;
 
 const MAX_TRIES: u32 = 3;
 const MAX_STALE: u32 = 3;
@@ -271,15 +300,18 @@ impl Forwarder {
             }
             None => Gated::open(body),
         };
-        let mut body: Option<OutBody> = Some(if empty {
+        let body: OutBody = if empty {
             Either::Right(Empty::new())
         } else {
             Either::Left(body)
-        });
+        };
         let body_idle = router.ctx.timeouts.body_idle;
         let mut tries = Tries {
             n: 0,
             stale: 0,
+            safe,
+            client_failed,
+            body: Some(body),
             excluded: Vec::new(),
             gateway_failed: Vec::new(),
         };
@@ -290,23 +322,18 @@ impl Forwarder {
             // without saying so) just as the request is written, and then it
             // cannot be retried. A fresh connection costs one handshake.
             let fresh = tries.stale > 0 || !safe;
-            let outcome = if safe {
+            let exchange = if safe {
                 self.hedged(router, target, &parts, &tries.excluded, fresh)
                     .await
             } else {
-                let b = body.take().unwrap_or_else(|| Either::Right(Empty::new()));
+                let b = tries
+                    .body
+                    .take()
+                    .unwrap_or_else(|| Either::Right(Empty::new()));
                 let plan = router.plain_plan(target).excluding(&tries.excluded);
                 self.once(router, target, &parts, b, plan, fresh).await
             };
-            match self.judge(
-                router,
-                target,
-                outcome,
-                safe,
-                &client_failed,
-                &mut tries,
-                &mut body,
-            )? {
+            match self.judge(router, target, exchange, &mut tries)? {
                 Some((resp, route)) => {
                     let (mut p, b) = resp.into_parts();
                     self.add_via(&mut p.headers);
@@ -327,154 +354,25 @@ impl Forwarder {
         }
     }
 
-    /// Decides what an outcome means: the response to return, an error, or
-    /// `None` to try again.
-    #[allow(clippy::too_many_arguments)]
-    fn judge(
-        &self,
-        router: &Router,
-        target: &Target,
-        outcome: Outcome,
-        safe: bool,
-        client_failed: &AtomicBool,
-        tries: &mut Tries,
-        body: &mut Option<OutBody>,
-    ) -> Result<Option<(Response<Incoming>, NextHop)>, ForwardError> {
-        let can_retry = safe && tries.n < MAX_TRIES;
-        let client_fault = || client_failed.load(Ordering::Relaxed);
-        match outcome {
-            Outcome::NoConnection(e) => Err(ForwardError::Connect(e)),
-            Outcome::Answered {
-                resp,
-                route,
-                key,
-                tx,
-                absolute,
-                had_auth,
-            } => {
-                let m = member(&route).cloned();
-                if let (true, Some(m), 407) = (absolute, &m, resp.status().as_u16()) {
-                    // A 407 from our upstream proxy is its own auth failure,
-                    // never meant for our client: count it and try another.
-                    let err = proxy_auth_error(&resp, had_auth);
-                    router.pool.report_failure(m, &err);
-                    if can_retry {
-                        tries.excluded.push(m.clone());
-                        return Ok(None);
-                    }
-                    return Err(ForwardError::Connect(err));
-                }
-                let gateway_error = absolute && proxy_gateway_error(&resp);
-                if let (true, true, Some(m)) = (gateway_error, can_retry, &m) {
-                    tries.gateway_failed.push(m.clone());
-                    tries.excluded.push(m.clone());
-                    let untried = router
-                        .plain_plan(target)
-                        .routes()
-                        .iter()
-                        .filter_map(member)
-                        .any(|x| !tries.excluded.iter().any(|t| Arc::ptr_eq(t, x)));
-                    if untried {
-                        tracing::debug!(
-                            upstream = m.name(),
-                            status = resp.status().as_u16(),
-                            "gateway error from upstream proxy; retrying on another"
-                        );
-                        metrics::counter!("proxyguard_retries_total").increment(1);
-                        return Ok(None);
-                    }
-                }
-                if !gateway_error {
-                    // Another upstream served what these could not: that was
-                    // their fault, not the origin's.
-                    for f in tries
-                        .gateway_failed
-                        .iter()
-                        .filter(|f| m.as_ref().is_none_or(|m| !Arc::ptr_eq(f, m)))
-                    {
-                        router.pool.report_failure(
-                            f,
-                            &ConnectError::ProxyStatus {
-                                status: 502,
-                                reason: "gateway error another upstream did not have".into(),
-                            },
-                        );
-                    }
-                }
-                self.checkin_later(key, tx);
-                Ok(Some((resp, route)))
-            }
-            Outcome::Stale {
+    /// Decides what an exchange means: the response to return, an error, or
+    /// `None` to try again. Every upstream's part in it is reported once.
+    fn judge(&self, router: &Router, target: &Target, ex: Exchange, tries: &mut Tries) -> Judged {
+        match ex {
+            Exchange::NoConnection(e) => Err(ForwardError::Connect(e)),
+            Exchange::Answered(a) => self.on_answer(router, target, a, tries),
+            Exchange::Stale {
                 unsent,
                 route,
                 idle,
-            } => {
-                // The server closed a pooled connection: nobody's fault, but
-                // a sign of an idle cut on the path.
-                if let Some(m) = member(&route) {
-                    learn_idle_cut(router, m, idle);
-                }
-                if client_fault() {
-                    return Err(ForwardError::Client("request body failed".into()));
-                }
-                tries.stale += 1;
-                tries.n -= 1;
-                let again = match unsent {
-                    Some(req) => {
-                        *body = Some(req.into_body());
-                        true
-                    }
-                    None => safe,
-                };
-                if again && tries.stale <= MAX_STALE {
-                    return Ok(None);
-                }
-                Err(ForwardError::Upstream(
-                    "a reused connection was closed by the upstream".into(),
-                ))
-            }
-            Outcome::Broken {
+            } => on_stale(router, &route, unsent, idle, tries),
+            Exchange::Broken {
                 route,
                 error,
                 unsent,
-            } => {
-                if client_fault() {
-                    return Err(ForwardError::Client(error));
-                }
-                if let Some(m) = member(&route) {
-                    router.pool.report_failure(
-                        m,
-                        &ConnectError::Reset {
-                            phase: Phase::FirstByte,
-                            proxy: true,
-                        },
-                    );
-                    tries.excluded.push(m.clone());
-                }
-                if let Some(req) = unsent {
-                    *body = Some(req.into_body());
-                    if tries.n < MAX_TRIES {
-                        return Ok(None);
-                    }
-                } else if can_retry {
-                    tracing::debug!(error = %error, "request failed before an answer; retrying (idempotent, no body)");
-                    return Ok(None);
-                }
-                Err(ForwardError::Upstream(error))
-            }
-            Outcome::TimedOut { route, after } => {
-                if let Some(m) = member(&route) {
-                    router.pool.report_failure(
-                        m,
-                        &ConnectError::Timeout {
-                            phase: Phase::FirstByte,
-                            after,
-                            proxy: true,
-                        },
-                    );
-                    tries.excluded.push(m.clone());
-                }
-                if can_retry {
+            } => on_broken(router, &route, error, unsent, tries),
+            Exchange::TimedOut { route, after } => {
+                tries.blame(router, &route, Outcome::no_answer_within(after));
+                if tries.can_retry() {
                     return Ok(None);
                 }
                 Err(ForwardError::Timeout {
@@ -484,4 +382,122 @@ impl Forwarder {
             }
         }
     }
+
+    /// An answer: a 407 or a proxy's own gateway error goes to another
+    /// upstream when it may; anything else is the client's response.
+    fn on_answer(&self, router: &Router, target: &Target, a: Answer, tries: &mut Tries) -> Judged {
+        let m = member(&a.route).cloned();
+        if let (true, Some(m), 407) = (a.absolute, &m, a.resp.status().as_u16()) {
+            // A 407 from our upstream proxy is its own auth failure,
+            // never meant for our client: count it and try another.
+            let err = proxy_auth_error(&a.resp, a.had_auth);
+            router.pool.report(m, Outcome::UpstreamFault(err.clone()));
+            if tries.can_retry() {
+                tries.excluded.push(m.clone());
+                return Ok(None);
+            }
+            return Err(ForwardError::Connect(err));
+        }
+        let gateway_error = a.absolute && proxy_gateway_error(&a.resp);
+        if let (true, true, Some(m)) = (gateway_error, tries.can_retry(), &m) {
+            tries.gateway_failed.push(m.clone());
+            tries.excluded.push(m.clone());
+            if untried_remains(router, target, tries) {
+                tracing::debug!(
+                    upstream = m.name(),
+                    status = a.resp.status().as_u16(),
+                    "gateway error from upstream proxy; retrying on another"
+                );
+                metrics::counter!("proxyguard_retries_total").increment(1);
+                return Ok(None);
+            }
+        }
+        if !gateway_error {
+            // Another upstream served what these could not: that was
+            // their fault, not the origin's.
+            for f in tries
+                .gateway_failed
+                .iter()
+                .filter(|f| m.as_ref().is_none_or(|m| !Arc::ptr_eq(f, m)))
+            {
+                let e = ConnectError::ProxyStatus {
+                    status: 502,
+                    reason: "gateway error another upstream did not have".into(),
+                };
+                router.pool.report(f, Outcome::UpstreamFault(e));
+            }
+        }
+        self.checkin_later(a.key, a.tx);
+        Ok(Some((a.resp, a.route)))
+    }
+}
+
+/// Whether the plan still holds an upstream this request did not try.
+fn untried_remains(router: &Router, target: &Target, tries: &Tries) -> bool {
+    router
+        .plain_plan(target)
+        .routes()
+        .iter()
+        .filter_map(member)
+        .any(|x| !tries.excluded.iter().any(|t| Arc::ptr_eq(t, x)))
+}
+
+/// The server closed a pooled connection: nobody's fault, but a sign of an
+/// idle cut on the path. The request goes again on a fresh connection.
+fn on_stale(
+    router: &Router,
+    route: &NextHop,
+    unsent: Option<Request<OutBody>>,
+    idle: Duration,
+    tries: &mut Tries,
+) -> Judged {
+    if let Some(m) = member(route) {
+        learn_idle_cut(router, m, idle);
+    }
+    if tries.client_fault() {
+        return Err(ForwardError::Client("request body failed".into()));
+    }
+    tries.stale += 1;
+    tries.n -= 1;
+    let again = match unsent {
+        Some(req) => {
+            tries.body = Some(req.into_body());
+            true
+        }
+        None => tries.safe,
+    };
+    if again && tries.stale <= MAX_STALE {
+        return Ok(None);
+    }
+    Err(ForwardError::Upstream(
+        "a reused connection was closed by the upstream".into(),
+    ))
+}
+
+/// A fresh connection broke during the exchange: the client's fault when
+/// its body broke, else the upstream's; an unsent or safe request goes again.
+fn on_broken(
+    router: &Router,
+    route: &NextHop,
+    error: String,
+    unsent: Option<Request<OutBody>>,
+    tries: &mut Tries,
+) -> Judged {
+    if tries.client_fault() {
+        if let Some(m) = member(route) {
+            router.pool.report(m, Outcome::ClientFault);
+        }
+        return Err(ForwardError::Client(error));
+    }
+    tries.blame(router, route, Outcome::broke_before_answer());
+    if let Some(req) = unsent {
+        tries.body = Some(req.into_body());
+        if tries.n < MAX_TRIES {
+            return Ok(None);
+        }
+    } else if tries.can_retry() {
+        tracing::debug!(error = %error, "request failed before an answer; retrying (idempotent, no body)");
+        return Ok(None);
+    }
+    Err(ForwardError::Upstream(error))
 }

@@ -18,8 +18,9 @@ use super::{
     member, note_body_fault, strip_hop_by_hop, ForwardError, ForwardedBody, Forwarder, OutBody,
 };
 use crate::body::{ClientBody, IdleBody};
+use crate::pool::Outcome;
 use crate::route::{NextHop, Router};
-use crate::upstream::{ConnectError, Phase, Target};
+use crate::upstream::Target;
 
 /// How the upstream answered an upgrade request.
 pub enum Upgrade {
@@ -76,16 +77,13 @@ impl Forwarder {
         };
         let (hc, route) = Box::pin(router.http_conn(router.plain_plan(target), target)).await?;
         let m = member(&route).cloned();
-        let broken = |error: String| {
+        let report = |outcome: Outcome| {
             if let Some(m) = &m {
-                router.pool.report_failure(
-                    m,
-                    &ConnectError::Reset {
-                        phase: Phase::FirstByte,
-                        proxy: true,
-                    },
-                );
+                router.pool.report(m, outcome);
             }
+        };
+        let broken = |error: String| {
+            report(Outcome::broke_before_answer());
             ForwardError::Upstream(error)
         };
         let mut tx = crate::http_client::handshake_with_upgrades::<_, OutBody>(hc.conn)
@@ -103,16 +101,7 @@ impl Forwarder {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(broken(e.to_string())),
             Err(_) => {
-                if let Some(m) = &m {
-                    router.pool.report_failure(
-                        m,
-                        &ConnectError::Timeout {
-                            phase: Phase::FirstByte,
-                            after: limit,
-                            proxy: true,
-                        },
-                    );
-                }
+                report(Outcome::no_answer_within(limit));
                 return Err(ForwardError::Timeout {
                     upstream: route.name().to_string(),
                     after: limit,
@@ -123,7 +112,7 @@ impl Forwarder {
             (hc.absolute_form, &m, resp.status())
         {
             let err = proxy_auth_error(&resp, hc.proxy_authorization.is_some());
-            router.pool.report_failure(m, &err);
+            router.pool.report(m, Outcome::UpstreamFault(err.clone()));
             return Err(ForwardError::Connect(err));
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -17,7 +17,11 @@
 //!   blackholed upstream is ejected instead of costing every connection.
 //!
 //! Connecting happens before any client byte is sent upstream, so none of
-//! this can duplicate a request.
+//! this can duplicate a request. Every verdict goes through the pool's one
+//! entry point (`Pool::report`, pool/outcome.rs).
+//!
+//! Used by forward (tunnels and plain-HTTP connections, through `route.rs`)
+//! and by reverse routes (backend connections, candidates in zone order).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,7 +32,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
-use super::{Member, Pool};
+use super::{Member, Outcome, Pool};
 use crate::upstream::{ConnectError, FaultClass, Phase};
 
 /// How hard to try, resolved for this one connection.
@@ -102,7 +106,7 @@ where
             let now = Instant::now();
             let remaining = self.deadline.saturating_duration_since(now);
             if remaining.is_zero() {
-                m.health.release_trial();
+                self.pool.report(&m, Outcome::Abandoned);
                 return false;
             }
             let fut = (self.connect)(m.clone());
@@ -138,19 +142,21 @@ where
     }
 
     fn finish_success(&mut self, m: &Arc<Member>, took: Duration) {
-        self.pool.report_success(m, took);
+        self.pool.report(m, Outcome::Served(took));
         for (other, since) in std::mem::take(&mut self.running) {
             let slow = self.budget.race_after.is_some_and(|r| since.elapsed() >= r);
-            if slow {
+            let outcome = if slow {
                 let e = ConnectError::timeout(Phase::ProxyHandshake, since.elapsed(), true);
-                self.pool.report_failure(&other, &e);
+                Outcome::UpstreamFault(e)
             } else {
-                other.health.release_trial();
-            }
+                Outcome::Abandoned
+            };
+            self.pool.report(&other, outcome);
         }
         // Another upstream reached the target these reported as failed.
         for (s, e) in std::mem::take(&mut self.suspects) {
-            self.pool.report_failure(&s, &e.confirmed_upstream_fault());
+            self.pool
+                .report(&s, Outcome::of_error(e.confirmed_upstream_fault()));
         }
         let first = &self.cands[0];
         if !Arc::ptr_eq(m, first) || self.any_failed {
@@ -175,7 +181,8 @@ where
             if let ConnectError::TargetFailed { next_hop, .. } = &mut e {
                 *next_hop = Some(m.name().to_string());
             }
-            m.health.release_trial();
+            // No verdict yet: another upstream's answer decides.
+            self.pool.report(&m, Outcome::Abandoned);
             self.suspects.push((m, e.clone()));
             self.last = Some(e);
             // Two upstreams agree: the target is the problem.
@@ -186,12 +193,12 @@ where
         }
         match e.fault() {
             FaultClass::Target | FaultClass::Local => {
-                m.health.release_trial();
+                self.pool.report(&m, Outcome::of_error(e.clone()));
                 self.last = Some(e);
                 !self.inflight.is_empty()
             }
             FaultClass::Upstream | FaultClass::Auth | FaultClass::Policy => {
-                self.pool.report_failure(&m, &e);
+                self.pool.report(&m, Outcome::UpstreamFault(e.clone()));
                 self.last = Some(e);
                 if !self.inflight.is_empty() {
                     return true;
@@ -252,7 +259,7 @@ where
             }
         }
         for (other, _) in std::mem::take(&mut self.running) {
-            other.health.release_trial();
+            self.pool.report(&other, Outcome::Abandoned);
         }
         // A target fault that no upstream contradicted is the answer.
         if let Some((_, e)) = self.suspects.first() {
@@ -301,9 +308,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::{BreakerConfig, PoolConfig};
-    use crate::config::{Applies, UpstreamEntry};
-    use crate::upstream::{TargetFault, UpstreamSpec};
+    use crate::config::schema::BreakerConfig;
+    use crate::pool::test_pool;
+    use crate::upstream::TargetFault;
     use std::collections::HashMap;
 
     /// What the stub connector does for one upstream.
@@ -313,23 +320,6 @@ mod tests {
         Refused(u64),
         Hang,
         TargetDead,
-    }
-
-    fn pool(names: &[&str], breaker: BreakerConfig) -> Pool {
-        let entries = names
-            .iter()
-            .map(|n| UpstreamEntry {
-                spec: UpstreamSpec::parse(n, "http://127.0.0.1:9").unwrap(),
-                zone: None,
-                priority: 0,
-                weight: 1,
-                max_fails: 1,
-                fail_timeout: Duration::from_secs(10),
-                applies: Applies::ALL,
-                origin: "test".into(),
-            })
-            .collect();
-        Pool::new(entries, PoolConfig::default(), breaker)
     }
 
     fn budget(race_after: Option<u64>) -> Budget {
@@ -347,13 +337,33 @@ mod tests {
         acts: &[(&str, Act)],
         b: Budget,
     ) -> (Result<String, ConnectError>, Duration) {
+        let names: Vec<String> = p.members().iter().map(|m| m.name().into()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (r, took, _) = run_in(p, &names, acts, b).await;
+        (r, took)
+    }
+
+    /// Runs the engine over the members named in `order`, in that order;
+    /// also says which were dialled, in order.
+    async fn run_in(
+        p: &Pool,
+        order: &[&str],
+        acts: &[(&str, Act)],
+        b: Budget,
+    ) -> (Result<String, ConnectError>, Duration, Vec<String>) {
         let acts: HashMap<String, Act> = acts
             .iter()
             .map(|(n, a)| (n.to_string(), a.clone()))
             .collect();
-        let cands = p.members().to_vec();
+        let all = p.members();
+        let cands: Vec<Arc<Member>> = order
+            .iter()
+            .filter_map(|n| all.iter().find(|m| m.name() == *n).cloned())
+            .collect();
+        let dialled = std::sync::Mutex::new(Vec::new());
         let start = Instant::now();
         let r = connect(p, &cands, b, |m: Arc<Member>| {
+            dialled.lock().unwrap().push(m.name().to_string());
             let act = acts.get(m.name()).cloned().unwrap_or(Act::Hang);
             async move {
                 match act {
@@ -380,7 +390,8 @@ mod tests {
         })
         .await
         .map(|(v, _)| v);
-        (r, start.elapsed())
+        let took = start.elapsed();
+        (r, took, dialled.into_inner().unwrap())
     }
 
     fn failures(p: &Pool, name: &str) -> u64 {
@@ -393,7 +404,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fails_over_and_blames_the_refusing_upstream() {
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let (r, _) = run(
             &p,
             &[("a", Act::Refused(1)), ("b", Act::Ok(1))],
@@ -407,7 +418,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn races_a_silent_upstream_and_counts_it_as_a_timeout() {
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let (r, took) = run(
             &p,
             &[("a", Act::Hang), ("b", Act::Ok(5))],
@@ -421,7 +432,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stops_at_the_deadline() {
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let (r, took) = run(&p, &[("a", Act::Hang), ("b", Act::Hang)], budget(Some(100))).await;
         assert!(matches!(r, Err(ConnectError::Timeout { .. })), "{r:?}");
         assert!(
@@ -432,7 +443,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_one_upstream_after_a_bounded_backoff() {
-        let p = pool(&["a"], BreakerConfig::default());
+        let p = test_pool(&["a"], BreakerConfig::default());
         // The first refusal ejects `a` (max_fails 1); the least-bad plan is
         // still tried again after the backoff, and fails each time.
         let (r, took) = run(&p, &[("a", Act::Refused(1))], budget(None)).await;
@@ -448,7 +459,7 @@ mod tests {
             failure_threshold: 1,
             ..BreakerConfig::default()
         };
-        let p = pool(&["a", "b"], cfg);
+        let p = test_pool(&["a", "b"], cfg);
         let a = p.members()[0].clone();
         a.health.record_failure(
             &ConnectError::Refused {
@@ -465,7 +476,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dead_target_blames_nobody() {
-        let p = pool(&["a", "b", "c"], BreakerConfig::default());
+        let p = test_pool(&["a", "b", "c"], BreakerConfig::default());
         let all = [
             ("a", Act::TargetDead),
             ("b", Act::TargetDead),
@@ -481,7 +492,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn target_fault_contradicted_by_another_upstream_blames_the_first() {
-        let p = pool(&["a", "b"], BreakerConfig::default());
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
         let (r, _) = run(
             &p,
             &[("a", Act::TargetDead), ("b", Act::Ok(1))],
@@ -494,9 +505,35 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lone_upstream_reporting_a_dead_target_is_not_blamed() {
-        let p = pool(&["a"], BreakerConfig::default());
+        let p = test_pool(&["a"], BreakerConfig::default());
         let (r, _) = run(&p, &[("a", Act::TargetDead)], budget(None)).await;
         assert!(matches!(r, Err(ConnectError::TargetFailed { .. })), "{r:?}");
         assert_eq!(failures(&p, "a"), 0);
+    }
+
+    /// What reverse routes rely on: candidates in the order given (the
+    /// zone order), the next one *in that order* raced after `race_after`
+    /// (not the fastest), the silent one blamed; a budget of one attempt
+    /// (the last a request has left) never races, and a deadline shorter
+    /// than `connect_deadline` (the route's timeout) ends the run.
+    #[tokio::test(start_paused = true)]
+    async fn keeps_the_given_order_and_honours_a_reduced_budget() {
+        let p = test_pool(&["a", "b", "c"], BreakerConfig::default());
+        let acts = [("a", Act::Ok(5)), ("b", Act::Hang), ("c", Act::Ok(1))];
+        let (r, took, dialled) = run_in(&p, &["b", "a", "c"], &acts, budget(Some(100))).await;
+        assert_eq!(r.unwrap(), "a");
+        assert_eq!(took, Duration::from_millis(105));
+        assert_eq!(dialled, ["b", "a"], "c never dialled");
+        assert_eq!(failures(&p, "b"), 1, "the silent backend is blamed");
+        let p = test_pool(&["a", "b"], BreakerConfig::default());
+        let last = Budget {
+            max_attempts: 1,
+            deadline: Duration::from_millis(300),
+            ..budget(Some(100))
+        };
+        let (r, took, dialled) = run_in(&p, &["b", "a"], &acts, last).await;
+        assert!(matches!(r, Err(ConnectError::Timeout { .. })), "{r:?}");
+        assert_eq!(took, Duration::from_millis(300));
+        assert_eq!(dialled, ["b"], "one attempt left: no race");
     }
 }

@@ -157,10 +157,14 @@ pub fn spawn(router: Arc<Router>, cfg: HealthConfig, checks: Checks, shutdown: S
                         "result" => if ok { "pass" } else { "fail" }
                     )
                     .increment(1);
-                    router.pool.transitions(
-                        &m,
-                        m.health.record_check(ok, deep, detail, cfg.rise, cfg.fall),
-                    );
+                    let check = super::outcome::Check {
+                        ok,
+                        deep,
+                        detail: detail.to_string(),
+                        rise: cfg.rise,
+                        fall: cfg.fall,
+                    };
+                    router.pool.report(&m, super::Outcome::Checked(check));
                 });
             }
             // Members removed by a reload or discovery leave the schedule.

@@ -1,8 +1,6 @@
 //! The pool's side of fleet health (src/fleet/ talks to etcd): verdicts
 //! this gateway publishes, and the fleet's reports applied to members.
 
-use std::sync::atomic::Ordering;
-
 use super::{Member, Pool};
 use crate::upstream::UpstreamSpec;
 
@@ -63,27 +61,17 @@ impl Pool {
         quorum: usize,
         fresh: bool,
     ) {
-        let cfg = self.cfg.load();
         let all = self.members();
         for m in all
             .iter()
             .filter(|m| identity_of(m).as_deref() == Some(identity))
         {
-            let t = {
-                let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
-                let ejected = all.iter().filter(|x| x.health.is_ejected()).count();
-                let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
-                let may_eject = ejected < cap.max(if cfg.max_ejection_percent > 0 { 1 } else { 0 });
-                m.health.fleet_view(down.to_vec(), quorum, fresh, may_eject)
+            let report = super::outcome::FleetReport {
+                down: down.to_vec(),
+                quorum,
+                fresh,
             };
-            metrics::gauge!("proxyguard_fleet_reports", "upstream" => m.name().to_string())
-                .set(down.len() as f64);
-            if t.iter()
-                .any(|t| matches!(t, super::Transition::Ejected { .. }))
-            {
-                self.stats.ejections.fetch_add(1, Ordering::Relaxed);
-            }
-            self.transitions(m, t);
+            self.report(m, super::Outcome::Fleet(report));
         }
     }
 }
@@ -133,7 +121,7 @@ mod tests {
         pool.fleet_apply(id, &down, 1, true);
         let m = pool.members()[0].clone();
         assert_eq!(m.health.ejection_reason(), Some("fleet"));
-        pool.report_success(&m, Duration::from_millis(1));
+        pool.report(&m, crate::pool::Outcome::Served(Duration::from_millis(1)));
         assert!(m.health.eligible(), "own success overrides");
         // A reload adds a member for the same proxy (another priority).
         pool.replace(

@@ -4,6 +4,8 @@
 //! and latency (EWMA and recent samples for adaptive racing).
 //!
 //! All state sits behind one short `Mutex` that is never held across `.await`.
+//! What changes it is visible to the pool only: outcomes come in through
+//! `Pool::report` (pool/outcome.rs).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,7 +166,7 @@ impl Health {
 
     /// Records whether the upstream is usable now; `Some(usable)` when that
     /// changes what was last announced (so each outage is announced once).
-    pub fn announce(&self, usable: bool) -> Option<bool> {
+    pub(in crate::pool) fn announce(&self, usable: bool) -> Option<bool> {
         let was_down = self.announced_down.swap(!usable, Ordering::Relaxed);
         (was_down == usable).then_some(usable)
     }
@@ -239,7 +241,7 @@ impl Health {
 
     /// True when new connections may use this upstream now. In half-open, it
     /// takes one of the limited trial slots (release with a report).
-    pub fn try_admit(&self) -> (bool, Vec<Transition>) {
+    pub(in crate::pool) fn try_admit(&self) -> (bool, Vec<Transition>) {
         let mut g = self.lock();
         let mut t = std::mem::take(&mut g.pending);
         let now = Instant::now();
@@ -276,7 +278,7 @@ impl Health {
         at
     }
 
-    pub fn record_success(&self, took: Duration) -> Vec<Transition> {
+    pub(in crate::pool) fn record_success(&self, took: Duration) -> Vec<Transition> {
         self.successes.fetch_add(1, Ordering::Relaxed);
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         let old = self.ewma_us.load(Ordering::Relaxed);
@@ -326,7 +328,7 @@ impl Health {
 
     /// Records a failure of a real connection. `may_eject` is false when the
     /// pool's ejection cap is reached.
-    pub fn record_failure(
+    pub(in crate::pool) fn record_failure(
         &self,
         err: &ConnectError,
         may_eject: bool,
@@ -399,7 +401,7 @@ impl Health {
     }
 
     /// Releases a half-open trial slot without a verdict (attempt cancelled).
-    pub fn release_trial(&self) {
+    pub(in crate::pool) fn release_trial(&self) {
         let mut g = self.lock();
         if g.breaker == BreakerState::HalfOpen && g.half_open_in_flight > 0 {
             g.half_open_in_flight -= 1;
@@ -410,7 +412,7 @@ impl Health {
     /// an ejection), `fall` failures take it down.
     /// `deep` says the check went through the proxy handshake to a target
     /// (or fetched a URL); a shallow one cannot vouch for auth or proxy errors.
-    pub fn record_check(
+    pub(in crate::pool) fn record_check(
         &self,
         ok: bool,
         deep: bool,

@@ -1,6 +1,7 @@
 //! The upstream pool: the set of upstreams (replaceable at run time, for
 //! reload and discovery), their health, the strategy that orders candidates,
-//! and the reporting of outcomes back into health.
+//! and the reporting of outcomes back into health (`outcome.rs`, the one
+//! entry point).
 
 pub mod attempt;
 pub mod backoff;
@@ -8,6 +9,7 @@ pub mod checker;
 pub mod fleet;
 pub mod health;
 pub mod idle_cut;
+pub mod outcome;
 pub mod strategy;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,9 +21,10 @@ use arc_swap::ArcSwap;
 use crate::config::adaptive::{from_samples, Adaptive};
 use crate::config::schema::{BreakerConfig, PoolConfig};
 use crate::config::{Applies, UpstreamEntry};
-use crate::upstream::{ConnectError, FaultClass, Target, UpstreamSpec};
+use crate::upstream::{Target, UpstreamSpec};
 
 pub use health::{Health, State, Transition};
+pub use outcome::Outcome;
 
 /// One upstream in the pool with its health state. A member's identity is
 /// its whole entry: a reload that changes any setting makes a new member
@@ -252,11 +255,7 @@ impl Pool {
             .filter(|m| traffic.applies(m.entry.applies))
             .cloned()
             .collect();
-        let mut eligible: Vec<Arc<Member>> = serving
-            .iter()
-            .filter(|m| m.health.eligible())
-            .cloned()
-            .collect();
+        let mut eligible = eligible(&serving);
         if eligible.is_empty() {
             if serving.is_empty() {
                 return Plan {
@@ -281,25 +280,11 @@ impl Pool {
                     breakers_open: false,
                 };
             }
-            // Everything is out: keep trying the least bad rather than failing
-            // fast (the one that comes back soonest, then by priority) — but an
-            // open breaker means "fail fast" by definition.
-            let mut v: Vec<Arc<Member>> = serving
-                .into_iter()
-                .filter(|m| !m.health.breaker_open())
-                .collect();
-            if v.is_empty() {
-                return Plan {
-                    members: Vec::new(),
-                    degrade_direct: false,
-                    breakers_open: true,
-                };
-            }
-            v.sort_by_key(|m| (m.health.available_at(), m.entry.priority));
+            let v = least_bad(serving);
             return Plan {
+                breakers_open: v.is_empty(),
                 members: v,
                 degrade_direct: false,
-                breakers_open: false,
             };
         }
         self.degraded.store(false, Ordering::Relaxed);
@@ -324,14 +309,6 @@ impl Pool {
         }
     }
 
-    /// Records a successful connect through `m`.
-    pub fn report_success(&self, m: &Member, took: Duration) {
-        metrics::histogram!("proxyguard_upstream_connect_seconds", "upstream" => m.name().to_string())
-            .record(took.as_secs_f64());
-        self.transitions(m, m.health.record_success(took));
-        self.fleet_note(m);
-    }
-
     /// Logs transitions, publishes them as events and keeps gauges current.
     ///
     /// `upstream_down` and `upstream_up` are about what clients get, not
@@ -340,7 +317,7 @@ impl Pool {
     /// whichever comes first), one `upstream_up` when it is usable again
     /// *and* its last health check passed — an ejection that merely expires
     /// while checks still fail is no recovery.
-    pub fn transitions(&self, m: &Member, t: Vec<Transition>) {
+    fn transitions(&self, m: &Member, t: Vec<Transition>) {
         if t.is_empty() {
             return;
         }
@@ -425,29 +402,21 @@ impl Pool {
         self.fleet_note(m);
     }
 
-    /// Records a failed connect through `m`. Target faults (the target itself
-    /// refused, reported through a working proxy) do not count.
-    pub fn report_failure(&self, m: &Member, err: &ConnectError) {
-        if matches!(err.fault(), FaultClass::Target | FaultClass::Local) {
-            m.health.release_trial();
-            return;
-        }
-        let cfg = self.cfg.load();
+    /// The candidates of one reverse-route request: the eligible members in
+    /// zone order ([`strategy::by_zone`]), else the least bad.
+    pub fn plan_by_zone(
+        &self,
+        local: Option<&str>,
+        busy: impl Fn(&Member) -> bool,
+    ) -> Vec<Arc<Member>> {
         let all = self.members();
-        // Counting the ejected and ejecting one more is one step: two
-        // failures at once must not both pass the `max_ejection_percent` cap.
-        let t = {
-            let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
-            let ejected = all.iter().filter(|x| x.health.is_ejected()).count();
-            let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
-            let may_eject = ejected < cap.max(if cfg.max_ejection_percent > 0 { 1 } else { 0 });
-            m.health.record_failure(err, may_eject, cfg.base_ejection.0)
-        };
-        metrics::counter!("proxyguard_upstream_failures_total", "upstream" => m.name().to_string(), "reason" => health::reason_label(err)).increment(1);
-        if t.iter().any(|t| matches!(t, Transition::Ejected { .. })) {
-            self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+        let mut eligible = eligible(&all);
+        if eligible.is_empty() {
+            return least_bad(all.to_vec());
         }
-        self.transitions(m, t);
+        let k = self.rr.fetch_add(1, Ordering::Relaxed);
+        strategy::by_zone(&mut eligible, local, k, busy);
+        eligible
     }
 
     /// The delay before racing the next candidate: configured, or adaptive
@@ -469,6 +438,46 @@ impl Pool {
             )
         })
     }
+}
+
+/// The members that may take new connections now.
+fn eligible(members: &[Arc<Member>]) -> Vec<Arc<Member>> {
+    members
+        .iter()
+        .filter(|m| m.health.eligible())
+        .cloned()
+        .collect()
+}
+
+/// Everything is out: keep trying the least bad rather than failing fast
+/// (the one that comes back soonest, then by priority) — but an open
+/// breaker means "fail fast" by definition, so those are left out.
+fn least_bad(serving: Vec<Arc<Member>>) -> Vec<Arc<Member>> {
+    let mut v: Vec<Arc<Member>> = serving
+        .into_iter()
+        .filter(|m| !m.health.breaker_open())
+        .collect();
+    v.sort_by_key(|m| (m.health.available_at(), m.entry.priority));
+    v
+}
+
+/// A pool of `names` (each `http://127.0.0.1:9`, `max_fails` 1), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_pool(names: &[&str], breaker: BreakerConfig) -> Pool {
+    let entries = names
+        .iter()
+        .map(|n| UpstreamEntry {
+            spec: UpstreamSpec::parse(n, "http://127.0.0.1:9").expect("test URL"),
+            zone: None,
+            priority: 0,
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            applies: Applies::ALL,
+            origin: "test".into(),
+        })
+        .collect();
+    Pool::new(entries, PoolConfig::default(), breaker)
 }
 
 /// Logs health transitions (the event bus of the observability work hooks here).

@@ -79,6 +79,33 @@ pub fn order(
     }
 }
 
+/// Zone preference (reverse routes): members of the `local` zone first
+/// (every member is local when no zone is set), rotating by `counter`;
+/// local members that are `busy` (at `max_inflight`) go behind the other
+/// zones' members, busy ones of other zones last.
+pub fn by_zone(
+    v: &mut [Arc<Member>],
+    local: Option<&str>,
+    counter: usize,
+    busy: impl Fn(&Member) -> bool,
+) {
+    if v.is_empty() {
+        return;
+    }
+    let n = v.len();
+    v.rotate_left(counter % n);
+    // A stable sort: the rotation stands within each rank.
+    v.sort_by_key(|m| {
+        let is_local = local.is_none() || m.entry.zone.as_deref() == local;
+        match (is_local, busy(m)) {
+            (true, false) => 0u8,
+            (false, false) => 1,
+            (true, true) => 2,
+            (false, true) => 3,
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +249,44 @@ mod tests {
             Some("u0"),
         );
         assert_eq!(v[0].name(), "u1");
+    }
+
+    #[test]
+    fn zone_order_prefers_local_rotates_and_puts_busy_locals_behind() {
+        let base = members(&[1, 1, 1, 1]);
+        let zones = ["a", "a", "b", "b"];
+        let zoned: Vec<Arc<Member>> = base
+            .iter()
+            .zip(zones)
+            .map(|(m, z)| {
+                let mut e = m.entry.clone();
+                e.zone = Some(z.into());
+                Member::new(e, &BreakerConfig::default())
+            })
+            .collect();
+        let names = |v: &[Arc<Member>]| v.iter().map(|m| m.name().to_string()).collect::<Vec<_>>();
+        let mut firsts = Vec::new();
+        for k in 0..4 {
+            let mut v = zoned.clone();
+            by_zone(&mut v, Some("a"), k, |_| false);
+            assert!(
+                names(&v[..2]).iter().all(|n| n == "u0" || n == "u1"),
+                "{:?}",
+                names(&v)
+            );
+            firsts.push(v[0].name().to_string());
+        }
+        assert!(
+            firsts.contains(&"u0".to_string()) && firsts.contains(&"u1".to_string()),
+            "{firsts:?}"
+        );
+        // u0 at max_inflight: behind zone b, ahead of nothing busy.
+        let mut v = zoned.clone();
+        by_zone(&mut v, Some("a"), 0, |m| m.name() == "u0");
+        assert_eq!(names(&v), ["u1", "u2", "u3", "u0"]);
+        // No local zone: every member is local, plain rotation.
+        let mut v = zoned.clone();
+        by_zone(&mut v, None, 1, |_| false);
+        assert_eq!(names(&v), ["u1", "u2", "u3", "u0"]);
     }
 }

@@ -50,13 +50,18 @@ impl TlsConfigs {
     }
 }
 
-/// Why one attempt on one backend failed.
-#[derive(Debug)]
+/// Why one exchange with one backend failed.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum AttemptError {
     /// No request was sent: always safe to try another backend.
+    #[error("{0}")]
     Connect(ConnectError),
     /// The request was (maybe partly) sent and no response head came.
+    #[error("{0}")]
     Sent(hyper::Error),
+    /// No response head within the route's `timeout` (or the call's deadline).
+    #[error("no response head within {}ms", .0.as_millis())]
+    TimedOut(std::time::Duration),
 }
 
 fn handshake_err(e: hyper::Error) -> ConnectError {
@@ -102,26 +107,46 @@ impl ReverseRoute {
     }
 
     /// A connection to send on: a shared h2 one, an idle HTTP/1.1 one, or a
-    /// new one (HTTP/2 when the backend's URL and fallback state ask for it,
-    /// unless `h1_only`). The flag is true for a reused connection.
+    /// new one (see [`ReverseRoute::dial`]). The flag is true for a reused
+    /// connection.
     pub(super) async fn sender(
         &self,
         m: &Member,
         h1_only: bool,
     ) -> Result<(Sender<ReqBody>, bool), ConnectError> {
+        if let Some(tx) = self.reusable(m, h1_only) {
+            return Ok((tx, true));
+        }
+        self.dial(m, h1_only).await.map(|tx| (tx, false))
+    }
+
+    /// `m`'s shared h2 connection or an idle HTTP/1.1 one, if it has one.
+    pub(super) fn reusable(&self, m: &Member, h1_only: bool) -> Option<Sender<ReqBody>> {
         let st = self.proto(m);
         let want_h2 = !h1_only && st.wants_h2();
         if want_h2 {
             if let Some(tx) = self.h2.get(&m.id) {
-                return Ok((Sender::H2(tx), true));
+                return Some(Sender::H2(tx));
             }
         }
         let h1_pooled = !want_h2 || st.proto == BackendProtocol::Https;
         if h1_pooled {
             if let Some(tx) = self.idle.checkout(&m.id) {
-                return Ok((Sender::H1(tx), true));
+                return Some(Sender::H1(tx));
             }
         }
+        None
+    }
+
+    /// A new connection to `m`: HTTP/2 when the backend's URL and fallback
+    /// state ask for it, unless `h1_only`.
+    pub(super) async fn dial(
+        &self,
+        m: &Member,
+        h1_only: bool,
+    ) -> Result<Sender<ReqBody>, ConnectError> {
+        let st = self.proto(m);
+        let want_h2 = !h1_only && st.wants_h2();
         use BackendProtocol as P;
         let tls = match (st.proto, want_h2) {
             (P::Https, true) => &self.tls.h2_or_h1,
@@ -151,10 +176,10 @@ impl ReverseRoute {
                 .await
                 .map_err(handshake_err)?;
             self.h2.put(m.id, tx.clone());
-            Ok((Sender::H2(tx), false))
+            Ok(Sender::H2(tx))
         } else {
             let tx = handshake::<_, ReqBody>(io).await.map_err(handshake_err)?;
-            Ok((Sender::H1(tx), false))
+            Ok(Sender::H1(tx))
         }
     }
 
@@ -180,18 +205,19 @@ impl ReverseRoute {
         });
     }
 
-    /// Sends one request to `m` and waits for the response head. `body`
-    /// makes the request body; it is asked again (and may say None: not
-    /// replayable) only for the HTTP/1.1 retry of the protocol fallback,
-    /// when a new h2 connection failed before any response.
+    /// Sends one request to `m` on `tx` and waits for the response head.
+    /// `body` makes the request body; it is asked again (and may say None:
+    /// not replayable) only for the HTTP/1.1 retry of the protocol
+    /// fallback, when a new h2 connection failed before any response.
     pub(super) async fn exchange(
         &self,
         m: &Member,
+        mut tx: Sender<ReqBody>,
+        reused: bool,
         parts: &http::request::Parts,
         client_host: Option<&HeaderValue>,
         body: &mut (dyn FnMut() -> Option<ReqBody> + Send),
     ) -> Result<Response<Incoming>, AttemptError> {
-        let (mut tx, reused) = self.sender(m, false).await.map_err(AttemptError::Connect)?;
         let Some(first) = body() else {
             return Err(AttemptError::Connect(ConnectError::NoRoute(
                 "request body already consumed".into(),

@@ -6,22 +6,20 @@
 //! gRPC-shaped (HTTP 200, `grpc-status`, `grpc-message`).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use futures_util::StreamExt;
 use http::header::{HeaderMap, HeaderValue};
 use http::Response;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::Incoming;
 
 use super::answer::{grpc_error, GrpcCode};
+use super::attempt::Dial;
 use super::backend::AttemptError;
 use super::replay::Replay;
-use super::{as_backend_fault, BoxError, RespBody, ReverseRoute};
-use crate::upstream::{ConnectError, Phase};
+use super::{BoxError, RespBody, ReverseRoute};
 
 /// A gRPC call by its content type (`application/grpc`, `application/grpc+proto`, …;
 /// not gRPC-Web, which is a different framing).
@@ -86,37 +84,6 @@ enum Verdict {
     Answer(Response<RespBody>),
 }
 
-/// A response body whose first frame was already read.
-struct Prefixed {
-    first: Option<Frame<Bytes>>,
-    rest: Incoming,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(f) = self.first.take() {
-            return Poll::Ready(Some(Ok(f)));
-        }
-        Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map(|o| o.map(|r| r.map_err(BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
 fn message(h: &HeaderMap) -> String {
     h.get("grpc-message")
         .and_then(|v| v.to_str().ok())
@@ -152,8 +119,10 @@ async fn verdict(resp: Response<Incoming>, left: Duration) -> Verdict {
             Some(f)
         }
     };
-    let body = Prefixed { first, rest: body }.boxed_unsync();
-    Verdict::Answer(Response::from_parts(parts, body))
+    // The frame already read, then the rest as it comes.
+    let rest = BodyStream::new(body).map(|r| r.map_err(BoxError::from));
+    let body = StreamBody::new(futures_util::stream::iter(first.map(Ok)).chain(rest));
+    Verdict::Answer(Response::from_parts(parts, body.boxed_unsync()))
 }
 
 impl ReverseRoute {
@@ -169,9 +138,9 @@ impl ReverseRoute {
         let deadline = call_deadline(self.cfg.timeout.0, &parts.headers);
         let end = started + deadline;
         let replay = Replay::new(body, self.cfg.retry_body_limit);
-        let order = self.order();
+        let plan = self.plan();
         let mut last_err: Option<String> = None;
-        for m in order.iter().take(self.cfg.max_attempts as usize) {
+        loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -182,51 +151,34 @@ impl ReverseRoute {
             if let Ok(v) = HeaderValue::from_str(&encode_grpc_timeout(left)) {
                 parts.headers.insert("grpc-timeout", v);
             }
+            let next = self.connect_next(&plan, left, Dial::Request, &mut last_err);
+            let Some(c) = next.await else {
+                break;
+            };
+            let m = c.m.clone();
             let mut reader = Some(reader);
             let mut make = || reader.take().map(|r| r.boxed_unsync());
-            let t0 = Instant::now();
-            let sent = tokio::time::timeout(
-                left,
-                self.exchange(m, &parts, client_host.as_ref(), &mut make),
-            )
-            .await;
+            let left = end.saturating_duration_since(Instant::now());
+            let sent = self
+                .exchange_within(c, &parts, client_host.as_ref(), &mut make, left)
+                .await;
             let resp = match sent {
-                Err(_) => {
-                    let e = ConnectError::timeout(Phase::FirstByte, deadline, true);
-                    self.pool.report_failure(m, &e);
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    break;
-                }
-                Ok(Err(AttemptError::Connect(e))) => {
-                    self.pool.report_failure(m, &as_backend_fault(e.clone()));
-                    last_err = Some(format!("{}: {e}", m.name()));
+                Ok(resp) => resp,
+                Err(e) => {
+                    last_err = Some(self.failed(&m, &e));
+                    if matches!(e, AttemptError::TimedOut(_)) {
+                        break;
+                    }
                     continue;
                 }
-                Ok(Err(AttemptError::Sent(e))) => {
-                    let ce = ConnectError::Reset {
-                        phase: Phase::FirstByte,
-                        proxy: true,
-                    };
-                    self.pool.report_failure(m, &ce);
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    continue;
-                }
-                Ok(Ok(resp)) => resp,
             };
             let left = end.saturating_duration_since(Instant::now());
             match verdict(resp, left).await {
                 Verdict::Unavailable(why) => {
-                    self.pool.report_failure(
-                        m,
-                        &ConnectError::ProxyStatus {
-                            status: 503,
-                            reason: "grpc-status 14".into(),
-                        },
-                    );
+                    self.refused_answer(&m, 503, "grpc-status 14");
                     last_err = Some(format!("{}: UNAVAILABLE {why}", m.name()));
                 }
                 Verdict::Answer(mut resp) => {
-                    self.pool.report_success(m, t0.elapsed());
                     crate::forward::strip_hop_by_hop(resp.headers_mut());
                     tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status = resp.status().as_u16(), grpc = true, duration_ms = started.elapsed().as_millis() as u64, "request");
                     return resp;

@@ -12,7 +12,8 @@ use http_body_util::BodyExt;
 use super::{full_body, ReverseRoute};
 use crate::config::route_protocols::BackendCheck;
 use crate::config::schema::HealthConfig;
-use crate::pool::Member;
+use crate::pool::outcome::Check;
+use crate::pool::{Member, Outcome};
 use crate::shutdown::Shutdown;
 
 /// `grpc.health.v1.HealthCheckResponse.ServingStatus`.
@@ -134,7 +135,7 @@ impl ReverseRoute {
 
     /// Probes direct backends on the health interval.
     pub(super) fn spawn_checks(self: &Arc<Self>, cfg: HealthConfig, shutdown: Shutdown) {
-        if !cfg.enabled || self.cfg.via == "pool" {
+        if !cfg.enabled || self.via_pool {
             return;
         }
         let me = self.clone();
@@ -151,11 +152,14 @@ impl ReverseRoute {
                         Ok(Err(e)) => (false, e),
                         Err(_) => (false, "timed out".to_string()),
                     };
-                    me.pool.transitions(
-                        m,
-                        m.health
-                            .record_check(ok, false, &detail, cfg.rise, cfg.fall),
-                    );
+                    let check = Check {
+                        ok,
+                        deep: false,
+                        detail,
+                        rise: cfg.rise,
+                        fall: cfg.fall,
+                    };
+                    me.pool.report(m, Outcome::Checked(check));
                 }
             }
         });

@@ -1,7 +1,9 @@
 //! Reverse-proxy mode: a local listener forwarding to backends across zones
-//! with the same pool machinery as upstream proxies (passive ejection,
-//! breakers, active probes), zone-aware choice, safe retries (connection
-//! failures always; 502/503/504 only for idempotent or buffered requests),
+//! with the same pool machinery as upstream proxies (the zone order as a
+//! pool strategy, the attempt engine, passive ejection, breakers, active
+//! probes, outcomes reported through `Pool::report`), safe retries
+//! (connection failures always; a failed exchange only with the body held
+//! in full; 502/503/504 only for idempotent requests with the body held),
 //! optional signing, and a fallback (last good GET, or a static answer).
 //!
 //! Protocols (docs/protocols.md): HTTP/1.1 and h2c on the listener,
@@ -10,6 +12,7 @@
 //! WebSocket and other upgrades (`upgrade`).
 
 mod answer;
+mod attempt;
 mod backend;
 pub mod cache;
 mod fallback;
@@ -17,6 +20,7 @@ mod grpc;
 mod headers;
 mod health;
 mod listener;
+mod plain;
 mod replay;
 mod upgrade;
 
@@ -27,16 +31,16 @@ pub use listener::start;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -48,10 +52,9 @@ use crate::http_client::{IdlePool, SharedConns};
 use crate::pool::{Member, Pool};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
-use crate::upstream::{ConnectContext, ConnectError, Phase, UpstreamSpec};
+use crate::upstream::{ConnectContext, UpstreamSpec};
 
-use answer::text;
-use backend::{AttemptError, TlsConfigs};
+use backend::TlsConfigs;
 use fallback::ProtoState;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -100,7 +103,6 @@ pub struct ReverseRoute {
     backends: HashMap<String, BackendState>,
     /// Fallback for a member whose name is not in `backends` (none today).
     unknown: BackendState,
-    rr: AtomicUsize,
     cache: cache::Cache,
     secret: Option<String>,
     admission: crate::inbound::Admission,
@@ -204,7 +206,6 @@ impl ReverseRoute {
                 check: BackendCheck::Connect,
                 inflight: AtomicUsize::new(0),
             },
-            rr: AtomicUsize::new(0),
             cache: cache::Cache::new(cfg.fallback.as_ref().map(|f| f.max_entries).unwrap_or(0)),
             secret,
             admission: crate::inbound::Admission::new(&all.admission),
@@ -216,48 +217,6 @@ impl ReverseRoute {
 
     fn proto(&self, m: &Member) -> &BackendState {
         self.backends.get(m.name()).unwrap_or(&self.unknown)
-    }
-
-    /// Backends in order: eligible local-zone ones (rotating), then other
-    /// zones; local ones at `max_inflight` go behind the others.
-    fn order(&self) -> Vec<Arc<Member>> {
-        let members = self.pool.members();
-        let k = self.rr.fetch_add(1, Ordering::Relaxed);
-        let mut eligible: Vec<Arc<Member>> = members
-            .iter()
-            .filter(|m| m.health.eligible())
-            .cloned()
-            .collect();
-        if eligible.is_empty() {
-            // Least bad: soonest back first.
-            let mut all: Vec<Arc<Member>> = members
-                .iter()
-                .filter(|m| !m.health.breaker_open())
-                .cloned()
-                .collect();
-            all.sort_by_key(|m| m.health.available_at());
-            return all;
-        }
-        if !eligible.is_empty() {
-            let n = eligible.len();
-            eligible.rotate_left(k % n);
-        }
-        let busy = |m: &Arc<Member>| {
-            self.cfg.max_inflight > 0
-                && self.proto(m).inflight.load(Ordering::Relaxed) >= self.cfg.max_inflight
-        };
-        let local = self.cfg.local_zone.as_deref();
-        let rank = |m: &Arc<Member>| -> u8 {
-            let is_local = local.is_none() || m.entry.zone.as_deref() == local;
-            match (is_local, busy(m)) {
-                (true, false) => 0,
-                (false, false) => 1,
-                (true, true) => 2,
-                (false, true) => 3,
-            }
-        };
-        eligible.sort_by_key(rank);
-        eligible
     }
 
     async fn handle(
@@ -304,234 +263,6 @@ impl ReverseRoute {
         }
         self.handle_http(parts, client_host, body, peer, started)
             .await
-    }
-
-    async fn handle_http(
-        self: Arc<Self>,
-        mut parts: http::request::Parts,
-        client_host: Option<HeaderValue>,
-        body: Incoming,
-        peer: SocketAddr,
-        started: Instant,
-    ) -> Response<RespBody> {
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        let (buffered, mut stream) = match self.read_body(body).await {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
-        if self.cfg.sign.is_some() {
-            let Some(b) = &buffered else {
-                return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("proxyguard: bodies over route.retry_body_limit ({} bytes) cannot be signed", self.cfg.retry_body_limit));
-            };
-            if let Err(e) = self.sign(&mut parts, b) {
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("proxyguard: signing failed: {e}"),
-                );
-            }
-        }
-        let cache_key = format!("{} {}", parts.method, parts.uri);
-        // A retry re-sends only a body held in full: a streamed body is gone
-        // once sent, and an empty replay would run a different request.
-        // A 5xx is retried only for idempotent methods (the backend may have
-        // acted on a POST before answering 502).
-        let retry_5xx = idempotent && buffered.is_some();
-        let cacheable_request = cache::request_may_use_cache(&parts.headers);
-        let order = self.order();
-        let mut last_err: Option<String> = None;
-        let mut attempts = 0;
-        for m in order.iter() {
-            if attempts >= self.cfg.max_attempts as usize {
-                break;
-            }
-            attempts += 1;
-            let mut make = || match (&buffered, stream.take()) {
-                (Some(b), _) => Some(full_body(b.clone())),
-                (None, Some(s)) => Some(incoming_body(s)),
-                (None, None) => None,
-            };
-            let t0 = Instant::now();
-            let sent = tokio::time::timeout(
-                self.cfg.timeout.0,
-                self.exchange(m, &parts, client_host.as_ref(), &mut make),
-            )
-            .await;
-            let resp = match sent {
-                Err(_) => {
-                    let e = ConnectError::Timeout {
-                        phase: Phase::FirstByte,
-                        after: self.cfg.timeout.0,
-                        proxy: true,
-                    };
-                    self.pool.report_failure(m, &e);
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    if buffered.is_none() {
-                        break;
-                    }
-                    continue;
-                }
-                Ok(Err(AttemptError::Connect(e))) => {
-                    self.pool.report_failure(m, &as_backend_fault(e.clone()));
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    if buffered.is_none() && stream.is_none() {
-                        break;
-                    }
-                    continue;
-                }
-                Ok(Err(AttemptError::Sent(e))) => {
-                    let ce = ConnectError::Reset {
-                        phase: Phase::FirstByte,
-                        proxy: true,
-                    };
-                    self.pool.report_failure(m, &ce);
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    if buffered.is_none() {
-                        break;
-                    }
-                    continue;
-                }
-                Ok(Ok(resp)) => resp,
-            };
-            let status = resp.status().as_u16();
-            if matches!(status, 502..=504)
-                && retry_5xx
-                && attempts < self.cfg.max_attempts as usize
-                && attempts < order.len()
-            {
-                self.pool.report_failure(
-                    m,
-                    &ConnectError::ProxyStatus {
-                        status,
-                        reason: "backend".into(),
-                    },
-                );
-                last_err = Some(format!("{}: answered {status}", m.name()));
-                continue;
-            }
-            self.pool.report_success(m, t0.elapsed());
-            tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status, duration_ms = started.elapsed().as_millis() as u64, "request");
-            return self
-                .pass_on(&parts.method, resp, cache_key, cacheable_request)
-                .await;
-        }
-        self.fallback(
-            &parts.method,
-            cacheable_request.then_some(cache_key.as_str()),
-            last_err.unwrap_or_else(|| "no backend available".into()),
-            peer,
-            started,
-        )
-    }
-
-    /// A body known to be small (or empty) is read whole, so that it can be
-    /// sent again; a larger one streams.
-    async fn read_body(
-        &self,
-        body: Incoming,
-    ) -> Result<(Option<Bytes>, Option<Incoming>), Response<RespBody>> {
-        let size = body.size_hint().exact();
-        let buffer =
-            body.is_end_stream() || size.is_some_and(|n| n as usize <= self.cfg.retry_body_limit);
-        if !buffer {
-            return Ok((None, Some(body)));
-        }
-        match body.collect().await {
-            Ok(b) => Ok((Some(b.to_bytes()), None)),
-            Err(e) => Err(text(
-                StatusCode::BAD_REQUEST,
-                &format!("proxyguard: cannot read request body: {e}"),
-            )),
-        }
-    }
-
-    /// The backend's answer to the client; a good GET is also remembered
-    /// for the fallback.
-    async fn pass_on(
-        &self,
-        method: &Method,
-        resp: Response<Incoming>,
-        cache_key: String,
-        cacheable_request: bool,
-    ) -> Response<RespBody> {
-        let status = resp.status().as_u16();
-        let (mut rp, rb) = resp.into_parts();
-        strip_hop_by_hop(&mut rp.headers);
-        let Some(fb) = &self.cfg.fallback else {
-            return Response::from_parts(rp, incoming_body(rb));
-        };
-        let small = rb
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n as usize <= fb.max_body);
-        if !(fb.cache_get.is_some()
-            && *method == Method::GET
-            && status == 200
-            && cacheable_request
-            && cache::response_may_be_stored(&rp.headers)
-            && small)
-        {
-            return Response::from_parts(rp, incoming_body(rb));
-        }
-        match rb.collect().await {
-            Ok(b) => {
-                let b = b.to_bytes();
-                self.cache
-                    .put(cache_key, rp.status, rp.headers.clone(), b.clone());
-                Response::from_parts(rp, full_body(b))
-            }
-            Err(e) => text(
-                StatusCode::BAD_GATEWAY,
-                &format!("proxyguard: backend body failed: {e}"),
-            ),
-        }
-    }
-}
-
-/// A connection failure to a backend is the backend's fault (passive health).
-fn as_backend_fault(e: ConnectError) -> ConnectError {
-    match e {
-        ConnectError::Refused { addr, .. } => ConnectError::Refused { addr, proxy: true },
-        ConnectError::Timeout { phase, after, .. } => ConnectError::Timeout {
-            phase,
-            after,
-            proxy: true,
-        },
-        ConnectError::Reset { phase, .. } => ConnectError::Reset { phase, proxy: true },
-        ConnectError::Unreachable { addr, detail, .. } => ConnectError::Unreachable {
-            addr,
-            detail,
-            proxy: true,
-        },
-        ConnectError::Io { phase, detail, .. } => ConnectError::Io {
-            phase,
-            detail,
-            proxy: true,
-        },
-        ConnectError::Dns { host, detail, .. } => ConnectError::Dns {
-            host,
-            detail,
-            proxy: true,
-        },
-        ConnectError::Tls {
-            kind,
-            server,
-            detail,
-            ..
-        } => ConnectError::Tls {
-            kind,
-            server,
-            detail,
-            proxy: true,
-        },
-        other => other,
     }
 }
 

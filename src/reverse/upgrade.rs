@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -13,7 +12,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::answer::text;
-use super::{as_backend_fault, full_body, RespBody, ReverseRoute};
+use super::attempt::Dial;
+use super::backend::AttemptError;
+use super::{full_body, RespBody, ReverseRoute};
+use crate::pool::Member;
 
 /// The protocol an HTTP/1.1 request asks to switch to, if it does.
 pub fn requested(req: &Request<Incoming>) -> Option<HeaderValue> {
@@ -47,73 +49,69 @@ impl ReverseRoute {
         peer: SocketAddr,
         tls: bool,
     ) -> Response<RespBody> {
-        let started = Instant::now();
         let client_side = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned();
         crate::forward::strip_hop_by_hop(&mut parts.headers);
         self.forwarded_headers(&mut parts.headers, peer, tls);
         put_upgrade(&mut parts.headers, &proto);
-        let mut last_err = None;
-        for m in self.order().iter().take(self.cfg.max_attempts as usize) {
-            let mut tx = match self.upgrade_sender(m).await {
-                Ok(tx) => tx,
-                Err(e) => {
-                    self.pool.report_failure(m, &as_backend_fault(e.clone()));
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    continue;
-                }
-            };
-            let r = self.backend_request(
-                m,
-                &parts,
-                client_host.as_ref(),
-                full_body(Default::default()),
-                false,
-            );
-            let resp = match tokio::time::timeout(self.cfg.timeout.0, tx.send(r)).await {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => {
-                    last_err = Some(format!("{}: {e}", m.name()));
-                    continue;
-                }
-                Err(_) => {
-                    last_err = Some(format!(
-                        "{}: no answer in {:?}",
-                        m.name(),
-                        self.cfg.timeout.0
-                    ));
-                    continue;
-                }
-            };
-            self.pool.report_success(m, started.elapsed());
-            let status = resp.status();
-            tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status = status.as_u16(), upgrade = ?proto, "request");
-            if status != StatusCode::SWITCHING_PROTOCOLS {
-                let (mut rp, rb) = resp.into_parts();
-                crate::forward::strip_hop_by_hop(&mut rp.headers);
-                return Response::from_parts(rp, super::incoming_body(rb));
+        let (resp, m) = match self.send_upgrade(&parts, client_host.as_ref()).await {
+            Ok(x) => x,
+            Err(why) => {
+                tracing::warn!(target: "access", kind = "reverse", client = %peer, error = %why, "no backend could serve the upgrade");
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("proxyguard: 502 Bad Gateway: {why}"),
+                );
             }
-            let mut resp = resp;
-            let backend_side = hyper::upgrade::on(&mut resp);
-            let (mut rp, _) = resp.into_parts();
-            rp.extensions = Default::default();
-            let accepted = rp
-                .headers
-                .get(header::UPGRADE)
-                .cloned()
-                .unwrap_or(proto.clone());
+        };
+        let status = resp.status();
+        tracing::info!(target: "access", kind = "reverse", client = %peer, method = %parts.method, path = %parts.uri, backend = m.name(), status = status.as_u16(), upgrade = ?proto, "request");
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut rp, rb) = resp.into_parts();
             crate::forward::strip_hop_by_hop(&mut rp.headers);
-            put_upgrade(&mut rp.headers, &accepted);
-            self.spawn_relay(client_side, backend_side, peer, m.name().to_string());
-            return Response::from_parts(rp, full_body(Default::default()));
+            return Response::from_parts(rp, super::incoming_body(rb));
         }
-        let why = last_err.unwrap_or_else(|| "no backend available".into());
-        tracing::warn!(target: "access", kind = "reverse", client = %peer, error = %why, "no backend could serve the upgrade");
-        text(
-            StatusCode::BAD_GATEWAY,
-            &format!("proxyguard: 502 Bad Gateway: {why}"),
-        )
+        let mut resp = resp;
+        let backend_side = hyper::upgrade::on(&mut resp);
+        let (mut rp, _) = resp.into_parts();
+        rp.extensions = Default::default();
+        let accepted = rp
+            .headers
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or(proto.clone());
+        crate::forward::strip_hop_by_hop(&mut rp.headers);
+        put_upgrade(&mut rp.headers, &accepted);
+        self.spawn_relay(client_side, backend_side, peer, m.name().to_string());
+        Response::from_parts(rp, full_body(Default::default()))
+    }
+
+    /// Sends the upgrade request to backends in zone order, each on a new
+    /// connection through the attempt engine, until one answers.
+    async fn send_upgrade(
+        &self,
+        parts: &http::request::Parts,
+        client_host: Option<&HeaderValue>,
+    ) -> Result<(Response<Incoming>, Arc<Member>), String> {
+        let plan = self.plan();
+        let timeout = self.cfg.timeout.0;
+        let mut last_err = None;
+        loop {
+            let next = self.connect_next(&plan, timeout, Dial::Upgrade, &mut last_err);
+            let Some(c) = next.await else {
+                return Err(last_err.unwrap_or_else(|| "no backend available".into()));
+            };
+            let empty = full_body(Default::default());
+            let r = self.backend_request(&c.m, parts, client_host, empty, false);
+            let mut tx = c.tx;
+            let failed = match tokio::time::timeout(timeout, tx.send(r)).await {
+                Ok(Ok(resp)) => return Ok((resp, c.m)),
+                Ok(Err(e)) => AttemptError::Sent(e),
+                Err(_) => AttemptError::TimedOut(timeout),
+            };
+            last_err = Some(self.failed(&c.m, &failed));
+        }
     }
 
     fn spawn_relay(

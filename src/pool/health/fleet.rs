@@ -72,7 +72,7 @@ impl Health {
     /// Applies the fleet's reports: `down` = the other gateways that report
     /// the upstream down; `fresh` = one of them is new since the last call.
     /// `may_eject` is false when the pool's ejection cap is reached.
-    pub fn fleet_view(
+    pub(in crate::pool) fn fleet_view(
         &self,
         mut down: Vec<(String, String)>,
         quorum: usize,
@@ -144,7 +144,7 @@ impl Health {
     /// reason)` runs under the publish lock, so verdicts go out in order.
     /// Down when it is out of service by this gateway's own view; up again
     /// only after a down, and only on evidence.
-    pub fn fleet_publish(&self, send: impl FnOnce(bool, &'static str)) {
+    pub(in crate::pool) fn fleet_publish(&self, send: impl FnOnce(bool, &'static str)) {
         let mut p = self.published.lock().unwrap_or_else(|e| e.into_inner());
         let v = self.own_verdict();
         if !v.usable && *p != Published::Down {

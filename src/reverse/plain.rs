@@ -1,0 +1,269 @@
+//! One plain HTTP request through a route: the body held in full when
+//! small (so it can be sent again, and signed), backends tried in zone order
+//! through the attempt engine (attempt.rs), the retry rule, the answer
+//! passed on (a good GET also kept for the fallback), or the fallback.
+//!
+//! The retry rule: a connection failure always goes to another backend
+//! (nothing was sent); a failed or timed-out exchange only when the body is
+//! held in full (a streamed body is gone once sent, and an empty replay
+//! would run a different request); a 502–504 only for an idempotent
+//! request with its body held (the backend may have acted on a POST before
+//! answering 502).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+
+use super::answer::text;
+use super::attempt::{BackendPlan, Dial};
+use super::backend::AttemptError;
+use super::{cache, full_body, incoming_body, ReqBody, RespBody, ReverseRoute};
+use crate::forward::strip_hop_by_hop;
+use crate::pool::Member;
+
+/// The request body for each attempt.
+enum ReqSource {
+    /// Read in full: every attempt sends it.
+    Held(Bytes),
+    /// Streamed: the first attempt that sends takes it.
+    Stream(Option<Incoming>),
+}
+
+impl ReqSource {
+    fn next(&mut self) -> Option<ReqBody> {
+        match self {
+            ReqSource::Held(b) => Some(full_body(b.clone())),
+            ReqSource::Stream(s) => s.take().map(incoming_body),
+        }
+    }
+
+    /// Whether another backend may still get the request.
+    fn may_send_again(&self) -> bool {
+        match self {
+            ReqSource::Held(_) => true,
+            ReqSource::Stream(s) => s.is_some(),
+        }
+    }
+}
+
+/// One request as every attempt sends it.
+struct Outgoing {
+    parts: http::request::Parts,
+    client_host: Option<HeaderValue>,
+    body: ReqSource,
+    /// A 502–504 may go to another backend.
+    retry_5xx: bool,
+}
+
+/// What one attempt on one backend came to.
+enum Tried {
+    Answered(Response<Incoming>),
+    /// Failed; another backend may take the request.
+    Next(String),
+    /// Failed; nothing may be sent again.
+    Stop(String),
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl ReverseRoute {
+    /// Forwards one plain HTTP request (`parts` already carries the
+    /// forwarded headers).
+    pub(super) async fn handle_http(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        client_host: Option<HeaderValue>,
+        body: Incoming,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Response<RespBody> {
+        let mut out = match self.outgoing(parts, client_host, body).await {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let method = out.parts.method.clone();
+        let cache_key = format!("{} {}", method, out.parts.uri);
+        let cacheable_request = cache::request_may_use_cache(&out.parts.headers);
+        match self.send_http(&mut out).await {
+            Ok((resp, m)) => {
+                tracing::info!(target: "access", kind = "reverse", client = %peer, method = %method, path = %out.parts.uri, backend = m.name(), status = resp.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "request");
+                self.pass_on(&method, resp, cache_key, cacheable_request)
+                    .await
+            }
+            Err(why) => self.fallback(
+                &method,
+                cacheable_request.then_some(cache_key.as_str()),
+                why,
+                peer,
+                started,
+            ),
+        }
+    }
+
+    /// Reads the body (held in full when small) and signs the request.
+    async fn outgoing(
+        &self,
+        mut parts: http::request::Parts,
+        client_host: Option<HeaderValue>,
+        body: Incoming,
+    ) -> Result<Outgoing, Response<RespBody>> {
+        let (held, stream) = self.read_body(body).await?;
+        if self.cfg.sign.is_some() {
+            let Some(b) = &held else {
+                return Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("proxyguard: bodies over route.retry_body_limit ({} bytes) cannot be signed", self.cfg.retry_body_limit)));
+            };
+            if let Err(e) = self.sign(&mut parts, b) {
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("proxyguard: signing failed: {e}"),
+                ));
+            }
+        }
+        let retry_5xx = idempotent(&parts.method) && held.is_some();
+        let body = match held {
+            Some(b) => ReqSource::Held(b),
+            None => ReqSource::Stream(stream),
+        };
+        Ok(Outgoing {
+            parts,
+            client_host,
+            body,
+            retry_5xx,
+        })
+    }
+
+    /// Sends `out` to backends in zone order until one answers. The error
+    /// says why none could (the last failure).
+    async fn send_http(
+        &self,
+        out: &mut Outgoing,
+    ) -> Result<(Response<Incoming>, Arc<Member>), String> {
+        let plan = self.plan();
+        let timeout = self.cfg.timeout.0;
+        let mut last_err: Option<String> = None;
+        loop {
+            // The route's `timeout` covers one attempt, connecting included.
+            let until = Instant::now() + timeout;
+            let next = self.connect_next(&plan, timeout, Dial::Request, &mut last_err);
+            let Some(c) = next.await else {
+                break;
+            };
+            let m = c.m.clone();
+            let left = until.saturating_duration_since(Instant::now());
+            let mut make = || out.body.next();
+            let sent = self
+                .exchange_within(c, &out.parts, out.client_host.as_ref(), &mut make, left)
+                .await;
+            match self.judge(&m, sent, out, &plan) {
+                Tried::Answered(resp) => return Ok((resp, m)),
+                Tried::Next(e) => last_err = Some(e),
+                Tried::Stop(e) => {
+                    last_err = Some(e);
+                    break;
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| "no backend available".into()))
+    }
+
+    /// What one exchange means under the retry rule (its outcome reported).
+    fn judge(
+        &self,
+        m: &Member,
+        sent: Result<Response<Incoming>, AttemptError>,
+        out: &Outgoing,
+        plan: &BackendPlan,
+    ) -> Tried {
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                let why = self.failed(m, &e);
+                return if out.body.may_send_again() {
+                    Tried::Next(why)
+                } else {
+                    Tried::Stop(why)
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        if matches!(status, 502..=504) && out.retry_5xx && plan.another_left() {
+            self.refused_answer(m, status, "backend");
+            return Tried::Next(format!("{}: answered {status}", m.name()));
+        }
+        Tried::Answered(resp)
+    }
+
+    /// A body known to be small (or empty) is read whole, so that it can be
+    /// sent again; a larger one streams.
+    async fn read_body(
+        &self,
+        body: Incoming,
+    ) -> Result<(Option<Bytes>, Option<Incoming>), Response<RespBody>> {
+        let size = body.size_hint().exact();
+        let buffer =
+            body.is_end_stream() || size.is_some_and(|n| n as usize <= self.cfg.retry_body_limit);
+        if !buffer {
+            return Ok((None, Some(body)));
+        }
+        match body.collect().await {
+            Ok(b) => Ok((Some(b.to_bytes()), None)),
+            Err(e) => Err(text(
+                StatusCode::BAD_REQUEST,
+                &format!("proxyguard: cannot read request body: {e}"),
+            )),
+        }
+    }
+
+    /// The backend's answer to the client; a good GET is also remembered
+    /// for the fallback.
+    async fn pass_on(
+        &self,
+        method: &Method,
+        resp: Response<Incoming>,
+        cache_key: String,
+        cacheable_request: bool,
+    ) -> Response<RespBody> {
+        let status = resp.status().as_u16();
+        let (mut rp, rb) = resp.into_parts();
+        strip_hop_by_hop(&mut rp.headers);
+        let Some(fb) = &self.cfg.fallback else {
+            return Response::from_parts(rp, incoming_body(rb));
+        };
+        let small = rb
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n as usize <= fb.max_body);
+        if !(fb.cache_get.is_some()
+            && *method == Method::GET
+            && status == 200
+            && cacheable_request
+            && cache::response_may_be_stored(&rp.headers)
+            && small)
+        {
+            return Response::from_parts(rp, incoming_body(rb));
+        }
+        match rb.collect().await {
+            Ok(b) => {
+                let b = b.to_bytes();
+                self.cache
+                    .put(cache_key, rp.status, rp.headers.clone(), b.clone());
+                Response::from_parts(rp, full_body(b))
+            }
+            Err(e) => text(
+                StatusCode::BAD_GATEWAY,
+                &format!("proxyguard: backend body failed: {e}"),
+            ),
+        }
+    }
+}
