@@ -81,19 +81,23 @@ fn weighted(w0: u32, w1: u32, t: &[Tinyproxy]) -> String {
 fn a_changed_weight_moves_traffic_and_an_unchanged_member_keeps_its_counters() {
     let nginx = Nginx::start();
     let t = Tinyproxy::many(2);
-    let gw = Gw::start(&weighted(1000, 1, &t));
+    let gw = Gw::start(&weighted(1, 1, &t));
     let url = |tag: &str| format!("{}/small?{tag}", nginx.url());
     for _ in 0..40 {
         assert_eq!(gw.get(&url("before")).status, 200);
     }
-    // The pick is random by weight: 1000:1 sends all but ~0.1 % to "a".
+    // The pick is random by weight: 1:1 splits 40 requests about evenly
+    // (fewer than 5 on one side: odds below 1e-7).
     let before = (seen(&t[0], "before"), seen(&t[1], "before"));
-    assert!(before.0 >= 36, "weight 1000:1 not followed: {before:?}");
+    assert!(
+        before.0 >= 5 && before.1 >= 5,
+        "weight 1:1 not followed: {before:?}"
+    );
     let b_ok = gw.upstream("b")["successes"].as_u64().unwrap();
     assert_eq!(b_ok as usize, before.1, "b's successes");
 
     // Only "a" changes (its weight): "b" keeps its member and counters.
-    gw.reload(&weighted(1, 1000, &t));
+    gw.reload(&weighted(1000, 1, &t));
     assert_eq!(
         gw.upstream("b")["successes"].as_u64(),
         Some(b_ok),
@@ -107,8 +111,9 @@ fn a_changed_weight_moves_traffic_and_an_unchanged_member_keeps_its_counters() {
     for _ in 0..40 {
         assert_eq!(gw.get(&url("after")).status, 200);
     }
+    // 1000:1 sends all but ~0.1 % to "a".
     let after = (seen(&t[0], "after"), seen(&t[1], "after"));
-    assert!(after.1 >= 36, "weight change not applied: {after:?}");
+    assert!(after.0 >= 36, "weight change not applied: {after:?}");
 }
 
 fn with_breaker(threshold: u32, dead: SocketAddr, t: &Tinyproxy) -> String {
