@@ -127,12 +127,19 @@ pub struct Plan {
     pub breakers_open: bool,
 }
 
+/// What a reload or a discovery round replaces, swapped as one: whoever
+/// reads the members and the settings from one `load()` sees one version.
+/// Health lives in the members, so it is not part of the swap.
+pub struct Snapshot {
+    pub members: Arc<Vec<Arc<Member>>>,
+    pub settings: Arc<Settings>,
+    pub cfg: Arc<PoolConfig>,
+    pub breaker: Arc<BreakerConfig>,
+}
+
 /// The upstream set. Cheap to read from any task.
 pub struct Pool {
-    members: ArcSwap<Vec<Arc<Member>>>,
-    settings: ArcSwap<Settings>,
-    cfg: ArcSwap<PoolConfig>,
-    breaker: ArcSwap<BreakerConfig>,
+    snap: ArcSwap<Snapshot>,
     rr: AtomicUsize,
     leader: Mutex<Option<String>>,
     ejecting: Mutex<()>,
@@ -153,12 +160,13 @@ impl Pool {
             .into_iter()
             .map(|entry| Member::new(entry, &breaker))
             .collect();
-        let settings = Settings::from(&cfg);
         Pool {
-            members: ArcSwap::from_pointee(members),
-            settings: ArcSwap::from_pointee(settings),
-            cfg: ArcSwap::from_pointee(cfg),
-            breaker: ArcSwap::from_pointee(breaker),
+            snap: ArcSwap::from_pointee(Snapshot {
+                members: Arc::new(members),
+                settings: Arc::new(Settings::from(&cfg)),
+                cfg: Arc::new(cfg),
+                breaker: Arc::new(breaker),
+            }),
             rr: AtomicUsize::new(0),
             leader: Mutex::new(None),
             ejecting: Mutex::new(()),
@@ -173,11 +181,11 @@ impl Pool {
 
     /// A snapshot of all members.
     pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
-        self.members.load_full()
+        self.snap.load().members.clone()
     }
 
     pub fn config(&self) -> Arc<PoolConfig> {
-        self.cfg.load_full()
+        self.snap.load().cfg.clone()
     }
 
     /// Replaces the static upstream set (reload); discovered members stay.
@@ -195,8 +203,8 @@ impl Pool {
     /// `[[discovery]]`), by the same identity rule as [`Pool::replace`].
     pub fn set_source(&self, id: &str, kind: &'static str, entries: Vec<UpstreamEntry>) {
         self.sets.set_source(id, kind, entries, |all| {
-            let cfg = (*self.cfg.load_full()).clone();
-            let breaker = (*self.breaker.load_full()).clone();
+            let now = self.snap.load();
+            let (cfg, breaker) = ((*now.cfg).clone(), (*now.breaker).clone());
             self.store(all, cfg, breaker)
         });
     }
@@ -212,8 +220,8 @@ impl Pool {
     }
 
     fn store(&self, entries: Vec<UpstreamEntry>, cfg: PoolConfig, breaker: BreakerConfig) {
-        let old = self.members();
-        let same_breaker = **self.breaker.load() == breaker;
+        let now = self.snap.load_full();
+        let (old, same_breaker) = (&now.members, *now.breaker == breaker);
         let members: Vec<Arc<Member>> = entries
             .into_iter()
             .map(
@@ -223,20 +231,22 @@ impl Pool {
                 },
             )
             .collect();
-        self.settings.store(Arc::new(Settings::from(&cfg)));
-        self.members.store(Arc::new(members));
-        self.cfg.store(Arc::new(cfg));
-        self.breaker.store(Arc::new(breaker));
+        self.snap.store(Arc::new(Snapshot {
+            members: Arc::new(members),
+            settings: Arc::new(Settings::from(&cfg)),
+            cfg: Arc::new(cfg),
+            breaker: Arc::new(breaker),
+        }));
     }
 
     /// The typed settings the request path reads.
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings.load_full()
+        self.snap.load().settings.clone()
     }
 
     /// The attempt budget for one connection now.
     pub fn budget(&self) -> attempt::Budget {
-        let s = self.settings.load();
+        let s = self.settings();
         attempt::Budget {
             max_attempts: s.max_attempts,
             deadline: s.connect_deadline,
@@ -248,8 +258,8 @@ impl Pool {
 
     /// Orders the candidates for one connection to `target`.
     pub fn plan(&self, target: &Target, traffic: Traffic) -> Plan {
-        let cfg = self.cfg.load();
-        let all = self.members();
+        let snap = self.snap.load_full();
+        let (cfg, all) = (&snap.cfg, &snap.members);
         let serving: Vec<Arc<Member>> = all
             .iter()
             .filter(|m| traffic.applies(m.entry.applies))
@@ -422,7 +432,7 @@ impl Pool {
     /// The delay before racing the next candidate: configured, or adaptive
     /// (3 × p90 of recent connect latencies, clamped to [50 ms, 1 s]).
     pub fn race_after(&self) -> Option<Duration> {
-        self.settings.load().race_after.resolve(|| {
+        self.settings().race_after.resolve(|| {
             let samples = self
                 .members()
                 .iter()

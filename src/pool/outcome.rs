@@ -118,8 +118,8 @@ impl Pool {
     /// ejected and ejecting one more is one step, so two failures at once
     /// cannot both pass `max_ejection_percent`.
     fn within_ejection_cap<R>(&self, f: impl FnOnce(bool) -> R) -> R {
-        let cfg = self.cfg.load();
-        let all = self.members();
+        let snap = self.snap.load_full();
+        let (cfg, all) = (&snap.cfg, &snap.members);
         let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
         let ejected = all.iter().filter(|x| x.health.is_ejected()).count();
         let cap = (all.len() * cfg.max_ejection_percent as usize) / 100;
@@ -147,7 +147,7 @@ impl Pool {
             m.health.release_trial();
             return;
         }
-        let base = self.cfg.load().base_ejection.0;
+        let base = self.config().base_ejection.0;
         let t = self.within_ejection_cap(|may_eject| m.health.record_failure(err, may_eject, base));
         metrics::counter!("proxyguard_upstream_failures_total", "upstream" => m.name().to_string(), "reason" => health::reason_label(err)).increment(1);
         self.count_ejections(&t);
