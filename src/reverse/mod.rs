@@ -23,6 +23,7 @@ mod listener;
 mod plain;
 mod replay;
 mod upgrade;
+mod watch;
 
 pub use fallback::RETRY_H2_AFTER;
 pub use grpc::{call_deadline, encode_grpc_timeout, is_grpc, parse_grpc_timeout};

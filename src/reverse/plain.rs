@@ -23,7 +23,8 @@ use hyper::body::{Body, Incoming};
 use super::answer::text;
 use super::attempt::{BackendPlan, Dial};
 use super::backend::AttemptError;
-use super::{cache, full_body, incoming_body, ReqBody, RespBody, ReverseRoute};
+use super::{cache, full_body, incoming_body, watch, ReqBody, RespBody, ReverseRoute};
+use crate::body::IdleBody;
 use crate::forward::strip_hop_by_hop;
 use crate::pool::Member;
 
@@ -98,7 +99,7 @@ impl ReverseRoute {
         match self.send_http(&mut out).await {
             Ok((resp, m)) => {
                 tracing::info!(target: "access", kind = "reverse", client = %peer, method = %method, path = %out.parts.uri, backend = m.name(), status = resp.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "request");
-                self.pass_on(&method, resp, cache_key, cacheable_request)
+                self.pass_on(&method, resp, m, cache_key, cacheable_request)
                     .await
             }
             Err(why) => self.fallback(
@@ -225,25 +226,28 @@ impl ReverseRoute {
         }
     }
 
-    /// The backend's answer to the client; a good GET is also remembered
-    /// for the fallback.
+    /// The backend's answer to the client, its body under `body_idle` (a
+    /// stall or a break is cut visibly and counted against `m`); a good GET
+    /// is also remembered for the fallback.
     async fn pass_on(
-        &self,
+        self: &Arc<Self>,
         method: &Method,
         resp: Response<Incoming>,
+        m: Arc<Member>,
         cache_key: String,
         cacheable_request: bool,
     ) -> Response<RespBody> {
         let status = resp.status().as_u16();
         let (mut rp, rb) = resp.into_parts();
         strip_hop_by_hop(&mut rp.headers);
+        let size = rb.size_hint().exact();
+        let route = self.clone();
+        let rb = IdleBody::new(rb, self.ctx.timeouts.body_idle)
+            .on_fault(watch::blame_backend(m, move |m, o| route.pool.report(m, o)));
         let Some(fb) = &self.cfg.fallback else {
-            return Response::from_parts(rp, incoming_body(rb));
+            return Response::from_parts(rp, rb.boxed_unsync());
         };
-        let small = rb
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n as usize <= fb.max_body);
+        let small = size.is_some_and(|n| n as usize <= fb.max_body);
         if !(fb.cache_get.is_some()
             && *method == Method::GET
             && status == 200
@@ -251,7 +255,7 @@ impl ReverseRoute {
             && cache::response_may_be_stored(&rp.headers)
             && small)
         {
-            return Response::from_parts(rp, incoming_body(rb));
+            return Response::from_parts(rp, rb.boxed_unsync());
         }
         match rb.collect().await {
             Ok(b) => {
