@@ -21,6 +21,7 @@ mod headers;
 mod health;
 mod listener;
 mod plain;
+mod prefix;
 mod replay;
 mod upgrade;
 mod watch;

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
+use http::HeaderMap;
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
@@ -23,6 +24,7 @@ use hyper::body::{Body, Incoming};
 use super::answer::text;
 use super::attempt::{BackendPlan, Dial};
 use super::backend::AttemptError;
+use super::prefix::{self, Prefix};
 use super::{cache, full_body, incoming_body, watch, ReqBody, RespBody, ReverseRoute};
 use crate::body::IdleBody;
 use crate::forward::strip_hop_by_hop;
@@ -30,25 +32,33 @@ use crate::pool::Member;
 
 /// The request body for each attempt.
 enum ReqSource {
-    /// Read in full: every attempt sends it.
-    Held(Bytes),
+    /// Read in full: every attempt sends it (with its trailers, if any).
+    Held(Bytes, Option<HeaderMap>),
     /// Streamed: the first attempt that sends takes it.
-    Stream(Option<Incoming>),
+    Stream(Option<ReqBody>),
 }
 
 impl ReqSource {
     fn next(&mut self) -> Option<ReqBody> {
         match self {
-            ReqSource::Held(b) => Some(full_body(b.clone())),
-            ReqSource::Stream(s) => s.take().map(incoming_body),
+            ReqSource::Held(b, None) => Some(full_body(b.clone())),
+            ReqSource::Held(b, Some(t)) => Some(prefix::held_body(b.clone(), Some(t.clone()))),
+            ReqSource::Stream(s) => s.take(),
         }
     }
 
     /// Whether another backend may still get the request.
     fn may_send_again(&self) -> bool {
         match self {
-            ReqSource::Held(_) => true,
+            ReqSource::Held(..) => true,
             ReqSource::Stream(s) => s.is_some(),
+        }
+    }
+
+    fn held(&self) -> Option<&Bytes> {
+        match self {
+            ReqSource::Held(b, _) => Some(b),
+            ReqSource::Stream(_) => None,
         }
     }
 }
@@ -119,10 +129,10 @@ impl ReverseRoute {
         client_host: Option<HeaderValue>,
         body: Incoming,
     ) -> Result<Outgoing, Response<RespBody>> {
-        let (held, stream) = self.read_body(body).await?;
+        let body = self.read_body(body).await?;
         if self.cfg.sign.is_some() {
-            let Some(b) = &held else {
-                return Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("proxyguard: bodies over route.retry_body_limit ({} bytes) cannot be signed", self.cfg.retry_body_limit)));
+            let Some(b) = body.held() else {
+                return Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("proxyguard: only a body held in full can be signed: over route.retry_body_limit ({} bytes), or not received within the route timeout", self.cfg.retry_body_limit)));
             };
             if let Err(e) = self.sign(&mut parts, b) {
                 return Err(text(
@@ -131,11 +141,7 @@ impl ReverseRoute {
                 ));
             }
         }
-        let retry_5xx = idempotent(&parts.method) && held.is_some();
-        let body = match held {
-            Some(b) => ReqSource::Held(b),
-            None => ReqSource::Stream(stream),
-        };
+        let retry_5xx = idempotent(&parts.method) && body.held().is_some();
         Ok(Outgoing {
             parts,
             client_host,
@@ -205,24 +211,25 @@ impl ReverseRoute {
         Tried::Answered(resp)
     }
 
-    /// A body known to be small (or empty) is read whole, so that it can be
-    /// sent again; a larger one streams.
-    async fn read_body(
-        &self,
-        body: Incoming,
-    ) -> Result<(Option<Bytes>, Option<Incoming>), Response<RespBody>> {
-        let size = body.size_hint().exact();
-        let buffer =
-            body.is_end_stream() || size.is_some_and(|n| n as usize <= self.cfg.retry_body_limit);
-        if !buffer {
-            return Ok((None, Some(body)));
+    /// A body that may be small (known to be, or of unknown length) is
+    /// read up to `retry_body_limit` within the route's `timeout`: held in
+    /// full if it ends within both, so that it can be sent again; otherwise
+    /// (and for a body known to be larger) it streams and is sent once.
+    async fn read_body(&self, body: Incoming) -> Result<ReqSource, Response<RespBody>> {
+        if body.is_end_stream() {
+            return Ok(ReqSource::Held(Bytes::new(), None));
         }
-        match body.collect().await {
-            Ok(b) => Ok((Some(b.to_bytes()), None)),
-            Err(e) => Err(text(
-                StatusCode::BAD_REQUEST,
-                &format!("proxyguard: cannot read request body: {e}"),
-            )),
+        let limit = self.cfg.retry_body_limit;
+        if body.size_hint().exact().is_some_and(|n| n as usize > limit) {
+            return Ok(ReqSource::Stream(Some(incoming_body(body))));
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout.0;
+        match prefix::read(body, limit, deadline).await {
+            Ok(Prefix::Held(b, t)) => Ok(ReqSource::Held(b, t)),
+            Ok(Prefix::Streaming(read, rest)) => {
+                Ok(ReqSource::Stream(Some(prefix::streaming_body(read, rest))))
+            }
+            Err(e) => Err(text(StatusCode::BAD_REQUEST, &format!("proxyguard: {e}"))),
         }
     }
 
