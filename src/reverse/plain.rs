@@ -249,8 +249,13 @@ impl ReverseRoute {
         strip_hop_by_hop(&mut rp.headers);
         let size = rb.size_hint().exact();
         let route = self.clone();
-        let rb = IdleBody::new(rb, self.ctx.timeouts.body_idle)
-            .on_fault(watch::blame_backend(m, move |m, o| route.pool.report(m, o)));
+        let rb = IdleBody::new(rb, self.ctx.timeouts.body_idle).on_fault(watch::blame_backend(
+            m,
+            move |m, o| {
+                route.proto(m).cut.note();
+                route.pool.report(m, o);
+            },
+        ));
         let Some(fb) = &self.cfg.fallback else {
             return Response::from_parts(rp, rb.boxed_unsync());
         };

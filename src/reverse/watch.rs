@@ -8,12 +8,48 @@
 //!
 //! A client that goes away only drops the body: the watcher reports
 //! nothing then, so a client disconnect never counts against a backend.
+//!
+//! A backend that cut a body within its `fail_timeout` also goes behind
+//! the others in the request plan ([`RecentCut`]), before `max_fails`
+//! ejects it: the requests still caught in its stalled bodies are cut one
+//! by one, and without this each one cut would free a client to be sent
+//! straight back to it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::body::{BodyFault, OnFault};
 use crate::pool::{Member, Outcome};
 use crate::upstream::{ConnectError, Phase};
+
+/// When a backend last cut a response body, and for how long that puts it
+/// behind the others.
+pub(super) struct RecentCut {
+    at: Mutex<Option<Instant>>,
+    window: Duration,
+}
+
+impl RecentCut {
+    pub fn new(window: Duration) -> Self {
+        RecentCut {
+            at: Mutex::new(None),
+            window,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn note(&self) {
+        *self.lock() = Some(Instant::now());
+    }
+
+    /// A body was cut within the window.
+    pub fn recent(&self) -> bool {
+        self.lock().is_some_and(|t| t.elapsed() <= self.window)
+    }
+}
 
 /// What a cut body counts as against the backend.
 pub(super) fn body_fault_error(f: BodyFault) -> ConnectError {
@@ -61,7 +97,6 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
-    use std::time::Duration;
 
     type Item = Result<Frame<Bytes>, std::io::Error>;
 
@@ -75,6 +110,18 @@ mod tests {
 
     fn pool() -> Arc<crate::pool::Pool> {
         Arc::new(crate::pool::test_pool(&["b"], BreakerConfig::default()))
+    }
+
+    #[test]
+    fn a_recent_cut_lasts_its_window() {
+        let c = RecentCut::new(Duration::from_secs(60));
+        assert!(!c.recent());
+        c.note();
+        assert!(c.recent());
+        let gone = RecentCut::new(Duration::ZERO);
+        gone.note();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(!gone.recent(), "past the window it no longer counts");
     }
 
     #[test]
