@@ -1,7 +1,8 @@
 //! One plain HTTP request through a route: the body held in full when
-//! small (so it can be sent again, and signed), backends tried in zone order
-//! through the attempt engine (attempt.rs), the retry rule, the answer
-//! passed on (a good GET also kept for the fallback), or the fallback.
+//! small, of known or unknown length (so it can be sent again, and signed;
+//! prefix.rs), backends tried in zone order through the attempt engine
+//! (attempt.rs), the retry rule, the answer passed on under `body_idle`
+//! (watch.rs; a good GET also kept for the fallback), or the fallback.
 //!
 //! The retry rule: a connection failure always goes to another backend
 //! (nothing was sent); a failed or timed-out exchange only when the body is
