@@ -58,3 +58,74 @@ fn a_silent_local_backend_is_raced_and_ejected_not_waited_for() {
     assert_eq!(silent.accepted(), 1, "an ejected backend was dialled");
     assert_eq!(good.requests(), 6);
 }
+
+/// A chunked PUT (unknown length) of 512 bytes through a local backend that
+/// resets, closes or never answers: the body was held in full (under
+/// `retry_body_limit`), so the other backend gets the whole request. One
+/// above the limit streams, is sent once and never replayed.
+#[test]
+fn a_small_chunked_body_is_held_and_retried_a_large_one_never() {
+    let body = "p".repeat(512);
+    for (name, fault) in [
+        ("reset", Fault::Reset),
+        ("accept+close", Fault::AcceptClose),
+        ("half-dead", Fault::Silent),
+    ] {
+        let (bad, good) = (EchoServer::start(), EchoServer::start());
+        let relay = FaultRelay::start(bad.addr(), fault);
+        let listen = free_addr();
+        // The faulty backend is first for every request (local zone, never
+        // ejected); `timeout` bounds the wait for the half-dead one.
+        let cfg = format!(
+            "[[listen]]\naddr = \"{fwd}\"\n\n[health]\nenabled = false\n\n\
+             [[route]]\nlisten = \"{listen}\"\nlocal_zone = \"zone-a\"\ntimeout = \"2s\"\nretry_body_limit = 1024\n\n\
+             [[route.backend]]\nurl = \"http://{relay}\"\nzone = \"zone-a\"\nmax_fails = 100\n\n\
+             [[route.backend]]\nurl = \"http://{good}\"\nzone = \"zone-b\"\nmax_fails = 100\n",
+            fwd = free_addr(),
+            relay = relay.addr,
+            good = good.addr(),
+        );
+        let mut pg = Proxyguard::start(&cfg);
+        pg.wait_listening(listen);
+        let put = |path: &str, data: &str| {
+            curl(&[
+                "-s",
+                "-m",
+                "20",
+                "-X",
+                "PUT",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                data,
+                &format!("http://{listen}{path}"),
+            ])
+        };
+        for i in 0..2 {
+            let r = put(&format!("/small-{i}"), &body);
+            assert_eq!(r.status, 200, "{name}: {r:?}\n{}", pg.logs());
+            let seen = good.last_request().unwrap_or_default();
+            assert!(
+                seen.starts_with(&format!("PUT /small-{i} ")) && seen.contains("body-length: 512"),
+                "{name}: the other backend did not get the whole body: {seen}"
+            );
+            assert_eq!(good.requests(), i + 1, "{name}");
+            assert_eq!(
+                relay.accepted(),
+                i + 1,
+                "{name}: the faulty backend is tried first"
+            );
+        }
+        assert_eq!(bad.requests(), 0, "{name}");
+        // Above the limit: streamed once into the faulty backend, never
+        // replayed (empty or partial) on the other one.
+        let r = put("/large", &"q".repeat(4096));
+        assert!(
+            matches!(r.status, 502 | 504),
+            "{name}: a streamed body was answered {}: {r:?}",
+            r.status
+        );
+        assert_eq!(good.requests(), 2, "{name}: a streamed PUT was replayed");
+        println!("MATRIX|reverse chunked PUT 512 B|{name}|2|0|-|retried with its body");
+    }
+}

@@ -121,15 +121,14 @@ pub(super) fn as_backend_fault(e: ConnectError) -> ConnectError {
 
 impl ReverseRoute {
     /// This request's backends in zone order: local zone first (rotating),
-    /// local ones at `max_inflight` behind the others.
+    /// local ones at `max_inflight`, or that cut a response body within
+    /// their `fail_timeout`, behind the others.
     pub(super) fn plan(&self) -> BackendPlan {
         let busy = |m: &Member| {
-            self.cfg.max_inflight > 0
-                && self
-                    .proto(m)
-                    .inflight
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    >= self.cfg.max_inflight
+            let b = self.proto(m);
+            let full = self.cfg.max_inflight > 0
+                && b.inflight.load(std::sync::atomic::Ordering::Relaxed) >= self.cfg.max_inflight;
+            full || b.cut.recent()
         };
         BackendPlan {
             order: self.pool.plan_by_zone(self.cfg.local_zone.as_deref(), busy),

@@ -21,8 +21,10 @@ mod headers;
 mod health;
 mod listener;
 mod plain;
+mod prefix;
 mod replay;
 mod upgrade;
+mod watch;
 
 pub use fallback::RETRY_H2_AFTER;
 pub use grpc::{call_deadline, encode_grpc_timeout, is_grpc, parse_grpc_timeout};
@@ -77,6 +79,8 @@ struct BackendState {
     state: ProtoState,
     check: BackendCheck,
     inflight: AtomicUsize,
+    /// A response body it cut lately: it goes behind the others.
+    cut: watch::RecentCut,
 }
 
 impl std::ops::Deref for BackendState {
@@ -156,6 +160,7 @@ impl ReverseRoute {
                     state: ProtoState::new(proto, fallback_h1),
                     check: b.check.unwrap_or_default(),
                     inflight: AtomicUsize::new(0),
+                    cut: watch::RecentCut::new(b.fail_timeout.0),
                 },
             );
             entries.push(UpstreamEntry {
@@ -205,6 +210,7 @@ impl ReverseRoute {
                 state: ProtoState::new(BackendProtocol::Http1, false),
                 check: BackendCheck::Connect,
                 inflight: AtomicUsize::new(0),
+                cut: watch::RecentCut::new(Duration::ZERO),
             },
             cache: cache::Cache::new(cfg.fallback.as_ref().map(|f| f.max_entries).unwrap_or(0)),
             secret,

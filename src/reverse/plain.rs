@@ -1,7 +1,8 @@
 //! One plain HTTP request through a route: the body held in full when
-//! small (so it can be sent again, and signed), backends tried in zone order
-//! through the attempt engine (attempt.rs), the retry rule, the answer
-//! passed on (a good GET also kept for the fallback), or the fallback.
+//! small, of known or unknown length (so it can be sent again, and signed;
+//! prefix.rs), backends tried in zone order through the attempt engine
+//! (attempt.rs), the retry rule, the answer passed on under `body_idle`
+//! (watch.rs; a good GET also kept for the fallback), or the fallback.
 //!
 //! The retry rule: a connection failure always goes to another backend
 //! (nothing was sent); a failed or timed-out exchange only when the body is
@@ -16,6 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
+use http::HeaderMap;
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
@@ -23,31 +25,41 @@ use hyper::body::{Body, Incoming};
 use super::answer::text;
 use super::attempt::{BackendPlan, Dial};
 use super::backend::AttemptError;
-use super::{cache, full_body, incoming_body, ReqBody, RespBody, ReverseRoute};
+use super::prefix::{self, Prefix};
+use super::{cache, full_body, incoming_body, watch, ReqBody, RespBody, ReverseRoute};
+use crate::body::IdleBody;
 use crate::forward::strip_hop_by_hop;
 use crate::pool::Member;
 
 /// The request body for each attempt.
 enum ReqSource {
-    /// Read in full: every attempt sends it.
-    Held(Bytes),
+    /// Read in full: every attempt sends it (with its trailers, if any).
+    Held(Bytes, Option<HeaderMap>),
     /// Streamed: the first attempt that sends takes it.
-    Stream(Option<Incoming>),
+    Stream(Option<ReqBody>),
 }
 
 impl ReqSource {
     fn next(&mut self) -> Option<ReqBody> {
         match self {
-            ReqSource::Held(b) => Some(full_body(b.clone())),
-            ReqSource::Stream(s) => s.take().map(incoming_body),
+            ReqSource::Held(b, None) => Some(full_body(b.clone())),
+            ReqSource::Held(b, Some(t)) => Some(prefix::held_body(b.clone(), Some(t.clone()))),
+            ReqSource::Stream(s) => s.take(),
         }
     }
 
     /// Whether another backend may still get the request.
     fn may_send_again(&self) -> bool {
         match self {
-            ReqSource::Held(_) => true,
+            ReqSource::Held(..) => true,
             ReqSource::Stream(s) => s.is_some(),
+        }
+    }
+
+    fn held(&self) -> Option<&Bytes> {
+        match self {
+            ReqSource::Held(b, _) => Some(b),
+            ReqSource::Stream(_) => None,
         }
     }
 }
@@ -98,7 +110,7 @@ impl ReverseRoute {
         match self.send_http(&mut out).await {
             Ok((resp, m)) => {
                 tracing::info!(target: "access", kind = "reverse", client = %peer, method = %method, path = %out.parts.uri, backend = m.name(), status = resp.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "request");
-                self.pass_on(&method, resp, cache_key, cacheable_request)
+                self.pass_on(&method, resp, m, cache_key, cacheable_request)
                     .await
             }
             Err(why) => self.fallback(
@@ -118,10 +130,10 @@ impl ReverseRoute {
         client_host: Option<HeaderValue>,
         body: Incoming,
     ) -> Result<Outgoing, Response<RespBody>> {
-        let (held, stream) = self.read_body(body).await?;
+        let body = self.read_body(body).await?;
         if self.cfg.sign.is_some() {
-            let Some(b) = &held else {
-                return Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("proxyguard: bodies over route.retry_body_limit ({} bytes) cannot be signed", self.cfg.retry_body_limit)));
+            let Some(b) = body.held() else {
+                return Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("proxyguard: only a body held in full can be signed: over route.retry_body_limit ({} bytes), or not received within the route timeout", self.cfg.retry_body_limit)));
             };
             if let Err(e) = self.sign(&mut parts, b) {
                 return Err(text(
@@ -130,11 +142,7 @@ impl ReverseRoute {
                 ));
             }
         }
-        let retry_5xx = idempotent(&parts.method) && held.is_some();
-        let body = match held {
-            Some(b) => ReqSource::Held(b),
-            None => ReqSource::Stream(stream),
-        };
+        let retry_5xx = idempotent(&parts.method) && body.held().is_some();
         Ok(Outgoing {
             parts,
             client_host,
@@ -204,46 +212,55 @@ impl ReverseRoute {
         Tried::Answered(resp)
     }
 
-    /// A body known to be small (or empty) is read whole, so that it can be
-    /// sent again; a larger one streams.
-    async fn read_body(
-        &self,
-        body: Incoming,
-    ) -> Result<(Option<Bytes>, Option<Incoming>), Response<RespBody>> {
-        let size = body.size_hint().exact();
-        let buffer =
-            body.is_end_stream() || size.is_some_and(|n| n as usize <= self.cfg.retry_body_limit);
-        if !buffer {
-            return Ok((None, Some(body)));
+    /// A body that may be small (known to be, or of unknown length) is
+    /// read up to `retry_body_limit` within the route's `timeout`: held in
+    /// full if it ends within both, so that it can be sent again; otherwise
+    /// (and for a body known to be larger) it streams and is sent once.
+    async fn read_body(&self, body: Incoming) -> Result<ReqSource, Response<RespBody>> {
+        if body.is_end_stream() {
+            return Ok(ReqSource::Held(Bytes::new(), None));
         }
-        match body.collect().await {
-            Ok(b) => Ok((Some(b.to_bytes()), None)),
-            Err(e) => Err(text(
-                StatusCode::BAD_REQUEST,
-                &format!("proxyguard: cannot read request body: {e}"),
-            )),
+        let limit = self.cfg.retry_body_limit;
+        if body.size_hint().exact().is_some_and(|n| n as usize > limit) {
+            return Ok(ReqSource::Stream(Some(incoming_body(body))));
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout.0;
+        match prefix::read(body, limit, deadline).await {
+            Ok(Prefix::Held(b, t)) => Ok(ReqSource::Held(b, t)),
+            Ok(Prefix::Streaming(read, rest)) => {
+                Ok(ReqSource::Stream(Some(prefix::streaming_body(read, rest))))
+            }
+            Err(e) => Err(text(StatusCode::BAD_REQUEST, &format!("proxyguard: {e}"))),
         }
     }
 
-    /// The backend's answer to the client; a good GET is also remembered
-    /// for the fallback.
+    /// The backend's answer to the client, its body under `body_idle` (a
+    /// stall or a break is cut visibly and counted against `m`); a good GET
+    /// is also remembered for the fallback.
     async fn pass_on(
-        &self,
+        self: &Arc<Self>,
         method: &Method,
         resp: Response<Incoming>,
+        m: Arc<Member>,
         cache_key: String,
         cacheable_request: bool,
     ) -> Response<RespBody> {
         let status = resp.status().as_u16();
         let (mut rp, rb) = resp.into_parts();
         strip_hop_by_hop(&mut rp.headers);
+        let size = rb.size_hint().exact();
+        let route = self.clone();
+        let rb = IdleBody::new(rb, self.ctx.timeouts.body_idle).on_fault(watch::blame_backend(
+            m,
+            move |m, o| {
+                route.proto(m).cut.note();
+                route.pool.report(m, o);
+            },
+        ));
         let Some(fb) = &self.cfg.fallback else {
-            return Response::from_parts(rp, incoming_body(rb));
+            return Response::from_parts(rp, rb.boxed_unsync());
         };
-        let small = rb
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n as usize <= fb.max_body);
+        let small = size.is_some_and(|n| n as usize <= fb.max_body);
         if !(fb.cache_get.is_some()
             && *method == Method::GET
             && status == 200
@@ -251,7 +268,7 @@ impl ReverseRoute {
             && cache::response_may_be_stored(&rp.headers)
             && small)
         {
-            return Response::from_parts(rp, incoming_body(rb));
+            return Response::from_parts(rp, rb.boxed_unsync());
         }
         match rb.collect().await {
             Ok(b) => {
