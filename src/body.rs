@@ -7,8 +7,9 @@
 //! - [`IdleBody`] cuts a response body that stalls for longer than
 //!   `body_idle`: it ends in an error, so the client sees a truncated
 //!   response (hyper closes the connection without the final chunk), never a
-//!   complete-looking one. A stall or a body the upstream breaks off is
-//!   reported once through `on_fault` (the upstream's fault).
+//!   complete-looking one. How the body ended is reported once through
+//!   `on_end`: whole, stalled, or broken off by the upstream. A client that
+//!   stops reading or goes away ends it with no report at all.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,8 +77,17 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ClientBody<B> {
 #[error("upstream sent no body data for {0:?}: response cut")]
 pub struct BodyStalled(pub Duration);
 
-/// Called once when the upstream stalls or breaks off the body.
-pub type OnFault = Box<dyn FnOnce(BodyFault) + Send>;
+/// Called once when the body ends whole, or the upstream stalls or breaks
+/// it off.
+pub type OnEnd = Box<dyn FnOnce(BodyEnd) + Send>;
+
+/// How a watched response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The upstream delivered it whole.
+    Complete,
+    Fault(BodyFault),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFault {
@@ -90,7 +100,7 @@ pub struct IdleBody<B> {
     inner: B,
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
-    on_fault: Option<OnFault>,
+    on_end: Option<OnEnd>,
     on_drop: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -101,13 +111,13 @@ impl<B> IdleBody<B> {
             inner,
             idle,
             timer: None,
-            on_fault: None,
+            on_end: None,
             on_drop: None,
         }
     }
 
-    pub fn on_fault(mut self, f: OnFault) -> Self {
-        self.on_fault = Some(f);
+    pub fn on_end(mut self, f: OnEnd) -> Self {
+        self.on_end = Some(f);
         self
     }
 
@@ -118,9 +128,9 @@ impl<B> IdleBody<B> {
         self
     }
 
-    fn fault(&mut self, f: BodyFault) {
-        if let Some(cb) = self.on_fault.take() {
-            cb(f);
+    fn ended(&mut self, how: BodyEnd) {
+        if let Some(cb) = self.on_end.take() {
+            cb(how);
         }
     }
 }
@@ -137,8 +147,11 @@ impl<B: ByteBody> Body for IdleBody<B> {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
                 this.timer = None;
-                if let Some(Err(_)) = &r {
-                    this.fault(BodyFault::Broken);
+                match &r {
+                    Some(Err(_)) => this.ended(BodyEnd::Fault(BodyFault::Broken)),
+                    None => this.ended(BodyEnd::Complete),
+                    Some(Ok(_)) if this.inner.is_end_stream() => this.ended(BodyEnd::Complete),
+                    Some(Ok(_)) => {}
                 }
                 Poll::Ready(r.map(|f| f.map_err(Into::into)))
             }
@@ -152,7 +165,7 @@ impl<B: ByteBody> Body for IdleBody<B> {
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.timer = None;
-                        this.fault(BodyFault::Stalled(idle));
+                        this.ended(BodyEnd::Fault(BodyFault::Stalled(idle)));
                         Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))))
                     }
                     Poll::Pending => Poll::Pending,
@@ -194,7 +207,7 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(None));
         let s2 = seen.clone();
         let mut body = IdleBody::new(StreamBody::new(stream), Some(Duration::from_secs(1)))
-            .on_fault(Box::new(move |f| *s2.lock().unwrap() = Some(f)));
+            .on_end(Box::new(move |f| *s2.lock().unwrap() = Some(f)));
         tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
             .await
             .unwrap();
@@ -205,8 +218,40 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(
             *seen.lock().unwrap(),
-            Some(BodyFault::Stalled(Duration::from_secs(1)))
+            Some(BodyEnd::Fault(BodyFault::Stalled(Duration::from_secs(1))))
         );
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn whole_body_reports_complete_and_abandoned_reports_nothing() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let s2 = seen.clone();
+        let mut body = IdleBody::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            Some(Duration::from_secs(1)),
+        )
+        .on_end(Box::new(move |f| *s2.lock().unwrap() = Some(f)));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
+        drop(tx);
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.is_none());
+        assert_eq!(*seen.lock().unwrap(), Some(BodyEnd::Complete));
+        // A client that stops reading and goes away: no verdict at all.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let s2 = seen.clone();
+        let body = IdleBody::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            Some(Duration::from_secs(1)),
+        )
+        .on_end(Box::new(move |f| *s2.lock().unwrap() = Some(f)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(body);
+        assert_eq!(*seen.lock().unwrap(), None);
         drop(tx);
     }
 

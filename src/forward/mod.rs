@@ -95,20 +95,25 @@ pub struct Forwarder {
 /// `hedge_after = "auto"` before five response-head samples exist.
 const HEDGE_DEFAULT: Duration = Duration::from_millis(500);
 
-/// A response body that stalls or breaks off mid-way: the client gets a
-/// truncated response (nothing can be retried once bytes were sent). It is
-/// logged and counted but blamed on nobody: through a proxy it cannot be
-/// told apart from an origin that stalls or dies mid-body, and a client
-/// looping on such an origin must not eject healthy upstreams. A proxy that
-/// stops answering altogether is found by its health check.
-fn note_body_fault(m: Arc<Member>) -> crate::body::OnFault {
-    Box::new(move |f| {
-        let kind = match f {
-            crate::body::BodyFault::Stalled(_) => "stalled",
-            crate::body::BodyFault::Broken => "broken",
+/// Watches a response body through upstream `m` for `target`. A stall or
+/// break-off truncates the answer (nothing can be retried once bytes went
+/// out) and makes (`m`, `target`) a suspect: alone it cannot tell `m` from
+/// an origin that dies mid-body. Another upstream's whole answer for
+/// `target` then counts the faults against `m`; another upstream cutting it
+/// too clears everyone (pool/body_suspects.rs).
+fn watch_body(m: Arc<Member>, router: &Router, target: &Target) -> crate::body::OnEnd {
+    use crate::body::{BodyEnd, BodyFault};
+    let suspects = router.body_suspects.clone();
+    let target = target.clone();
+    Box::new(move |end| {
+        let kind = match end {
+            BodyEnd::Complete => return suspects.completed(&m, &target),
+            BodyEnd::Fault(BodyFault::Stalled(_)) => "stalled",
+            BodyEnd::Fault(BodyFault::Broken) => "broken",
         };
         metrics::counter!("proxyguard_responses_cut_total", "upstream" => m.name().to_string(), "kind" => kind).increment(1);
-        tracing::warn!(upstream = m.name(), kind, "response body cut short");
+        let verdict = suspects.fault(&m, &target);
+        tracing::warn!(upstream = m.name(), target = %target, kind, ?verdict, "response body cut short");
     })
 }
 
@@ -339,7 +344,7 @@ impl Forwarder {
                     self.add_via(&mut p.headers);
                     let mut b = IdleBody::new(b, body_idle);
                     if let Some(m) = member(&route) {
-                        b = b.on_fault(note_body_fault(m.clone()));
+                        b = b.on_end(watch_body(m.clone(), router, target));
                     }
                     if let Some(g) = gate.filter(|g| g.answered()) {
                         // Answered before the body was asked for: the
