@@ -24,8 +24,8 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::SendRequest;
 
+mod checkin;
 mod exchange;
 mod expect;
 mod headers;
@@ -34,6 +34,7 @@ mod upgrade;
 pub use headers::strip_hop_by_hop;
 pub use upgrade::{wants_upgrade, Upgrade};
 
+use checkin::Checkin;
 use exchange::{Answer, Exchange};
 use expect::{expects_continue, ContinueGate, Gated};
 use headers::{idempotent, proxy_auth_error, proxy_gateway_error};
@@ -47,8 +48,9 @@ use crate::upstream::{ConnectError, Scheme, Target};
 
 pub type OutBody = Either<Gated<ClientBody<Incoming>>, Empty<Bytes>>;
 
-/// A forwarded response: the upstream's body under the `body_idle` deadline.
-pub type ForwardedBody = IdleBody<Incoming>;
+/// A forwarded response: the upstream's body under the `body_idle` deadline
+/// (its end waits until the connection is back in the idle pool).
+pub type ForwardedBody = IdleBody<Incoming, Checkin>;
 
 /// Why a forwarded request failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +82,7 @@ const IDLE_MAX_TOTAL: usize = 8192;
 const HEAD_SAMPLES: usize = 128;
 
 pub struct Forwarder {
-    idle: Arc<IdlePool<PoolKey, SendRequest<OutBody>>>,
+    idle: checkin::Idle,
     /// Idle lifetime of pooled connections to origins (`[pool] idle_timeout`).
     direct_idle: Duration,
     via: bool,
@@ -196,7 +198,7 @@ impl Tries {
 
 /// What judging one exchange decided: the answer, an error, or `None` to
 /// try again.
-type Judged = Result<Option<(Response<Incoming>, NextHop)>, ForwardError>;
+type Judged = Result<Option<(Response<Incoming>, NextHop, Checkin)>, ForwardError>;
 
 const MAX_TRIES: u32 = 3;
 const MAX_STALE: u32 = 3;
@@ -273,15 +275,6 @@ impl Forwarder {
         }
     }
 
-    fn checkin_later(&self, key: PoolKey, mut tx: SendRequest<OutBody>) {
-        let idle = self.idle.clone();
-        tokio::spawn(async move {
-            if tx.ready().await.is_ok() {
-                idle.checkin(key, tx);
-            }
-        });
-    }
-
     /// Forwards `req` to `target`.
     pub async fn forward(
         &self,
@@ -339,10 +332,15 @@ impl Forwarder {
                 self.once(router, target, &parts, b, plan, fresh).await
             };
             match self.judge(router, target, exchange, &mut tries)? {
-                Some((resp, route)) => {
+                Some((resp, route, conn)) => {
                     let (mut p, b) = resp.into_parts();
                     self.add_via(&mut p.headers);
                     let mut b = IdleBody::new(b, body_idle);
+                    // With a request body the connection may still be
+                    // sending it: then it goes back in the background.
+                    if empty {
+                        b = b.end_gate(conn);
+                    }
                     if let Some(m) = member(&route) {
                         b = b.on_end(watch_body(m.clone(), router, target));
                     }
@@ -432,8 +430,8 @@ impl Forwarder {
                 router.pool.report(f, Outcome::UpstreamFault(e));
             }
         }
-        self.checkin_later(a.key, a.tx);
-        Ok(Some((a.resp, a.route)))
+        let conn = Checkin::new(self.idle.clone(), a.key, a.tx);
+        Ok(Some((a.resp, a.route, conn)))
     }
 }
 
