@@ -164,9 +164,7 @@ impl Router {
         }
         self.count_body_faults();
         let mut plan = self.pool.plan(target, traffic);
-        if traffic == Traffic::Plain {
-            self.body_suspects.demote(target, &mut plan.members);
-        }
+        self.body_suspects.demote(target, &mut plan.members);
         if plan.breakers_open {
             return Decision::Fail(ConnectError::NoRoute(
                 "every upstream's circuit breaker is open".into(),
@@ -197,12 +195,13 @@ impl Router {
             tracing::warn!(
                 upstream = m.name(),
                 faults = n,
-                "response bodies cut through this upstream were delivered whole by another: counted against it"
+                "responses cut or unanswered through this upstream were delivered by another: counted against it"
             );
             for _ in 0..n {
                 let e = ConnectError::Io {
                     phase: crate::upstream::Phase::FirstByte,
-                    detail: "response body cut short (another upstream delivered it whole)".into(),
+                    detail: "response cut short or never answered (another upstream delivered it)"
+                        .into(),
                     proxy: true,
                 };
                 self.pool.report(&m, Outcome::UpstreamFault(e));
