@@ -38,7 +38,8 @@ const KNOWN_GAPS: &[(Row, Col, &str)] = &[
     (Row::ReversePut, Col::CutMidBody, CUT),
 ];
 
-const STALL_TUNNEL: &str = "the relay stalls after the origin's HTTP head inside the opaque tunnel \
+const STALL_TUNNEL: &str =
+    "the relay stalls after the origin's HTTP head inside the opaque tunnel \
                             (the upstream did answer): nothing tells a stalled body from a slow \
                             one in a tunnel, the client waits out its own timeout";
 const STALL_REVERSE: &str = "reverse mode has no body_idle: the client waits out its own timeout; \
