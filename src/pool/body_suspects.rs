@@ -5,7 +5,8 @@
 //! a *suspect*: while suspected, A goes behind the other eligible upstreams
 //! for T (never excluded: alone, it is still used). The next verdict decides:
 //! - another upstream B delivers a response for T whole: A's suspected
-//!   faults were A's own and are handed out to be counted against it;
+//!   faults were A's own and are handed out to be counted against it
+//!   (once); A stays behind for T until the entry expires;
 //! - B also cuts T: the origin is at fault; the suspicion is dropped and
 //!   nobody is counted (a dead target cannot eject healthy upstreams).
 //!
@@ -81,13 +82,14 @@ impl BodySuspects {
         let now = Instant::now();
         let fresh = g.map.get(t).is_some_and(|e| e.at.elapsed() < SUSPECT_TTL);
         let verdict = match g.map.get_mut(t) {
-            Some(e) if fresh && e.who.iter().any(|(w, _)| !Arc::ptr_eq(w, m)) => {
+            Some(e) if fresh && e.who.iter().any(|(w, n)| *n > 0 && !Arc::ptr_eq(w, m)) => {
                 g.map.remove(t);
                 Verdict::Origin
             }
             Some(e) if fresh => {
-                if let Some((_, n)) = e.who.iter_mut().find(|(w, _)| Arc::ptr_eq(w, m)) {
-                    *n += 1;
+                match e.who.iter_mut().find(|(w, _)| Arc::ptr_eq(w, m)) {
+                    Some((_, n)) => *n += 1,
+                    None => e.who.push((m.clone(), 1)),
                 }
                 e.at = now;
                 Verdict::Suspect
@@ -110,12 +112,20 @@ impl BodySuspects {
             return;
         }
         let mut g = self.lock();
-        let Some(e) = g.map.remove(t) else {
+        let Some(mut e) = g.map.remove(t) else {
             return;
         };
         if e.at.elapsed() < SUSPECT_TTL {
-            let confirmed = e.who.into_iter().filter(|(w, _)| w.id != by.id);
+            e.who.retain(|(w, _)| w.id != by.id);
+            let confirmed: Vec<_> = e.who.iter().filter(|(_, n)| *n > 0).cloned().collect();
             g.blame.extend(confirmed);
+            // Confirmed ones stay behind for this target until the entry
+            // expires (a passing health check must not put them first
+            // again at once); their faults are counted once.
+            e.who.iter_mut().for_each(|(_, n)| *n = 0);
+            if !e.who.is_empty() {
+                g.map.insert(t.clone(), e);
+            }
         }
         self.sync(&g);
     }
@@ -181,10 +191,18 @@ mod tests {
         let blame = s.take_blame();
         assert_eq!(blame.len(), 1);
         assert_eq!((blame[0].0.name(), blame[0].1), ("a", 3));
+        s.completed(&b, &t);
         assert!(s.take_blame().is_empty(), "counted once");
         let mut plan = p.members().to_vec();
         s.demote(&t, &mut plan);
-        assert_eq!(names(&plan), ["a", "b"], "verdict given: suspicion gone");
+        assert_eq!(names(&plan), ["b", "a"], "confirmed: still behind");
+        // A new cut through b is not an origin verdict against a's
+        // already counted faults.
+        assert_eq!(s.fault(&b, &t), Verdict::Suspect);
+        tokio::time::advance(SUSPECT_TTL + Duration::from_secs(1)).await;
+        let mut plan = p.members().to_vec();
+        s.demote(&t, &mut plan);
+        assert_eq!(names(&plan), ["a", "b"], "expired: strategy order again");
     }
 
     #[tokio::test(start_paused = true)]
