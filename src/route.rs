@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::noproxy::NoProxy;
 use crate::config::Config;
-use crate::pool::{attempt, Member, Pool, Traffic};
+use crate::pool::body_suspects::BodySuspects;
+use crate::pool::{attempt, Member, Outcome, Pool, Traffic};
 use crate::upstream::{
     Conn, ConnectContext, ConnectError, FaultClass, Host, HttpConn, NoopObserver, Resolver, Target,
     UpstreamSpec,
@@ -48,6 +49,9 @@ pub struct Router {
     pub table: ArcSwap<RouteTable>,
     direct: UpstreamSpec,
     pub dead: DeadTargets,
+    /// Upstreams whose response bodies for a target stalled or broke off
+    /// (`pool::body_suspects`): put last for it until a verdict.
+    pub body_suspects: Arc<BodySuspects>,
 }
 
 enum Decision {
@@ -141,6 +145,7 @@ impl Router {
             }),
             direct: UpstreamSpec::direct("direct"),
             dead: DeadTargets::default(),
+            body_suspects: Arc::default(),
         }
     }
 
@@ -157,7 +162,9 @@ impl Router {
         } else if table.no_proxy.bypass(&target.host.bare(), target.port) {
             return Decision::Direct(NextHop::Bypass);
         }
-        let plan = self.pool.plan(target, traffic);
+        self.count_body_faults();
+        let mut plan = self.pool.plan(target, traffic);
+        self.body_suspects.demote(target, &mut plan.members);
         if plan.breakers_open {
             return Decision::Fail(ConnectError::NoRoute(
                 "every upstream's circuit breaker is open".into(),
@@ -180,6 +187,26 @@ impl Router {
     /// agree on the upstream.
     pub fn plain_plan(&self, target: &Target) -> PlainPlan {
         PlainPlan(self.decide(target, Traffic::Plain))
+    }
+
+    /// Counts the body faults another upstream's whole answer confirmed.
+    fn count_body_faults(&self) {
+        for (m, n) in self.body_suspects.take_blame() {
+            tracing::warn!(
+                upstream = m.name(),
+                faults = n,
+                "responses cut or unanswered through this upstream were delivered by another: counted against it"
+            );
+            for _ in 0..n {
+                let e = ConnectError::Io {
+                    phase: crate::upstream::Phase::FirstByte,
+                    detail: "response cut short or never answered (another upstream delivered it)"
+                        .into(),
+                    proxy: true,
+                };
+                self.pool.report(&m, Outcome::UpstreamFault(e));
+            }
+        }
     }
 
     /// A target recently found dead answers at once.

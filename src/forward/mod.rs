@@ -24,8 +24,8 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::SendRequest;
 
+mod checkin;
 mod exchange;
 mod expect;
 mod headers;
@@ -34,6 +34,7 @@ mod upgrade;
 pub use headers::strip_hop_by_hop;
 pub use upgrade::{wants_upgrade, Upgrade};
 
+use checkin::Checkin;
 use exchange::{Answer, Exchange};
 use expect::{expects_continue, ContinueGate, Gated};
 use headers::{idempotent, proxy_auth_error, proxy_gateway_error};
@@ -47,8 +48,9 @@ use crate::upstream::{ConnectError, Scheme, Target};
 
 pub type OutBody = Either<Gated<ClientBody<Incoming>>, Empty<Bytes>>;
 
-/// A forwarded response: the upstream's body under the `body_idle` deadline.
-pub type ForwardedBody = IdleBody<Incoming>;
+/// A forwarded response: the upstream's body under the `body_idle` deadline
+/// (its end waits until the connection is back in the idle pool).
+pub type ForwardedBody = IdleBody<Incoming, Checkin>;
 
 /// Why a forwarded request failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +82,7 @@ const IDLE_MAX_TOTAL: usize = 8192;
 const HEAD_SAMPLES: usize = 128;
 
 pub struct Forwarder {
-    idle: Arc<IdlePool<PoolKey, SendRequest<OutBody>>>,
+    idle: checkin::Idle,
     /// Idle lifetime of pooled connections to origins (`[pool] idle_timeout`).
     direct_idle: Duration,
     via: bool,
@@ -95,20 +97,25 @@ pub struct Forwarder {
 /// `hedge_after = "auto"` before five response-head samples exist.
 const HEDGE_DEFAULT: Duration = Duration::from_millis(500);
 
-/// A response body that stalls or breaks off mid-way: the client gets a
-/// truncated response (nothing can be retried once bytes were sent). It is
-/// logged and counted but blamed on nobody: through a proxy it cannot be
-/// told apart from an origin that stalls or dies mid-body, and a client
-/// looping on such an origin must not eject healthy upstreams. A proxy that
-/// stops answering altogether is found by its health check.
-fn note_body_fault(m: Arc<Member>) -> crate::body::OnFault {
-    Box::new(move |f| {
-        let kind = match f {
-            crate::body::BodyFault::Stalled(_) => "stalled",
-            crate::body::BodyFault::Broken => "broken",
+/// Watches a response body through upstream `m` for `target`. A stall or
+/// break-off truncates the answer (nothing can be retried once bytes went
+/// out) and makes (`m`, `target`) a suspect: alone it cannot tell `m` from
+/// an origin that dies mid-body. Another upstream's whole answer for
+/// `target` then counts the faults against `m`; another upstream cutting it
+/// too clears everyone (pool/body_suspects.rs).
+fn watch_body(m: Arc<Member>, router: &Router, target: &Target) -> crate::body::OnEnd {
+    use crate::body::{BodyEnd, BodyFault};
+    let suspects = router.body_suspects.clone();
+    let target = target.clone();
+    Box::new(move |end| {
+        let kind = match end {
+            BodyEnd::Complete => return suspects.completed(&m, &target),
+            BodyEnd::Fault(BodyFault::Stalled(_)) => "stalled",
+            BodyEnd::Fault(BodyFault::Broken) => "broken",
         };
         metrics::counter!("proxyguard_responses_cut_total", "upstream" => m.name().to_string(), "kind" => kind).increment(1);
-        tracing::warn!(upstream = m.name(), kind, "response body cut short");
+        let verdict = suspects.fault(&m, &target);
+        tracing::warn!(upstream = m.name(), target = %target, kind, ?verdict, "response body cut short");
     })
 }
 
@@ -191,7 +198,7 @@ impl Tries {
 
 /// What judging one exchange decided: the answer, an error, or `None` to
 /// try again.
-type Judged = Result<Option<(Response<Incoming>, NextHop)>, ForwardError>;
+type Judged = Result<Option<(Response<Incoming>, NextHop, Checkin)>, ForwardError>;
 
 const MAX_TRIES: u32 = 3;
 const MAX_STALE: u32 = 3;
@@ -268,15 +275,6 @@ impl Forwarder {
         }
     }
 
-    fn checkin_later(&self, key: PoolKey, mut tx: SendRequest<OutBody>) {
-        let idle = self.idle.clone();
-        tokio::spawn(async move {
-            if tx.ready().await.is_ok() {
-                idle.checkin(key, tx);
-            }
-        });
-    }
-
     /// Forwards `req` to `target`.
     pub async fn forward(
         &self,
@@ -334,12 +332,17 @@ impl Forwarder {
                 self.once(router, target, &parts, b, plan, fresh).await
             };
             match self.judge(router, target, exchange, &mut tries)? {
-                Some((resp, route)) => {
+                Some((resp, route, conn)) => {
                     let (mut p, b) = resp.into_parts();
                     self.add_via(&mut p.headers);
                     let mut b = IdleBody::new(b, body_idle);
+                    // With a request body the connection may still be
+                    // sending it: then it goes back in the background.
+                    if empty {
+                        b = b.end_gate(conn);
+                    }
                     if let Some(m) = member(&route) {
-                        b = b.on_fault(note_body_fault(m.clone()));
+                        b = b.on_end(watch_body(m.clone(), router, target));
                     }
                     if let Some(g) = gate.filter(|g| g.answered()) {
                         // Answered before the body was asked for: the
@@ -427,8 +430,8 @@ impl Forwarder {
                 router.pool.report(f, Outcome::UpstreamFault(e));
             }
         }
-        self.checkin_later(a.key, a.tx);
-        Ok(Some((a.resp, a.route)))
+        let conn = Checkin::new(self.idle.clone(), a.key, a.tx);
+        Ok(Some((a.resp, a.route, conn)))
     }
 }
 

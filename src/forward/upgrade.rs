@@ -15,7 +15,7 @@ use hyper::body::{Body, Incoming};
 
 use super::headers::{build, proxy_auth_error};
 use super::{
-    member, note_body_fault, strip_hop_by_hop, ForwardError, ForwardedBody, Forwarder, OutBody,
+    member, strip_hop_by_hop, watch_body, ForwardError, ForwardedBody, Forwarder, OutBody,
 };
 use crate::body::{ClientBody, IdleBody};
 use crate::pool::Outcome;
@@ -130,7 +130,7 @@ impl Forwarder {
         self.add_via(&mut p.headers);
         let mut b = IdleBody::new(b, router.ctx.timeouts.body_idle);
         if let Some(m) = &m {
-            b = b.on_fault(note_body_fault(Arc::clone(m)));
+            b = b.on_end(watch_body(Arc::clone(m), router, target));
         }
         Ok(Upgrade::Answered {
             resp: Response::from_parts(p, b),

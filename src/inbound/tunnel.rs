@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{ConnCtx, Gateway, GaugeGuard};
-use crate::relay::RelayStats;
+use crate::relay::{RelayEnd, RelayStats, FIRST_ANSWER};
 use crate::route::NextHop;
 use crate::upstream::Target;
 
@@ -54,6 +54,15 @@ impl Tunnel<'_> {
     /// Relays with `relay` (given the idle timeout and what cancels the
     /// tunnel), counted in `proxyguard_tunnels_active` meanwhile; then
     /// writes the access line.
+    ///
+    /// A fresh CONNECT or SOCKS5 tunnel through an upstream whose far side
+    /// sends nothing back within `[timeouts] response_head` of the client's
+    /// first bytes is closed (a TLS server always answers a ClientHello; a
+    /// server-speaks-first protocol answers before the client sends). The
+    /// upstream becomes a suspect for the target: later tunnels try the
+    /// others first, and once another one's tunnel to the target is
+    /// answered the silence counts against it (max_fails ejects it); if
+    /// another is silent too, the target is at fault and nobody is counted.
     pub async fn run<F, Fut>(&self, state: &Gateway, relay: F)
     where
         F: FnOnce(Duration, Cancel) -> Fut,
@@ -61,7 +70,33 @@ impl Tunnel<'_> {
     {
         let cancel = cancel(state, self.route);
         let _active = GaugeGuard::new("proxyguard_tunnels_active");
-        let stats = relay(state.idle_timeout, cancel).await;
+        let limit = match (self.kind, self.route) {
+            ("connect" | "socks5", NextHop::Upstream(_)) => {
+                Some(state.router.ctx.timeouts.response_head)
+            }
+            _ => None,
+        };
+        let stats = FIRST_ANSWER
+            .scope(limit, relay(state.idle_timeout, cancel))
+            .await;
+        if let (NextHop::Upstream(m), Some(after)) = (self.route, limit) {
+            let suspects = &state.router.body_suspects;
+            if stats.end == RelayEnd::NoAnswer {
+                // Alone it cannot tell a dead upstream from a hung origin:
+                // a suspect (put last for this target) until another
+                // upstream's tunnel to it is answered (pool/body_suspects.rs).
+                let verdict = suspects.fault(m, self.target);
+                tracing::warn!(
+                    upstream = m.name(),
+                    target = %self.target,
+                    after_ms = after.as_millis() as u64,
+                    ?verdict,
+                    "the tunnel got no answer after the client's first bytes: closed"
+                );
+            } else if stats.down > 0 {
+                suspects.completed(m, self.target);
+            }
+        }
         self.log(&stats);
     }
 

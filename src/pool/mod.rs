@@ -5,6 +5,7 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod body_suspects;
 pub mod checker;
 pub mod fleet;
 pub mod health;

@@ -3,12 +3,13 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub enum RelayEnd {
     Error,
     /// Shut down from outside (drain, shutdown grace expired).
     Cancelled,
+    /// The client sent bytes into a fresh tunnel and the upstream sent
+    /// nothing back within the first-answer limit (see [`FIRST_ANSWER`]).
+    NoAnswer,
 }
 
 impl RelayEnd {
@@ -30,6 +34,7 @@ impl RelayEnd {
             RelayEnd::Idle => "idle_timeout",
             RelayEnd::Error => "reset",
             RelayEnd::Cancelled => "cancelled",
+            RelayEnd::NoAnswer => "no_answer",
         }
     }
 }
@@ -46,10 +51,38 @@ pub struct RelayStats {
 mod tcp;
 pub use tcp::relay_tcp;
 
+tokio::task_local! {
+    /// Set by the caller of a relay (inbound/tunnel.rs) around a fresh
+    /// tunnel through an upstream: once the client has sent bytes, the
+    /// upstream must send something back within this long, or the relay
+    /// ends with [`RelayEnd::NoAnswer`]. Unset or `None`: no limit (a
+    /// server-speaks-first protocol is never affected: it answers first).
+    pub static FIRST_ANSWER: Option<Duration>;
+}
+
+/// The first-answer limit of the relay running in this task.
+fn first_answer_limit() -> Option<Duration> {
+    FIRST_ANSWER.try_with(|d| *d).ok().flatten()
+}
+
+/// Which way bytes moved.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Client → upstream.
+    Up,
+    /// Upstream → client.
+    Down,
+}
+
 /// Activity clock shared by both directions of one tunnel.
 struct Shared {
     start: Instant,
     last: AtomicU64,
+    /// When the client's first byte went up (ms since `start`, plus one;
+    /// 0: not yet).
+    first_up: AtomicU64,
+    first_up_seen: tokio::sync::Notify,
+    answered: AtomicBool,
 }
 
 impl Shared {
@@ -57,12 +90,46 @@ impl Shared {
         Shared {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            first_up: AtomicU64::new(0),
+            first_up_seen: tokio::sync::Notify::new(),
+            answered: AtomicBool::new(false),
         }
     }
 
-    fn touch(&self) {
-        self.last
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn touch(&self, dir: Dir) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last.store(now, Ordering::Relaxed);
+        match dir {
+            Dir::Down => self.answered.store(true, Ordering::Relaxed),
+            Dir::Up => {
+                let first = self.first_up.compare_exchange(
+                    0,
+                    now + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                if first.is_ok() {
+                    self.first_up_seen.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Resolves once the client sent bytes and the upstream sent nothing
+    /// back for `limit` after; never when the upstream answered first.
+    async fn answer_watch(&self, limit: Option<Duration>) {
+        let Some(limit) = limit else {
+            return std::future::pending().await;
+        };
+        if self.first_up.load(Ordering::Relaxed) == 0 {
+            self.first_up_seen.notified().await;
+        }
+        let at = Duration::from_millis(self.first_up.load(Ordering::Relaxed).saturating_sub(1));
+        let wait = (at + limit).saturating_sub(self.start.elapsed());
+        tokio::time::sleep(wait).await;
+        if self.answered.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Resolves once nothing moved either way for `idle`.
@@ -84,6 +151,8 @@ struct Counted<S> {
     inner: S,
     bytes: u64,
     shared: Arc<Shared>,
+    /// Which way what is read from here goes.
+    dir: Dir,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -97,7 +166,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.bytes += n as u64;
-            self.shared.touch();
+            self.shared.touch(self.dir);
         }
         r
     }
@@ -148,7 +217,8 @@ where
 }
 
 /// Copies both ways until both sides close, either errors, the connection is
-/// idle for `idle`, or `cancel` resolves.
+/// idle for `idle`, the upstream does not answer in time ([`FIRST_ANSWER`])
+/// or `cancel` resolves.
 pub async fn relay<A, B>(
     client: A,
     upstream: B,
@@ -164,11 +234,13 @@ where
         inner: client,
         bytes: 0,
         shared: shared.clone(),
+        dir: Dir::Up,
     };
     let mut b = Counted {
         inner: upstream,
         bytes: 0,
         shared: shared.clone(),
+        dir: Dir::Down,
     };
     let end = {
         let (ar, aw) = tokio::io::split(&mut a);
@@ -177,6 +249,7 @@ where
         tokio::select! {
             r = copy => if r.is_ok() { RelayEnd::Closed } else { RelayEnd::Error },
             _ = shared.idle_watch(idle) => RelayEnd::Idle,
+            _ = shared.answer_watch(first_answer_limit()) => RelayEnd::NoAnswer,
             _ = cancel => RelayEnd::Cancelled,
         }
     };
@@ -213,7 +286,14 @@ pub async fn relay_conn(
                     };
                 }
             }
-            let mut stats = relay_tcp(client, &mut upstream, idle, cancel).await;
+            let mut stats = if early > 0 {
+                // The upstream spoke already: no first-answer limit.
+                FIRST_ANSWER
+                    .scope(None, relay_tcp(client, &mut upstream, idle, cancel))
+                    .await
+            } else {
+                relay_tcp(client, &mut upstream, idle, cancel).await
+            };
             stats.down += early;
             stats
         }
@@ -224,5 +304,62 @@ pub async fn relay_conn(
             };
             relay(client, conn, idle, cancel).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Relays a duplex pair under a 3 s first-answer limit; `answer`: the
+    /// stub upstream's reply to the client's first bytes (None: silence).
+    async fn run(client_sends: bool, answer: Option<&'static [u8]>) -> RelayStats {
+        let (client, mut client_far) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_far) = tokio::io::duplex(1024);
+        let stub = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            if client_sends {
+                client_far.write_all(b"hello").await.unwrap();
+            }
+            let n = upstream_far.read(&mut buf).await.unwrap_or(0);
+            if let (Some(a), true) = (answer, n > 0) {
+                upstream_far.write_all(a).await.unwrap();
+            }
+            // Keep both far ends open until the relay ends.
+            let _ = client_far.read(&mut buf).await;
+            let _ = upstream_far.read(&mut buf).await;
+        });
+        let relayed = relay(
+            client,
+            upstream,
+            Duration::from_secs(60),
+            std::future::pending::<()>(),
+        );
+        let stats = FIRST_ANSWER
+            .scope(Some(Duration::from_secs(3)), relayed)
+            .await;
+        stub.abort();
+        stats
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_upstream_after_client_bytes_ends_with_no_answer() {
+        let t0 = Instant::now();
+        let stats = run(true, None).await;
+        assert_eq!(stats.end, RelayEnd::NoAnswer);
+        assert_eq!((stats.up, stats.down), (5, 0));
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_or_a_quiet_client_is_never_cut_early() {
+        // The upstream answered: only the idle timeout ends it.
+        let stats = run(true, Some(b"world")).await;
+        assert_eq!(stats.end, RelayEnd::Idle);
+        assert_eq!((stats.up, stats.down), (5, 5));
+        // The client sent nothing (server-speaks-first, or just idle).
+        let stats = run(false, None).await;
+        assert_eq!(stats.end, RelayEnd::Idle);
     }
 }

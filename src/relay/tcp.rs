@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use super::{RelayEnd, RelayStats, Shared, LARGE, SMALL};
+use super::{first_answer_limit, Dir, RelayEnd, RelayStats, Shared, LARGE, SMALL};
 
 /// Relays between two TCP streams until both sides close, either errors, the
 /// tunnel is idle for `idle`, or `cancel` resolves.
@@ -35,13 +35,14 @@ pub async fn relay_tcp(
     let end = {
         let copy = async {
             tokio::try_join!(
-                pump(&mut cr, &mut uw, &shared, &ended, &mut up),
-                pump(&mut ur, &mut cw, &shared, &ended, &mut down)
+                pump(&mut cr, &mut uw, (&shared, Dir::Up), &ended, &mut up),
+                pump(&mut ur, &mut cw, (&shared, Dir::Down), &ended, &mut down)
             )
         };
         tokio::select! {
             r = copy => if r.is_ok() { RelayEnd::Closed } else { RelayEnd::Error },
             _ = shared.idle_watch(idle) => RelayEnd::Idle,
+            _ = shared.answer_watch(first_answer_limit()) => RelayEnd::NoAnswer,
             _ = cancel => RelayEnd::Cancelled,
         }
     };
@@ -64,20 +65,20 @@ fn finish(w: &TcpStream, ended: &AtomicBool) {
 async fn pump(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
-    shared: &Shared,
+    side: (&Shared, Dir),
     ended: &AtomicBool,
     count: &mut u64,
 ) -> io::Result<()> {
     let mut small = [0u8; SMALL];
-    if copy(r, w, &mut small, true, shared, ended, count).await? {
+    if copy(r, w, &mut small, true, side, ended, count).await? {
         return Ok(());
     }
     #[cfg(target_os = "linux")]
     if let Ok(pipe) = splice::Pipe::new() {
-        return splice::pump(&pipe, r.as_ref(), w.as_ref(), shared, ended, count).await;
+        return splice::pump(&pipe, r.as_ref(), w.as_ref(), side, ended, count).await;
     }
     let mut large = vec![0u8; LARGE];
-    copy(r, w, &mut large, false, shared, ended, count)
+    copy(r, w, &mut large, false, side, ended, count)
         .await
         .map(drop)
 }
@@ -89,7 +90,7 @@ async fn copy(
     w: &mut WriteHalf<'_>,
     buf: &mut [u8],
     until_full: bool,
-    shared: &Shared,
+    (shared, dir): (&Shared, Dir),
     ended: &AtomicBool,
     count: &mut u64,
 ) -> io::Result<bool> {
@@ -100,7 +101,7 @@ async fn copy(
             return Ok(true);
         }
         *count += n as u64;
-        shared.touch();
+        shared.touch(dir);
         w.write_all(&buf[..n]).await?;
         if until_full && n == buf.len() {
             return Ok(false);
@@ -171,7 +172,7 @@ mod splice {
         pipe: &Pipe,
         r: &TcpStream,
         w: &TcpStream,
-        shared: &Shared,
+        (shared, dir): (&Shared, Dir),
         ended: &AtomicBool,
         count: &mut u64,
     ) -> io::Result<()> {
@@ -189,7 +190,7 @@ mod splice {
                 return Ok(());
             }
             *count += n as u64;
-            shared.touch();
+            shared.touch(dir);
             let mut left = n;
             while left > 0 {
                 match when_ready(

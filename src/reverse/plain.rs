@@ -250,7 +250,7 @@ impl ReverseRoute {
         strip_hop_by_hop(&mut rp.headers);
         let size = rb.size_hint().exact();
         let route = self.clone();
-        let rb = IdleBody::new(rb, self.ctx.timeouts.body_idle).on_fault(watch::blame_backend(
+        let rb = IdleBody::<_>::new(rb, self.ctx.timeouts.body_idle).on_end(watch::blame_backend(
             m,
             move |m, o| {
                 route.proto(m).cut.note();

@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::body::{BodyFault, OnFault};
+use crate::body::{BodyEnd, BodyFault, OnEnd};
 use crate::pool::{Member, Outcome};
 use crate::upstream::{ConnectError, Phase};
 
@@ -68,13 +68,17 @@ pub(super) fn body_fault_error(f: BodyFault) -> ConnectError {
     }
 }
 
-/// The fault callback for `m`'s body: counted, logged, and reported as the
-/// backend's fault through `report` (the route's `Pool::report`).
-pub(super) fn blame_backend<R>(m: Arc<Member>, report: R) -> OnFault
+/// The end callback for `m`'s body: a fault is counted, logged, and
+/// reported as the backend's fault through `report` (the route's
+/// `Pool::report`); a whole body reports nothing more.
+pub(super) fn blame_backend<R>(m: Arc<Member>, report: R) -> OnEnd
 where
     R: FnOnce(&Member, Outcome) + Send + 'static,
 {
-    Box::new(move |f| {
+    Box::new(move |end| {
+        let BodyEnd::Fault(f) = end else {
+            return;
+        };
         let kind = match f {
             BodyFault::Stalled(_) => "stalled",
             BodyFault::Broken => "broken",
@@ -142,8 +146,8 @@ mod tests {
         assert!(m.health.eligible());
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
         let p2 = p.clone();
-        let mut body = IdleBody::new(channel_body(rx), Some(Duration::from_secs(1)))
-            .on_fault(blame_backend(m.clone(), move |m, o| p2.report(m, o)));
+        let mut body = IdleBody::<_>::new(channel_body(rx), Some(Duration::from_secs(1)))
+            .on_end(blame_backend(m.clone(), move |m, o| p2.report(m, o)));
         tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
             .await
             .unwrap();
@@ -161,8 +165,8 @@ mod tests {
         // The client goes away mid-body: the body is dropped, no error.
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
         let p2 = p.clone();
-        let mut body = IdleBody::new(channel_body(rx), Some(Duration::from_secs(60)))
-            .on_fault(blame_backend(m.clone(), move |m, o| p2.report(m, o)));
+        let mut body = IdleBody::<_>::new(channel_body(rx), Some(Duration::from_secs(60)))
+            .on_end(blame_backend(m.clone(), move |m, o| p2.report(m, o)));
         tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
             .await
             .unwrap();
@@ -173,8 +177,8 @@ mod tests {
         // The backend breaks the body off.
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
         let p3 = p.clone();
-        let mut body = IdleBody::new(channel_body(rx), Some(Duration::from_secs(60)))
-            .on_fault(blame_backend(m.clone(), move |m, o| p3.report(m, o)));
+        let mut body = IdleBody::<_>::new(channel_body(rx), Some(Duration::from_secs(60)))
+            .on_end(blame_backend(m.clone(), move |m, o| p3.report(m, o)));
         tx.send(Err(std::io::Error::other("unexpected EOF")))
             .await
             .unwrap();
