@@ -83,7 +83,7 @@ fn repeat_summarises_a_flapping_path() {
     assert_eq!(d.json["summary"]["success_rate"].as_f64(), Some(1.0));
 }
 
-fn assert_cut_near_3s(d: &Doc, kind: &str) {
+fn assert_cut_near_3s(d: &Doc, kinds: &[&str]) {
     println!("{}", d.human);
     assert_eq!(d.json["cause"], "idle_cut", "{}\n{}", d.json, d.human);
     assert_eq!(d.code, 1);
@@ -102,7 +102,12 @@ fn assert_cut_near_3s(d: &Doc, kind: &str) {
         cut > survived && cut - survived <= 1.1,
         "bracket {survived}..{cut} s"
     );
-    assert_eq!(d.json["cut_kind"], kind, "{}", d.human);
+    assert!(
+        kinds.iter().any(|k| d.json["cut_kind"] == *k),
+        "cut_kind {} not one of {kinds:?}: {}",
+        d.json["cut_kind"],
+        d.human
+    );
     assert!(d.human.contains("cause: idle_cut"), "{}", d.human);
     assert!(d.human.contains("IdleConnTimeout"), "{}", d.human);
     assert!(d.human.contains("✓ answered 200"), "timeline: {}", d.human);
@@ -126,7 +131,11 @@ fn hold_finds_tinyproxy_idle_timeout() {
         "8s",
         &url,
     ]);
-    assert_cut_near_3s(&d, "fin");
+    // tinyproxy closes with a FIN. A probe written just as that FIN is on
+    // its way is answered with a reset by tinyproxy's kernel, so the probe
+    // at the cut sees FIN or RST (the socket cannot tell which came first);
+    // never "silent".
+    assert_cut_near_3s(&d, &["fin", "rst"]);
 }
 
 #[test]
@@ -148,7 +157,7 @@ fn hold_finds_a_silent_idle_drop() {
         "8s",
         &url,
     ]);
-    assert_cut_near_3s(&d, "silent");
+    assert_cut_near_3s(&d, &["silent"]);
     // Without a cut on the path, every age survives (a short hold).
     let d = doctor(&[
         "--timeout",
