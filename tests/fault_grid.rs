@@ -276,9 +276,11 @@ fn grid_flapping() {
 }
 
 /// A dead target cannot eject: an origin that cuts every response mid-body,
-/// reached through two healthy tinyproxy upstreams. Every answer is visibly
-/// truncated, both upstreams stay healthy (the cut is the origin's: both
-/// saw it), and a live origin is served at once afterwards.
+/// reached through two healthy tinyproxy upstreams as plain HTTP, as TLS in
+/// a CONNECT tunnel and as HTTP in a SOCKS5 tunnel (the tunnels' framing
+/// sees each cut). Every answer is visibly truncated, both upstreams stay
+/// healthy (the cut is the origin's: both saw it), and a live origin is
+/// served at once afterwards.
 #[test]
 fn origin_cutting_every_body_ejects_no_upstream() {
     use support::faults::{Fault, FaultRelay};
@@ -287,6 +289,8 @@ fn origin_cutting_every_body_ejects_no_upstream() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let nginx = Nginx::start_with(NginxOpts { big_bytes: BODY });
     let cutting = FaultRelay::start(nginx.addr(), Fault::CutAfter(CUT_AT));
+    let cutting_tls = FaultRelay::start(nginx.https_addr(), Fault::CutAfter(CUT_AT));
+    let ca = nginx.ca().ca_path();
     let tiny: Vec<Tinyproxy> = (0..2)
         .map(|_| Tinyproxy::start(TinyOpts::default()))
         .collect();
@@ -304,13 +308,25 @@ fn origin_cutting_every_body_ejects_no_upstream() {
     }
     let pg = Proxyguard::start(&cfg);
     let proxy = format!("http://{listen}");
+    let listen_s = listen.to_string();
     let dead = format!("http://{}/big", cutting.addr);
-    for i in 0..12 {
-        let r = curl(&["-m", "10", "-x", &proxy, &dead]);
-        assert!(
-            r.body_len < BODY && (r.exit_code != 0 || r.status != 200),
-            "request {i}: a cut answer looked complete: {r:?}"
-        );
+    let dead_tls = format!("https://{}/big", cutting_tls.addr);
+    let ca = ca.to_string_lossy();
+    let kinds: [(&str, Vec<&str>); 3] = [
+        ("plain", vec!["-x", &proxy, &dead]),
+        ("CONNECT+TLS", vec!["-p", "-x", &proxy, "--cacert", &ca, &dead_tls]),
+        ("SOCKS5", vec!["--socks5", &listen_s, &dead]),
+    ];
+    for (kind, args) in &kinds {
+        for i in 0..6 {
+            let mut a = vec!["-m", "10"];
+            a.extend(args.iter().copied());
+            let r = curl(&a);
+            assert!(
+                r.body_len < BODY && (r.exit_code != 0 || r.status != 200),
+                "{kind} request {i}: a cut answer looked complete: {r:?}"
+            );
+        }
     }
     let status = curl(&["-s", &format!("http://{admin}/status")]);
     let v: serde_json::Value = serde_json::from_str(&status.body).expect("status JSON");

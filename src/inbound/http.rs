@@ -452,15 +452,15 @@ async fn connect(
                 }
                 drop(early);
                 tunnel
-                    .run(&st, |idle, cancel| {
-                        crate::relay::relay_conn(&mut client, conn, idle, cancel)
+                    .run(&st, |watch, cancel| {
+                        crate::relay::relay_conn(&mut client, conn, watch, cancel)
                     })
                     .await
             }
             Err(upgraded) => {
                 tunnel
-                    .run(&st, |idle, cancel| {
-                        crate::relay::relay(TokioIo::new(upgraded), conn, idle, cancel)
+                    .run(&st, |watch, cancel| {
+                        crate::relay::relay(TokioIo::new(upgraded), conn, watch, cancel)
                     })
                     .await
             }

@@ -322,8 +322,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<Gateway>
                 started,
             };
             tunnel
-                .run(&state, |idle, cancel| {
-                    crate::relay::relay_conn(&mut stream, conn, idle, cancel)
+                .run(&state, |watch, cancel| {
+                    crate::relay::relay_conn(&mut stream, conn, watch, cancel)
                 })
                 .await;
         }

@@ -8,10 +8,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{ConnCtx, Gateway, GaugeGuard};
-use crate::relay::{RelayEnd, RelayStats, FIRST_ANSWER};
+use crate::relay::{RelayEnd, RelayStats, Watch};
 use crate::route::NextHop;
 use crate::upstream::Target;
 
@@ -51,53 +51,66 @@ pub struct Tunnel<'a> {
 }
 
 impl Tunnel<'_> {
-    /// Relays with `relay` (given the idle timeout and what cancels the
-    /// tunnel), counted in `proxyguard_tunnels_active` meanwhile; then
-    /// writes the access line.
+    /// Relays with `relay` (given what watches the tunnel and what cancels
+    /// it), counted in `proxyguard_tunnels_active` meanwhile; then writes
+    /// the access line.
     ///
-    /// A fresh CONNECT or SOCKS5 tunnel through an upstream whose far side
-    /// sends nothing back within `[timeouts] response_head` of the client's
-    /// first bytes is closed (a TLS server always answers a ClientHello; a
-    /// server-speaks-first protocol answers before the client sends). The
-    /// upstream becomes a suspect for the target: later tunnels try the
-    /// others first, and once another one's tunnel to the target is
-    /// answered the silence counts against it (max_fails ejects it); if
-    /// another is silent too, the target is at fault and nobody is counted.
+    /// A CONNECT or SOCKS5 tunnel through an upstream is watched
+    /// ([`Watch`]): the far side must answer the client's first bytes
+    /// within `[timeouts] response_head` (a TLS server always answers a
+    /// ClientHello; a server-speaks-first protocol answers before the client
+    /// sends), and where its messages can be followed (TLS records, HTTP/1
+    /// responses) it must not close inside one or fall silent inside one for
+    /// `[timeouts] body_idle`. A tunnel ended so is closed and the upstream
+    /// becomes a suspect for the target: later tunnels try the others first,
+    /// and once another upstream's tunnel to the target is answered the
+    /// fault counts against it (max_fails ejects it); if another fails the
+    /// same way, the target is at fault and nobody is counted.
     pub async fn run<F, Fut>(&self, state: &Gateway, relay: F)
     where
-        F: FnOnce(Duration, Cancel) -> Fut,
+        F: FnOnce(Watch, Cancel) -> Fut,
         Fut: Future<Output = RelayStats>,
     {
         let cancel = cancel(state, self.route);
         let _active = GaugeGuard::new("proxyguard_tunnels_active");
-        let limit = match (self.kind, self.route) {
-            ("connect" | "socks5", NextHop::Upstream(_)) => {
-                Some(state.router.ctx.timeouts.response_head)
-            }
-            _ => None,
+        let timeouts = &state.router.ctx.timeouts;
+        let watch = match (self.kind, self.route) {
+            ("connect" | "socks5", NextHop::Upstream(_)) => Watch {
+                idle: state.idle_timeout,
+                first_answer: Some(timeouts.response_head),
+                body_idle: timeouts.body_idle,
+            },
+            _ => Watch::idle(state.idle_timeout),
         };
-        let stats = FIRST_ANSWER
-            .scope(limit, relay(state.idle_timeout, cancel))
-            .await;
-        if let (NextHop::Upstream(m), Some(after)) = (self.route, limit) {
-            let suspects = &state.router.body_suspects;
-            if stats.end == RelayEnd::NoAnswer {
-                // Alone it cannot tell a dead upstream from a hung origin:
-                // a suspect (put last for this target) until another
-                // upstream's tunnel to it is answered (pool/body_suspects.rs).
+        let stats = relay(watch, cancel).await;
+        if let NextHop::Upstream(m) = self.route {
+            self.judge(state, m, &stats);
+        }
+        self.log(&stats);
+    }
+
+    /// Reports a watched end as a suspected fault of `m` for the target,
+    /// and an answered tunnel as a delivery (pool/body_suspects.rs).
+    fn judge(&self, state: &Gateway, m: &Arc<crate::pool::Member>, stats: &RelayStats) {
+        let suspects = &state.router.body_suspects;
+        match stats.end {
+            RelayEnd::NoAnswer | RelayEnd::Cut | RelayEnd::Stalled => {
+                // Alone it cannot tell a broken upstream from a broken
+                // origin: a suspect (put last for this target) until
+                // another upstream's tunnel to it is answered.
                 let verdict = suspects.fault(m, self.target);
                 tracing::warn!(
                     upstream = m.name(),
                     target = %self.target,
-                    after_ms = after.as_millis() as u64,
+                    end = stats.end.as_str(),
+                    bytes_down = stats.down,
                     ?verdict,
-                    "the tunnel got no answer after the client's first bytes: closed"
+                    "the tunnel's far side failed inside an exchange: closed"
                 );
-            } else if stats.down > 0 {
-                suspects.completed(m, self.target);
             }
+            _ if stats.down > 0 => suspects.completed(m, self.target),
+            _ => {}
         }
-        self.log(&stats);
     }
 
     fn log(&self, stats: &RelayStats) {

@@ -58,8 +58,8 @@ pub(super) async fn forward(
                 started: log.started,
             };
             tunnel
-                .run(&st, |idle, cancel| {
-                    crate::relay::relay(TokioIo::new(client), TokioIo::new(upstream), idle, cancel)
+                .run(&st, |watch, cancel| {
+                    crate::relay::relay(TokioIo::new(client), TokioIo::new(upstream), watch, cancel)
                 })
                 .await
         },

@@ -1,15 +1,27 @@
 //! Bidirectional byte relay for tunnels, with an idle timeout and byte counts
 //! (for the access log and metrics).
+//!
+//! A tunnel through an upstream proxy is also watched (see [`Watch`]): the
+//! far side must answer the client's first bytes, and where its messages can
+//! be followed ([`framing`]) it must not close or fall silent inside one.
+//! Those ends are the only ones that can tell a broken upstream from an
+//! origin that simply closed or is slow; the caller decides whom to blame.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+pub mod framing;
+mod tcp;
+pub use tcp::relay_tcp;
+
+use framing::{Framing, Position};
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +34,15 @@ pub enum RelayEnd {
     Error,
     /// Shut down from outside (drain, shutdown grace expired).
     Cancelled,
-    /// The client sent bytes into a fresh tunnel and the upstream sent
-    /// nothing back within the first-answer limit (see [`FIRST_ANSWER`]).
+    /// The client sent bytes into a fresh tunnel and the far side sent
+    /// nothing back within [`Watch::first_answer`].
     NoAnswer,
+    /// The far side closed or reset the tunnel inside a message (a TLS
+    /// record or an HTTP response it had not finished).
+    Cut,
+    /// The far side sent nothing for [`Watch::body_idle`] inside a message
+    /// while the relay was waiting for it (not for a slow client).
+    Stalled,
 }
 
 impl RelayEnd {
@@ -35,6 +53,8 @@ impl RelayEnd {
             RelayEnd::Error => "reset",
             RelayEnd::Cancelled => "cancelled",
             RelayEnd::NoAnswer => "no_answer",
+            RelayEnd::Cut => "cut",
+            RelayEnd::Stalled => "stalled",
         }
     }
 }
@@ -48,21 +68,31 @@ pub struct RelayStats {
     pub end: RelayEnd,
 }
 
-mod tcp;
-pub use tcp::relay_tcp;
-
-tokio::task_local! {
-    /// Set by the caller of a relay (inbound/tunnel.rs) around a fresh
-    /// tunnel through an upstream: once the client has sent bytes, the
-    /// upstream must send something back within this long, or the relay
-    /// ends with [`RelayEnd::NoAnswer`]. Unset or `None`: no limit (a
-    /// server-speaks-first protocol is never affected: it answers first).
-    pub static FIRST_ANSWER: Option<Duration>;
+/// What ends a relay besides both sides closing and cancellation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watch {
+    /// No byte either way for this long ends the tunnel.
+    pub idle: Duration,
+    /// Once the client has sent bytes, the far side must send something
+    /// back within this long ([`RelayEnd::NoAnswer`]). A server-speaks-first
+    /// protocol is never affected: it answers first. Set for fresh tunnels
+    /// through an upstream only.
+    pub first_answer: Option<Duration>,
+    /// Follow the far side's messages ([`framing`]): a close inside one is
+    /// [`RelayEnd::Cut`], silence inside one for this long is
+    /// [`RelayEnd::Stalled`]. Following keeps the bytes in user space, so
+    /// it is set for tunnels through an upstream only.
+    pub body_idle: Option<Duration>,
 }
 
-/// The first-answer limit of the relay running in this task.
-fn first_answer_limit() -> Option<Duration> {
-    FIRST_ANSWER.try_with(|d| *d).ok().flatten()
+impl Watch {
+    /// Only the idle timeout.
+    pub fn idle(idle: Duration) -> Watch {
+        Watch {
+            idle,
+            ..Watch::default()
+        }
+    }
 }
 
 /// Which way bytes moved.
@@ -74,34 +104,74 @@ enum Dir {
     Down,
 }
 
-/// Activity clock shared by both directions of one tunnel.
+/// Activity clock and watch state shared by both directions of one tunnel.
 struct Shared {
     start: Instant,
+    /// Last byte either way (ms since `start`).
     last: AtomicU64,
+    /// Last byte from the far side (ms since `start`).
+    last_far: AtomicU64,
     /// When the client's first byte went up (ms since `start`, plus one;
     /// 0: not yet).
     first_up: AtomicU64,
     first_up_seen: tokio::sync::Notify,
     answered: AtomicBool,
+    /// The far side's framing, when followed (boxed: most tunnels do not).
+    framing: Option<Box<Mutex<Framing>>>,
+    /// The framing says the far side is inside a message.
+    inside: AtomicBool,
+    /// The downward copy is waiting for the far side (not for the client).
+    waiting_far: AtomicBool,
+    /// The far side ended inside a message.
+    cut: AtomicBool,
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(watch: &Watch) -> Self {
         Shared {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            last_far: AtomicU64::new(0),
             first_up: AtomicU64::new(0),
             first_up_seen: tokio::sync::Notify::new(),
             answered: AtomicBool::new(false),
+            framing: watch
+                .body_idle
+                .map(|_| Box::new(Mutex::new(Framing::new()))),
+            inside: AtomicBool::new(false),
+            waiting_far: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
         }
     }
 
-    fn touch(&self, dir: Dir) {
+    fn framing(&self) -> Option<std::sync::MutexGuard<'_, Framing>> {
+        let f = self.framing.as_ref()?;
+        Some(f.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether bytes must still be shown to the framing.
+    fn following(&self) -> bool {
+        self.framing().is_some_and(|f| f.following())
+    }
+
+    /// `bytes` moved `dir`.
+    fn seen(&self, dir: Dir, bytes: &[u8]) {
         let now = self.start.elapsed().as_millis() as u64;
         self.last.store(now, Ordering::Relaxed);
         match dir {
-            Dir::Down => self.answered.store(true, Ordering::Relaxed),
+            Dir::Down => {
+                self.answered.store(true, Ordering::Relaxed);
+                self.last_far.store(now, Ordering::Relaxed);
+                if let Some(mut f) = self.framing().filter(|_| !bytes.is_empty()) {
+                    f.far(bytes);
+                    let inside = f.position() == Position::Inside;
+                    self.inside.store(inside, Ordering::Relaxed);
+                }
+            }
             Dir::Up => {
+                if let Some(mut f) = self.framing().filter(|_| !bytes.is_empty()) {
+                    f.client(bytes);
+                }
                 let first = self.first_up.compare_exchange(
                     0,
                     now + 1,
@@ -112,6 +182,30 @@ impl Shared {
                     self.first_up_seen.notify_one();
                 }
             }
+        }
+    }
+
+    /// Client bytes go by unseen from now on (the zero-copy path).
+    fn client_unseen(&self) {
+        if let Some(mut f) = self.framing() {
+            f.client_unseen();
+        }
+    }
+
+    /// The far side closed or failed: a cut if it was inside a message.
+    fn far_ended(&self) -> bool {
+        let cut = self.inside.load(Ordering::Relaxed);
+        if cut {
+            self.cut.store(true, Ordering::Relaxed);
+        }
+        cut
+    }
+
+    /// How the relay ended, a cut overriding what the copy saw.
+    fn end(&self, seen: RelayEnd) -> RelayEnd {
+        match seen {
+            RelayEnd::Closed | RelayEnd::Error if self.cut.load(Ordering::Relaxed) => RelayEnd::Cut,
+            other => other,
         }
     }
 
@@ -132,6 +226,28 @@ impl Shared {
         }
     }
 
+    /// Resolves once the far side, inside a message, sent nothing for
+    /// `limit` while the relay waited for it. Time the relay spends waiting
+    /// for a client that does not read is not the far side's stall.
+    async fn stall_watch(&self, limit: Option<Duration>) {
+        let Some(limit) = limit.filter(|_| self.framing.is_some()) else {
+            return std::future::pending().await;
+        };
+        loop {
+            let due = Duration::from_millis(self.last_far.load(Ordering::Relaxed)) + limit;
+            let now = self.start.elapsed();
+            if now < due {
+                tokio::time::sleep(due - now).await;
+            } else if self.inside.load(Ordering::Relaxed)
+                && self.waiting_far.load(Ordering::Relaxed)
+            {
+                return;
+            } else {
+                tokio::time::sleep(limit).await;
+            }
+        }
+    }
+
     /// Resolves once nothing moved either way for `idle`.
     async fn idle_watch(&self, idle: Duration) {
         loop {
@@ -144,6 +260,23 @@ impl Shared {
             tokio::time::sleep(deadline - now).await;
         }
     }
+
+    /// Everything that ends a relay early, first one wins.
+    async fn watch(&self, watch: &Watch) -> RelayEnd {
+        tokio::select! {
+            _ = self.idle_watch(watch.idle) => RelayEnd::Idle,
+            _ = self.answer_watch(watch.first_answer) => RelayEnd::NoAnswer,
+            _ = self.stall_watch(watch.body_idle) => RelayEnd::Stalled,
+        }
+    }
+}
+
+/// The error a cut turns into, so the copy ends at once.
+fn cut_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the far side ended inside a message",
+    )
 }
 
 /// Counts bytes read through a stream and records activity.
@@ -163,12 +296,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.bytes += n as u64;
-            self.shared.touch(self.dir);
+        let far = self.dir == Dir::Down;
+        if far {
+            let waiting = r.is_pending();
+            self.shared.waiting_far.store(waiting, Ordering::Relaxed);
         }
-        r
+        match r {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    self.bytes += n as u64;
+                    self.shared.seen(self.dir, &buf.filled()[before..]);
+                } else if far && self.shared.far_ended() {
+                    return Poll::Ready(Err(cut_error()));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                if far {
+                    self.shared.far_ended();
+                }
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -216,20 +367,19 @@ where
     }
 }
 
-/// Copies both ways until both sides close, either errors, the connection is
-/// idle for `idle`, the upstream does not answer in time ([`FIRST_ANSWER`])
-/// or `cancel` resolves.
+/// Copies both ways until both sides close, either errors, `watch` ends
+/// the tunnel, or `cancel` resolves.
 pub async fn relay<A, B>(
     client: A,
     upstream: B,
-    idle: Duration,
+    watch: Watch,
     cancel: impl std::future::Future<Output = ()>,
 ) -> RelayStats
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(&watch));
     let mut a = Counted {
         inner: client,
         bytes: 0,
@@ -248,15 +398,14 @@ where
         let copy = async { tokio::try_join!(pump(ar, bw), pump(br, aw)) };
         tokio::select! {
             r = copy => if r.is_ok() { RelayEnd::Closed } else { RelayEnd::Error },
-            _ = shared.idle_watch(idle) => RelayEnd::Idle,
-            _ = shared.answer_watch(first_answer_limit()) => RelayEnd::NoAnswer,
+            end = shared.watch(&watch) => end,
             _ = cancel => RelayEnd::Cancelled,
         }
     };
     RelayStats {
         up: a.bytes,
         down: b.bytes,
-        end,
+        end: shared.end(end),
     }
 }
 
@@ -266,43 +415,33 @@ where
 pub async fn relay_conn(
     client: &mut tokio::net::TcpStream,
     conn: crate::upstream::conn::Conn,
-    idle: Duration,
+    watch: Watch,
     cancel: impl std::future::Future<Output = ()>,
 ) -> RelayStats {
     use crate::upstream::conn::{Conn, Io};
     match conn.io {
         Io::Tcp(mut upstream) => {
             // Bytes the upstream sent right behind its handshake reply.
-            let early = conn.prefix.as_ref().map_or(0, |p| p.len() as u64);
-            if let Some(p) = &conn.prefix {
-                if tokio::io::AsyncWriteExt::write_all(client, p)
+            let early = conn.prefix.as_deref().unwrap_or_default();
+            if !early.is_empty()
+                && tokio::io::AsyncWriteExt::write_all(client, early)
                     .await
                     .is_err()
-                {
-                    return RelayStats {
-                        up: 0,
-                        down: 0,
-                        end: RelayEnd::Error,
-                    };
-                }
+            {
+                return RelayStats {
+                    up: 0,
+                    down: 0,
+                    end: RelayEnd::Error,
+                };
             }
-            let mut stats = if early > 0 {
-                // The upstream spoke already: no first-answer limit.
-                FIRST_ANSWER
-                    .scope(None, relay_tcp(client, &mut upstream, idle, cancel))
-                    .await
-            } else {
-                relay_tcp(client, &mut upstream, idle, cancel).await
-            };
-            stats.down += early;
-            stats
+            relay_tcp(client, &mut upstream, watch, early, cancel).await
         }
         io => {
             let conn = Conn {
                 io,
                 prefix: conn.prefix,
             };
-            relay(client, conn, idle, cancel).await
+            relay(client, conn, watch, cancel).await
         }
     }
 }
@@ -330,15 +469,11 @@ mod tests {
             let _ = client_far.read(&mut buf).await;
             let _ = upstream_far.read(&mut buf).await;
         });
-        let relayed = relay(
-            client,
-            upstream,
-            Duration::from_secs(60),
-            std::future::pending::<()>(),
-        );
-        let stats = FIRST_ANSWER
-            .scope(Some(Duration::from_secs(3)), relayed)
-            .await;
+        let watch = Watch {
+            first_answer: Some(Duration::from_secs(3)),
+            ..Watch::idle(Duration::from_secs(60))
+        };
+        let stats = relay(client, upstream, watch, std::future::pending::<()>()).await;
         stub.abort();
         stats
     }
@@ -361,5 +496,109 @@ mod tests {
         // The client sent nothing (server-speaks-first, or just idle).
         let stats = run(false, None).await;
         assert_eq!(stats.end, RelayEnd::Idle);
+    }
+
+    /// A TLS handshake record header announcing `len` bytes.
+    fn record(len: u16) -> Vec<u8> {
+        let mut r = vec![22, 3, 3];
+        r.extend_from_slice(&len.to_be_bytes());
+        r
+    }
+
+    fn followed() -> Watch {
+        Watch {
+            first_answer: Some(Duration::from_secs(3)),
+            body_idle: Some(Duration::from_secs(5)),
+            ..Watch::idle(Duration::from_secs(60))
+        }
+    }
+
+    /// The client sends a ClientHello-sized hello and keeps reading; the
+    /// far side sends `far` and then closes (`close`) or goes silent.
+    async fn exchange(far: Vec<u8>, close: bool, client_reads: bool) -> RelayStats {
+        let (client, mut client_far) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_far) = tokio::io::duplex(64 * 1024);
+        let stub = tokio::spawn(async move {
+            let mut hello = record(5);
+            hello.extend_from_slice(b"hello");
+            client_far.write_all(&hello).await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = upstream_far.read(&mut buf).await;
+            upstream_far.write_all(&far).await.unwrap();
+            if close {
+                drop(upstream_far);
+                let mut sink = Vec::new();
+                let _ = client_far.read_to_end(&mut sink).await;
+                let _ = client_far.shutdown().await;
+            } else {
+                let reader = async {
+                    let mut sink = vec![0u8; 4096];
+                    while client_reads && client_far.read(&mut sink).await.unwrap_or(0) > 0 {}
+                    std::future::pending::<()>().await
+                };
+                let _ = tokio::join!(reader, upstream_far.read(&mut buf));
+            }
+        });
+        let stats = relay(client, upstream, followed(), std::future::pending::<()>()).await;
+        stub.abort();
+        stats
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_inside_a_record_is_a_cut_and_between_records_is_not() {
+        let mut far = record(100);
+        far.extend_from_slice(&[0u8; 60]);
+        let stats = exchange(far.clone(), true, true).await;
+        assert_eq!(stats.end, RelayEnd::Cut);
+        assert_eq!(stats.down, 65);
+        far.extend_from_slice(&[0u8; 40]);
+        let stats = exchange(far, true, true).await;
+        assert_eq!(stats.end, RelayEnd::Closed);
+        assert_eq!(stats.down, 105);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_inside_a_record_is_a_stall_after_body_idle() {
+        let t0 = Instant::now();
+        let mut far = record(100);
+        far.extend_from_slice(&[0u8; 60]);
+        let stats = exchange(far, false, true).await;
+        assert_eq!(stats.end, RelayEnd::Stalled);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+        // Silence between records is a slow origin's right: only idle ends it.
+        let mut far = record(10);
+        far.extend_from_slice(&[0u8; 10]);
+        let stats = exchange(far, false, true).await;
+        assert_eq!(stats.end, RelayEnd::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_no_stall_of_the_far_side() {
+        // 16 KB inside one record, into a client that reads nothing: the
+        // relay waits on the client, not on the far side.
+        let mut far = record(16_000);
+        far.extend_from_slice(&[0u8; 12_000]);
+        let stats = exchange(far, false, false).await;
+        assert_eq!(stats.end, RelayEnd::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_followed_without_body_idle() {
+        let (client, mut client_far) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_far) = tokio::io::duplex(1024);
+        let stub = tokio::spawn(async move {
+            client_far.write_all(b"x").await.unwrap();
+            let mut buf = [0u8; 8];
+            let _ = upstream_far.read(&mut buf).await;
+            let mut far = record(100);
+            far.extend_from_slice(&[0u8; 10]);
+            upstream_far.write_all(&far).await.unwrap();
+            drop(upstream_far);
+            let _ = client_far.read_to_end(&mut Vec::new()).await;
+        });
+        let watch = Watch::idle(Duration::from_secs(60));
+        let stats = relay(client, upstream, watch, std::future::pending::<()>()).await;
+        stub.abort();
+        assert_eq!(stats.end, RelayEnd::Closed);
     }
 }

@@ -10,25 +10,29 @@
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use super::{first_answer_limit, Dir, RelayEnd, RelayStats, Shared, LARGE, SMALL};
+use super::{cut_error, Dir, RelayEnd, RelayStats, Shared, Watch, LARGE, SMALL};
 
-/// Relays between two TCP streams until both sides close, either errors, the
-/// tunnel is idle for `idle`, or `cancel` resolves.
+/// Relays between two TCP streams until both sides close, either errors,
+/// `watch` ends the tunnel, or `cancel` resolves. `early`: bytes the far
+/// side sent before the relay (already written to the client).
 pub async fn relay_tcp(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    idle: Duration,
+    watch: Watch,
+    early: &[u8],
     cancel: impl std::future::Future<Output = ()>,
 ) -> RelayStats {
-    let shared = Shared::new();
+    let shared = Shared::new(&watch);
+    if !early.is_empty() {
+        shared.seen(Dir::Down, early);
+    }
     let mut up = 0u64;
-    let mut down = 0u64;
+    let mut down = early.len() as u64;
     let ended = AtomicBool::new(false);
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
@@ -41,12 +45,15 @@ pub async fn relay_tcp(
         };
         tokio::select! {
             r = copy => if r.is_ok() { RelayEnd::Closed } else { RelayEnd::Error },
-            _ = shared.idle_watch(idle) => RelayEnd::Idle,
-            _ = shared.answer_watch(first_answer_limit()) => RelayEnd::NoAnswer,
+            end = shared.watch(&watch) => end,
             _ = cancel => RelayEnd::Cancelled,
         }
     };
-    RelayStats { up, down, end }
+    RelayStats {
+        up,
+        down,
+        end: shared.end(end),
+    }
 }
 
 /// Half-closes `w` once its source reached EOF, so the peer sees the end.
@@ -58,10 +65,22 @@ fn finish(w: &TcpStream, ended: &AtomicBool) {
     }
 }
 
+/// When a [`copy`] hands over to the next phase.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// EOF only.
+    Eof,
+    /// A read fills the buffer (time for the bulk path).
+    Full,
+    /// The framing no longer needs to see the bytes.
+    Unfollowed,
+}
+
 /// One direction, `r` → `w`: a 1 KiB buffer while traffic is small; once a
-/// read fills it, splice(2) on Linux, else (or without a spare pipe) a
-/// 256 KiB buffer. Reads go through tokio's `AsyncRead`, which skips the
-/// extra EAGAIN read after a short read.
+/// read fills it, a 256 KiB buffer while the framing follows the tunnel
+/// (it must see the bytes), then splice(2) on Linux, else (or without a
+/// spare pipe) the 256 KiB buffer. Reads go through tokio's `AsyncRead`,
+/// which skips the extra EAGAIN read after a short read.
 async fn pump(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
@@ -70,41 +89,73 @@ async fn pump(
     count: &mut u64,
 ) -> io::Result<()> {
     let mut small = [0u8; SMALL];
-    if copy(r, w, &mut small, true, side, ended, count).await? {
+    if copy(r, w, &mut small, Until::Full, side, ended, count).await? {
         return Ok(());
+    }
+    let mut large = Vec::new();
+    if side.0.following() {
+        large = vec![0u8; LARGE];
+        if copy(r, w, &mut large, Until::Unfollowed, side, ended, count).await? {
+            return Ok(());
+        }
+    }
+    if side.1 == Dir::Up {
+        side.0.client_unseen();
     }
     #[cfg(target_os = "linux")]
     if let Ok(pipe) = splice::Pipe::new() {
         return splice::pump(&pipe, r.as_ref(), w.as_ref(), side, ended, count).await;
     }
-    let mut large = vec![0u8; LARGE];
-    copy(r, w, &mut large, false, side, ended, count)
+    large.resize(LARGE, 0);
+    copy(r, w, &mut large, Until::Eof, side, ended, count)
         .await
         .map(drop)
 }
 
-/// Copies through `buf` until EOF (`Ok(true)`) or, with `until_full`, until
-/// a read fills `buf` (`Ok(false)`: time for the bulk path).
+/// Copies through `buf` until EOF (`Ok(true)`) or `until` hands over to the
+/// next phase (`Ok(false)`). The far side ending inside a message (see
+/// [`Shared::far_ended`]) half-closes `w` and fails the copy.
 async fn copy(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
     buf: &mut [u8],
-    until_full: bool,
+    until: Until,
     (shared, dir): (&Shared, Dir),
     ended: &AtomicBool,
     count: &mut u64,
 ) -> io::Result<bool> {
+    let far = dir == Dir::Down && shared.framing.is_some();
     loop {
-        let n = r.read(buf).await?;
+        if far {
+            shared.waiting_far.store(true, Ordering::Relaxed);
+        }
+        let read = r.read(buf).await;
+        if far {
+            shared.waiting_far.store(false, Ordering::Relaxed);
+        }
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                if far {
+                    shared.far_ended();
+                }
+                return Err(e);
+            }
+        };
         if n == 0 {
             finish(w.as_ref(), ended);
+            if far && shared.far_ended() {
+                return Err(cut_error());
+            }
             return Ok(true);
         }
         *count += n as u64;
-        shared.touch(dir);
+        shared.seen(dir, &buf[..n]);
         w.write_all(&buf[..n]).await?;
-        if until_full && n == buf.len() {
-            return Ok(false);
+        match until {
+            Until::Full if n == buf.len() => return Ok(false),
+            Until::Unfollowed if !shared.following() => return Ok(false),
+            _ => {}
         }
     }
 }
@@ -190,7 +241,7 @@ mod splice {
                 return Ok(());
             }
             *count += n as u64;
-            shared.touch(dir);
+            shared.seen(dir, &[]);
             let mut left = n;
             while left > 0 {
                 match when_ready(
@@ -231,6 +282,7 @@ mod splice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {
@@ -250,7 +302,8 @@ mod tests {
             relay_tcp(
                 &mut client_srv,
                 &mut upstream_cli,
-                Duration::from_secs(10),
+                Watch::idle(Duration::from_secs(10)),
+                &[],
                 std::future::pending(),
             )
             .await
@@ -290,11 +343,53 @@ mod tests {
         let stats = relay_tcp(
             &mut client_srv,
             &mut upstream_cli,
-            Duration::from_millis(200),
+            Watch::idle(Duration::from_millis(200)),
+            &[],
             std::future::pending(),
         )
         .await;
         assert_eq!(stats.end, RelayEnd::Idle);
         assert_eq!(stats.up + stats.down, 0);
+    }
+
+    /// The zero-copy path keeps following while the far side's messages
+    /// can be followed: a reset far side that breaks off 100 KB into a
+    /// 200 KB chunked HTTP body (past the small buffer) is a cut, with the
+    /// bytes the proxy sent before the relay counted; a whole one is not.
+    #[tokio::test]
+    async fn a_cut_past_the_small_buffer_is_seen_on_real_sockets() {
+        for whole in [false, true] {
+            let (mut client, mut client_srv) = pair().await;
+            let (mut upstream_cli, mut origin) = pair().await;
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n".to_vec();
+            let early = head.clone();
+            let watch = Watch {
+                body_idle: Some(Duration::from_secs(30)),
+                ..Watch::idle(Duration::from_secs(30))
+            };
+            let relay = tokio::spawn(async move {
+                relay_tcp(
+                    &mut client_srv,
+                    &mut upstream_cli,
+                    watch,
+                    &early,
+                    std::future::pending(),
+                )
+                .await
+            });
+            client.write_all(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n").await.unwrap();
+            let mut req = [0u8; 64];
+            let _ = origin.read(&mut req).await.unwrap();
+            let body = vec![7u8; if whole { 200_000 } else { 100_000 }];
+            origin.write_all(&body).await.unwrap();
+            drop(origin);
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got).await;
+            let _ = client.shutdown().await;
+            let stats = relay.await.unwrap();
+            assert_eq!(stats.down, (head.len() + body.len()) as u64);
+            let want = if whole { RelayEnd::Closed } else { RelayEnd::Cut };
+            assert_eq!(stats.end, want, "whole: {whole}");
+        }
     }
 }
