@@ -48,6 +48,7 @@ pub struct RelayStats {
     pub end: RelayEnd,
 }
 
+pub mod framing;
 mod tcp;
 pub use tcp::relay_tcp;
 
