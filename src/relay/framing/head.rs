@@ -4,6 +4,9 @@
 
 use super::Lost;
 
+/// A head buffer larger than this is given back once its head is done.
+const RETAIN: usize = 4096;
+
 /// A head being read.
 pub(super) struct Head {
     /// The part of a head that arrived in earlier pieces (empty otherwise).
@@ -67,6 +70,11 @@ impl Head {
             Some(end) => {
                 let parsed = parse(&self.buf[..end]);
                 self.buf.clear();
+                if self.buf.capacity() > RETAIN {
+                    // A rare big head: do not hold its buffer for the
+                    // tunnel's life.
+                    self.buf = Vec::new();
+                }
                 Ok(Fed::Done {
                     value: parsed?,
                     used: end - old,

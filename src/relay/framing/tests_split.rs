@@ -324,3 +324,38 @@ fn real_tls_streams_are_split_invariant() {
         sample.random_splits(7);
     }
 }
+
+#[test]
+fn corrupted_streams_never_panic_and_unknown_is_for_good() {
+    let mut rng = StdRng::seed_from_u64(99);
+    for (_, steps) in samples() {
+        for _ in 0..300 {
+            let mut f = Framing::new();
+            let mut lost = false;
+            for step in &steps {
+                let mut bytes = step.bytes.clone();
+                for _ in 0..rng.gen_range(0..3) {
+                    if !bytes.is_empty() {
+                        let at = rng.gen_range(0..bytes.len());
+                        bytes[at] = rng.gen();
+                    }
+                }
+                // Pieces of 1..=len bytes; an empty step (unseen) once.
+                let mut from = 0;
+                loop {
+                    let to = bytes
+                        .len()
+                        .min(from + rng.gen_range(1..=bytes.len().max(1)));
+                    feed(&mut f, step.side, &bytes[from..to]);
+                    from = to;
+                    assert_eq!(f.following(), f.position() != Position::Unknown);
+                    assert!(!(lost && f.following()), "Unknown came back to life");
+                    lost |= !f.following();
+                    if from == bytes.len() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
