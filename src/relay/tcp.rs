@@ -375,7 +375,10 @@ mod tests {
                 )
                 .await
             });
-            client.write_all(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n").await.unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")
+                .await
+                .unwrap();
             let mut req = [0u8; 64];
             let _ = origin.read(&mut req).await.unwrap();
             let body = vec![7u8; if whole { 200_000 } else { 100_000 }];
@@ -387,7 +390,11 @@ mod tests {
             let _ = client.shutdown().await;
             let stats = relay.await.unwrap();
             assert_eq!(stats.down, (head.len() + body.len()) as u64);
-            let want = if whole { RelayEnd::Closed } else { RelayEnd::Cut };
+            let want = if whole {
+                RelayEnd::Closed
+            } else {
+                RelayEnd::Cut
+            };
             assert_eq!(stats.end, want, "whole: {whole}");
         }
     }

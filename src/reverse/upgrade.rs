@@ -133,9 +133,13 @@ impl ReverseRoute {
                     return;
                 }
             };
-            let stats =
-                crate::relay::relay(TokioIo::new(c), TokioIo::new(b), crate::relay::Watch::idle(idle), shutdown.expired())
-                    .await;
+            let stats = crate::relay::relay(
+                TokioIo::new(c),
+                TokioIo::new(b),
+                crate::relay::Watch::idle(idle),
+                shutdown.expired(),
+            )
+            .await;
             tracing::info!(target: "access", kind = "reverse_upgrade", client = %peer, backend = %name, up = stats.up, down = stats.down, end = stats.end.as_str(), "tunnel closed");
         });
     }
