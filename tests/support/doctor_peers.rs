@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, temp_dir, wait_started, write_file, Child};
+use super::{dnsmasq, free_port, temp_dir, wait_started, write_file, Child};
 
 /// tinyproxy on a free port with extra configuration lines.
 pub struct TinyproxyWith {
@@ -143,33 +143,12 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     pub fn start(names: &[(&str, &str)]) -> Dnsmasq {
         let dir = temp_dir("dnsmasq", true);
-        let port = free_port();
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "-k",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "-C",
-            "/dev/null",
-        ])
-        .arg(format!("--port={port}"))
-        .args([
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--user=root",
-        ])
-        .arg(format!(
-            "--pid-file={}",
-            dir.path().join("dnsmasq.pid").display()
-        ));
+        let mut b = dnsmasq::Builder::new(free_port(), dir.path());
         for (n, ip) in names {
-            cmd.arg(format!("--address=/{n}/{ip}"));
+            b = b.address(n, ip);
         }
-        let mut child = Child::spawn("dnsmasq", cmd, dir.path());
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        // dnsmasq also listens on TCP on the same port: wait for that.
-        wait_started(&mut child, addr, "dnsmasq");
+        let child = b.spawn();
+        let addr = b.addr();
         Dnsmasq {
             child,
             addr,
