@@ -123,13 +123,7 @@ impl World {
     }
 
     fn upstream(&self, name: &str) -> serde_json::Value {
-        let r = curl(&["-s", &format!("http://{}/status", self.admin)]);
-        let v: serde_json::Value =
-            serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("status JSON ({e}): {r:?}"));
-        v["upstreams"]
-            .as_array()
-            .and_then(|a| a.iter().find(|u| u["name"] == name).cloned())
-            .unwrap_or_else(|| panic!("no upstream {name} in {v}"))
+        admin_upstream(self.admin, name)
     }
 
     /// Waits until `name` is out of service and its last health check failed
@@ -161,15 +155,6 @@ impl World {
     }
 }
 
-fn cell(row: &str, fault: &str, h: &Hey, note: &str) {
-    println!(
-        "MATRIX|{row}|{fault}|{}|{}|{:.1}|{note}",
-        h.ok + h.other_status + h.errors,
-        h.other_status + h.errors,
-        h.p99_ms
-    );
-}
-
 /// The Go client pointed straight at the proxy by name: one round of 4
 /// requests. hey prints no latencies when all fail, so the round's wall time
 /// (how long each request waited for the resolver) is reported instead.
@@ -185,24 +170,21 @@ fn go_straight(w: &World, fault: &str) {
     assert_eq!(h.ok, 0, "{}", h.raw);
 }
 
-fn assert_all_ok(h: &Hey, n: u64, what: &str, w: &World) {
-    assert!(
-        h.ok == n && h.errors == 0 && h.other_status == 0,
-        "{what}: {h:?}\n{}\n{}",
-        h.raw,
-        w.logs()
-    );
+/// 100 plain and 100 CONNECT requests, each on a new connection, through
+/// the gateway while `fault` is on: every one is served.
+fn all_served(w: &World, fault: &str) {
+    let h = hey(&w.proxy(), &w.small(), 100, 4, &["-disable-keepalive"]);
+    matrix_cell("plain GET new conn", fault, &h, "");
+    assert_all_ok(&h, 100, "plain", || w.logs());
+    let h = hey(&w.proxy(), &w.small_tls(), 100, 4, &["-disable-keepalive"]);
+    matrix_cell("CONNECT (hey, https)", fault, &h, "");
+    assert_all_ok(&h, 100, "CONNECT", || w.logs());
 }
 
 /// Plain and CONNECT traffic through the gateway while `a`'s name fails:
 /// all served by `b`; `a` found down by its check for DNS.
 fn fails_over(w: &World, fault: &str) -> String {
-    let h = hey(&w.proxy(), &w.small(), 100, 4, &["-disable-keepalive"]);
-    cell("plain GET new conn", fault, &h, "");
-    assert_all_ok(&h, 100, "plain", w);
-    let h = hey(&w.proxy(), &w.small_tls(), 100, 4, &["-disable-keepalive"]);
-    cell("CONNECT (hey, https)", fault, &h, "");
-    assert_all_ok(&h, 100, "CONNECT", w);
+    all_served(w, fault);
     let reason = w.wait_down_for_dns("a", "proxy-a.test");
     assert!(w.b.requests() >= 200, "b served: {}", w.b.requests());
     assert_eq!(w.upstream("b")["state"], "healthy");
@@ -227,12 +209,7 @@ fn refused_by_the_resolver_fails_over_with_no_failure() {
     let a = format!("http://proxy-a.corp:{}", w.a.port());
     let b = w.b.url();
     w.serve(&[("a", a), ("b", b)]);
-    let h = hey(&w.proxy(), &w.small(), 100, 4, &["-disable-keepalive"]);
-    cell("plain GET new conn", "proxy DNS: REFUSED", &h, "");
-    assert_all_ok(&h, 100, "plain", &w);
-    let h = hey(&w.proxy(), &w.small_tls(), 100, 4, &["-disable-keepalive"]);
-    cell("CONNECT (hey, https)", "proxy DNS: REFUSED", &h, "");
-    assert_all_ok(&h, 100, "CONNECT", &w);
+    all_served(&w, "proxy DNS: REFUSED");
     w.wait_down_for_dns("a", "proxy-a.corp");
     assert_eq!(w.a.requests(), 0, "{}", w.a.log());
 }
@@ -264,12 +241,7 @@ fn frozen_resolver_is_bounded_by_the_connect_deadline() {
     let b = w.b.url();
     w.serve_checked(&[("a", a), ("b", b)], "500ms");
     w.dns.freeze();
-    let h = hey(&w.proxy(), &w.small(), 100, 4, &["-disable-keepalive"]);
-    cell("plain GET new conn", "proxy DNS: resolver frozen", &h, "");
-    assert_all_ok(&h, 100, "plain", &w);
-    let h = hey(&w.proxy(), &w.small_tls(), 100, 4, &["-disable-keepalive"]);
-    cell("CONNECT (hey, https)", "proxy DNS: resolver frozen", &h, "");
-    assert_all_ok(&h, 100, "CONNECT", &w);
+    all_served(&w, "proxy DNS: resolver frozen");
     let reason = w.wait_down_for_dns("a", "proxy-a.test");
     assert!(
         reason.contains("check timed out after 500ms: DNS lookup of proxy-a.test unanswered"),
@@ -335,7 +307,7 @@ fn name_that_stops_resolving_mid_run_loses_no_request() {
         };
         let bad: Vec<_> = runs.iter().filter(|h| h.ok != 100).collect();
         assert!(bad.is_empty(), "{what}: {bad:?}\n{}", w.logs());
-        cell(
+        matrix_cell(
             if what == "plain" {
                 "plain GET new conn"
             } else {

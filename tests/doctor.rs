@@ -98,6 +98,14 @@ impl Rule {
         );
         Rule(args.iter().map(|s| s.to_string()).collect())
     }
+
+    /// SYNs to loopback port `port` silently dropped: a connect times out.
+    fn drop_syn(port: u16) -> Rule {
+        let port = port.to_string();
+        Rule::add(&[
+            "INPUT", "-i", "lo", "-p", "tcp", "--dport", &port, "--syn", "-j", "DROP",
+        ])
+    }
 }
 impl Drop for Rule {
     fn drop(&mut self) {
@@ -208,18 +216,7 @@ fn proxy_connection_causes() {
     let p = free_port();
     let _l = TcpListener::bind(("127.0.0.1", p)).unwrap();
     {
-        let _r = Rule::add(&[
-            "INPUT",
-            "-i",
-            "lo",
-            "-p",
-            "tcp",
-            "--dport",
-            &p.to_string(),
-            "--syn",
-            "-j",
-            "DROP",
-        ]);
+        let _r = Rule::drop_syn(p);
         let d = doctor(&["--proxy", &format!("http://127.0.0.1:{p}"), &small]);
         expect(&d, "proxy_timeout");
         assert!(d.human.contains("silently dropped"), "{}", d.human);
@@ -335,18 +332,7 @@ fn target_and_http_causes() {
     let p = free_port();
     let _l = TcpListener::bind(("127.0.0.1", p)).unwrap();
     {
-        let _r = Rule::add(&[
-            "INPUT",
-            "-i",
-            "lo",
-            "-p",
-            "tcp",
-            "--dport",
-            &p.to_string(),
-            "--syn",
-            "-j",
-            "DROP",
-        ]);
+        let _r = Rule::drop_syn(p);
         expect(
             &doctor(&[&format!("http://127.0.0.1:{p}/")]),
             "target_timeout",

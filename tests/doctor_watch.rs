@@ -113,24 +113,30 @@ fn assert_cut_near_3s(d: &Doc, kinds: &[&str]) {
     assert!(d.human.contains("✓ answered 200"), "timeline: {}", d.human);
 }
 
-#[test]
-fn hold_finds_tinyproxy_idle_timeout() {
-    let nginx = Nginx::start();
-    let tiny = TinyproxyWith::start("Timeout 3");
+/// `doctor --hold HOLD` through `proxy` to nginx's HTTPS `/small` (its
+/// test CA trusted).
+fn hold_to_nginx(nginx: &Nginx, proxy: &str, hold: &str) -> Doc {
     let ca = nginx.ca().ca_path();
-    let proxy = format!("http://{}", tiny.addr());
     let url = format!("{}/small", nginx.https_url());
-    let d = doctor(&[
+    doctor(&[
         "--timeout",
         "2s",
         "--cacert",
         ca.to_str().unwrap(),
         "--proxy",
-        &proxy,
+        proxy,
         "--hold",
-        "8s",
+        hold,
         &url,
-    ]);
+    ])
+}
+
+#[test]
+fn hold_finds_tinyproxy_idle_timeout() {
+    let nginx = Nginx::start();
+    let tiny = TinyproxyWith::start("Timeout 3");
+    let proxy = format!("http://{}", tiny.addr());
+    let d = hold_to_nginx(&nginx, &proxy, "8s");
     // tinyproxy closes with a FIN. A probe written just as that FIN is on
     // its way is answered with a reset by tinyproxy's kernel, so the probe
     // at the cut sees FIN or RST (the socket cannot tell which came first);
@@ -143,33 +149,11 @@ fn hold_finds_a_silent_idle_drop() {
     let nginx = Nginx::start();
     let tiny = Tinyproxy::start(TinyOpts::default());
     let relay = Relay::idle_dropping(tiny.addr(), Duration::from_secs(3));
-    let ca = nginx.ca().ca_path();
     let proxy = format!("http://{}", relay.addr);
-    let url = format!("{}/small", nginx.https_url());
-    let d = doctor(&[
-        "--timeout",
-        "2s",
-        "--cacert",
-        ca.to_str().unwrap(),
-        "--proxy",
-        &proxy,
-        "--hold",
-        "8s",
-        &url,
-    ]);
+    let d = hold_to_nginx(&nginx, &proxy, "8s");
     assert_cut_near_3s(&d, &["silent"]);
     // Without a cut on the path, every age survives (a short hold).
-    let d = doctor(&[
-        "--timeout",
-        "2s",
-        "--cacert",
-        ca.to_str().unwrap(),
-        "--proxy",
-        &tiny.url(),
-        "--hold",
-        "2s",
-        &url,
-    ]);
+    let d = hold_to_nginx(&nginx, &tiny.url(), "2s");
     assert_eq!(d.code, 0, "{}", d.human);
     assert_eq!(
         d.json["idle_survived_s"].as_f64().map(|s| s >= 2.0),
@@ -192,30 +176,19 @@ fn dns_comparison_against_dnsmasq() {
     std::fs::write(&cfg, "[resolve]\n\"app.test\" = \"127.0.0.1\"\n").unwrap();
     let cfg = cfg.to_str().unwrap();
     let url = format!("http://app.test:{}/small", nginx.port());
-    let d = doctor(&[
-        "--timeout",
-        "3s",
-        "--config",
-        cfg,
-        "--dns",
-        &same.addr.to_string(),
-        &url,
-    ]);
+    // The doctor's lookup through the config, compared with `dns`'s answer.
+    let ask = |dns: &Dnsmasq| {
+        let server = dns.addr.to_string();
+        doctor(&["--timeout", "3s", "--config", cfg, "--dns", &server, &url])
+    };
+    let d = ask(&same);
     assert_eq!(d.code, 0, "{}", d.human);
     let dns = step_detail(&d, "dns");
     assert!(
         dns.contains(&format!("{} agree (127.0.0.1)", same.addr)),
         "{dns}"
     );
-    let d = doctor(&[
-        "--timeout",
-        "3s",
-        "--config",
-        cfg,
-        "--dns",
-        &other.addr.to_string(),
-        &url,
-    ]);
+    let d = ask(&other);
     let dns = step_detail(&d, "dns");
     assert!(
         dns.contains("127.0.0.2") && dns.contains("answers differ"),

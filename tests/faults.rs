@@ -51,18 +51,11 @@ impl Gw {
     }
 
     fn status(&self) -> serde_json::Value {
-        let r = curl(&["-s", &format!("http://{}/status", self.admin)]);
-        serde_json::from_str(&r.body).expect("status JSON")
+        admin_status(self.admin)
     }
 
     fn upstream(&self, name: &str) -> serde_json::Value {
-        self.status()["upstreams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|u| u["name"] == name)
-            .cloned()
-            .expect(name)
+        admin_upstream(self.admin, name)
     }
 
     /// `POST /reload` with the admin token.
@@ -100,24 +93,6 @@ fn seen(t: &Tinyproxy, needle: &str) -> usize {
         .count()
 }
 
-fn cell(row: &str, fault: &str, h: &Hey, note: &str) {
-    println!(
-        "MATRIX|{row}|{fault}|{}|{}|{:.1}|{note}",
-        h.ok + h.other_status + h.errors,
-        h.other_status + h.errors,
-        h.p99_ms
-    );
-}
-
-fn assert_all_ok(h: &Hey, n: u64, what: &str, gw: &Gw) {
-    assert!(
-        h.ok == n && h.errors == 0 && h.other_status == 0,
-        "{what}: {h:?}\n{}\n{}",
-        h.raw,
-        gw.pg.logs()
-    );
-}
-
 /// Sends raw bytes to the gateway and returns its answer (head and body).
 fn raw(gw: &Gw, bytes: &[u8], then_close_write: bool) -> String {
     let mut s = TcpStream::connect(gw.listen).unwrap();
@@ -151,11 +126,11 @@ fn half_dead_first_upstream_never_reaches_clients() {
     let small = format!("{}/small", nginx.url());
     // Straight away, before any health check could have judged it.
     let h = hey(&gw.proxy(), &small, 200, 5, &[]);
-    cell("plain GET keep-alive", "half-dead", &h, "hedged past it");
-    assert_all_ok(&h, 200, "plain keep-alive", &gw);
+    matrix_cell("plain GET keep-alive", "half-dead", &h, "hedged past it");
+    assert_all_ok(&h, 200, "plain keep-alive", || gw.pg.logs());
     let h = hey(&gw.proxy(), &small, 100, 5, &["-disable-keepalive"]);
-    cell("plain GET new conn", "half-dead", &h, "");
-    assert_all_ok(&h, 100, "plain new connections", &gw);
+    matrix_cell("plain GET new conn", "half-dead", &h, "");
+    assert_all_ok(&h, 100, "plain new connections", || gw.pg.logs());
     let h = hey(
         &gw.proxy(),
         &format!("{}/small", nginx.https_url()),
@@ -163,8 +138,8 @@ fn half_dead_first_upstream_never_reaches_clients() {
         5,
         &[],
     );
-    cell("CONNECT", "half-dead", &h, "raced past it");
-    assert_all_ok(&h, 100, "CONNECT", &gw);
+    matrix_cell("CONNECT", "half-dead", &h, "raced past it");
+    assert_all_ok(&h, 100, "CONNECT", || gw.pg.logs());
     // The application-level probe finds it down (a TCP probe would not).
     assert!(
         wait_until(Duration::from_secs(15), || gw.upstream("u0")["state"]
@@ -180,13 +155,13 @@ fn half_dead_first_upstream_never_reaches_clients() {
         5,
         &["-m", "POST", "-d", "payload"],
     );
-    cell(
+    matrix_cell(
         "plain POST body",
         "half-dead",
         &h,
         "after the check found it",
     );
-    assert_all_ok(&h, 100, "POST", &gw);
+    assert_all_ok(&h, 100, "POST", || gw.pg.logs());
     for _ in 0..5 {
         let r = curl(&["-s", "-m", "20", "-x", &gw.proxy(), &small]);
         assert_eq!(r.status, 200, "{r:?}");
@@ -194,7 +169,7 @@ fn half_dead_first_upstream_never_reaches_clients() {
     // Side by side: the same Go client pointed straight at the half-dead
     // proxy (what the app sees without proxyguard).
     let direct = hey(&dead.url("http"), &small, 10, 5, &["-t", "2"]);
-    cell(
+    matrix_cell(
         "plain GET keep-alive",
         "half-dead, Go client straight to it",
         &direct,
@@ -356,8 +331,8 @@ fn flapping_upstream_costs_no_request() {
     let gw = Gw::start(&[flap.url("http"), t[1].url()], "");
     let small = format!("{}/small", nginx.url());
     let h = hey(&gw.proxy(), &small, 600, 4, &["-disable-keepalive"]);
-    cell("plain GET new conn", "flapping", &h, "");
-    assert_all_ok(&h, 600, "flapping plain", &gw);
+    matrix_cell("plain GET new conn", "flapping", &h, "");
+    assert_all_ok(&h, 600, "flapping plain", || gw.pg.logs());
     let h = hey(
         &gw.proxy(),
         &format!("{}/small", nginx.https_url()),
@@ -365,8 +340,8 @@ fn flapping_upstream_costs_no_request() {
         4,
         &[],
     );
-    cell("CONNECT", "flapping", &h, "");
-    assert_all_ok(&h, 300, "flapping CONNECT", &gw);
+    matrix_cell("CONNECT", "flapping", &h, "");
+    assert_all_ok(&h, 300, "flapping CONNECT", || gw.pg.logs());
     assert!(flap.accepted() > 0);
 }
 
@@ -395,8 +370,8 @@ fn twenty_reloads_under_load_lose_nothing_and_apply_priorities() {
         std::thread::sleep(Duration::from_millis(60));
     }
     let h = load.join().unwrap();
-    cell("plain GET keep-alive", "reload x20", &h, "");
-    assert_all_ok(&h, 4000, "reloads under load", &gw);
+    matrix_cell("plain GET keep-alive", "reload x20", &h, "");
+    assert_all_ok(&h, 4000, "reloads under load", || gw.pg.logs());
     // The last config put t[0] first again (20 is even): traffic follows a
     // priority swap.
     std::fs::write(&path, order(1)).unwrap();
@@ -518,7 +493,9 @@ fn one_down_event_per_outage_and_no_false_recovery() {
             .count()
     };
     let h = hey(&gw.proxy(), &format!("{}/small", nginx.url()), 100, 4, &[]);
-    assert_all_ok(&h, 100, "failover past a resetting upstream", &gw);
+    assert_all_ok(&h, 100, "failover past a resetting upstream", || {
+        gw.pg.logs()
+    });
     // Ejected by traffic and failing its checks: one outage, one event.
     assert!(wait_until(Duration::from_secs(10), || events(
         "upstream_down"
@@ -557,11 +534,11 @@ fn accept_close_latency_drip_and_half_dead_socks_cost_no_request() {
         let first = FaultRelay::start(t[0].addr(), fault);
         let gw = Gw::start(&[first.url("http"), t[1].url()], "");
         let h = hey(&gw.proxy(), &small, 100, 5, &["-disable-keepalive"]);
-        cell("plain GET new conn", name, &h, "");
-        assert_all_ok(&h, 100, name, &gw);
+        matrix_cell("plain GET new conn", name, &h, "");
+        assert_all_ok(&h, 100, name, || gw.pg.logs());
         let h = hey(&gw.proxy(), &tls_small, 100, 5, &[]);
-        cell("CONNECT (hey, https)", name, &h, "");
-        assert_all_ok(&h, 100, name, &gw);
+        matrix_cell("CONNECT (hey, https)", name, &h, "");
+        assert_all_ok(&h, 100, name, || gw.pg.logs());
         // Whatever the first upstream did, nobody else was blamed.
         assert_eq!(gw.upstream("u1")["state"], "healthy", "{}", gw.status());
     }
@@ -572,16 +549,16 @@ fn accept_close_latency_drip_and_half_dead_socks_cost_no_request() {
         "",
     );
     let h = hey(&gw.proxy(), &small, 100, 5, &[]);
-    cell("plain GET via SOCKS5 upstreams", "half-dead", &h, "");
-    assert_all_ok(&h, 100, "SOCKS5 plain", &gw);
+    matrix_cell("plain GET via SOCKS5 upstreams", "half-dead", &h, "");
+    assert_all_ok(&h, 100, "SOCKS5 plain", || gw.pg.logs());
     let h = hey(&gw.proxy(), &tls_small, 100, 5, &[]);
-    cell(
+    matrix_cell(
         "CONNECT via SOCKS5 upstreams",
         "half-dead",
         &h,
         "raced past it",
     );
-    assert_all_ok(&h, 100, "SOCKS5 CONNECT", &gw);
+    assert_all_ok(&h, 100, "SOCKS5 CONNECT", || gw.pg.logs());
     // A SOCKS5 client of the gateway itself.
     for _ in 0..10 {
         let r = curl(&[

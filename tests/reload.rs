@@ -38,15 +38,7 @@ impl Gw {
     }
 
     fn upstream(&self, name: &str) -> serde_json::Value {
-        let r = curl(&["-s", &format!("http://{}/status", self.admin)]);
-        let v: serde_json::Value = serde_json::from_str(&r.body).expect("status JSON");
-        v["upstreams"]
-            .as_array()
-            .expect("upstreams")
-            .iter()
-            .find(|u| u["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no upstream {name} in {v}"))
+        admin_upstream(self.admin, name)
     }
 }
 

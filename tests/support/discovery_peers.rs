@@ -37,34 +37,16 @@ impl HostsDns {
     /// Starts dnsmasq; `local` = authoritative for `.test` (else names it
     /// does not hold are answered REFUSED: there is no upstream server).
     fn spawn(&mut self, local: bool) {
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "-k",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "-C",
-            "/dev/null",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--user=root",
-            "--local-ttl=1",
-        ])
-        .arg(format!("--port={}", self.addr.port()))
-        .arg(format!(
-            "--pid-file={}",
-            self.dir.path().join("dnsmasq.pid").display()
-        ))
-        .arg(format!("--addn-hosts={}", self.hosts_path().display()));
+        let mut b = dnsmasq::Builder::new(self.addr.port(), self.dir.path())
+            .local_ttl(1)
+            .addn_hosts(&self.hosts_path());
         if local {
-            cmd.arg("--local=/test/");
+            b = b.local_test();
         }
         for s in &self.srv {
-            cmd.arg(format!("--srv-host={s}"));
+            b = b.srv_host(s);
         }
-        let mut child = Child::spawn("dnsmasq", cmd, self.dir.path());
-        // dnsmasq also listens on TCP on the same port: wait for that.
-        wait_started(&mut child, self.addr, "dnsmasq");
+        let child = b.spawn();
         self.child = Some(child);
     }
 

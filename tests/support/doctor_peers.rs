@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, temp_dir, wait_started, write_file, Child};
+use super::{dnsmasq, free_port, spawn_nginx, temp_dir, wait_started, write_file, Child};
 
 /// tinyproxy on a free port with extra configuration lines.
 pub struct TinyproxyWith {
@@ -109,17 +109,7 @@ impl SelfSignedNginx {
              ssl_certificate_key {d}/key.pem; root {d}/www; }} }}\n",
             d = d.display()
         );
-        let conf_path = d.join("nginx.conf");
-        write_file(&conf_path, conf, 0o644);
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(d)
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path);
-        let mut child = Child::spawn("nginx-x509", cmd, d);
-        child.add_log(d.join("error.log"));
+        let mut child = spawn_nginx("nginx-x509", d, &conf);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_started(&mut child, addr, "nginx (openssl x509)");
         SelfSignedNginx { child, addr, dir }
@@ -143,33 +133,12 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     pub fn start(names: &[(&str, &str)]) -> Dnsmasq {
         let dir = temp_dir("dnsmasq", true);
-        let port = free_port();
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "-k",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "-C",
-            "/dev/null",
-        ])
-        .arg(format!("--port={port}"))
-        .args([
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--user=root",
-        ])
-        .arg(format!(
-            "--pid-file={}",
-            dir.path().join("dnsmasq.pid").display()
-        ));
+        let mut b = dnsmasq::Builder::new(free_port(), dir.path());
         for (n, ip) in names {
-            cmd.arg(format!("--address=/{n}/{ip}"));
+            b = b.address(n, ip);
         }
-        let mut child = Child::spawn("dnsmasq", cmd, dir.path());
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        // dnsmasq also listens on TCP on the same port: wait for that.
-        wait_started(&mut child, addr, "dnsmasq");
+        let child = b.spawn();
+        let addr = b.addr();
         Dnsmasq {
             child,
             addr,
@@ -359,17 +328,7 @@ impl TlsProxy {
             cert = ca.cert_path().display(),
             key = ca.key_path().display(),
         );
-        let conf_path = d.join("nginx.conf");
-        write_file(&conf_path, conf, 0o644);
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(d)
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path);
-        let mut child = Child::spawn("nginx-tlsproxy", cmd, d);
-        child.add_log(d.join("error.log"));
+        let mut child = spawn_nginx("nginx-tlsproxy", d, &conf);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_started(&mut child, addr, "nginx stream (TLS proxy)");
         TlsProxy {

@@ -85,3 +85,23 @@ pub fn hey(proxy: &str, url: &str, n: usize, c: usize, extra: &[&str]) -> Hey {
     }
     h
 }
+
+/// Prints one `MATRIX|row|fault|requests|failed|p99 ms|note` line of a
+/// fault matrix (`scripts/chaos` collects them).
+pub fn matrix_cell(row: &str, fault: &str, h: &Hey, note: &str) {
+    println!(
+        "MATRIX|{row}|{fault}|{}|{}|{:.1}|{note}",
+        h.ok + h.other_status + h.errors,
+        h.other_status + h.errors,
+        h.p99_ms
+    );
+}
+
+/// Asserts that all `n` requests got a 200 and none failed; on failure
+/// prints hey's output and `logs()` (the gateway's, read only then).
+pub fn assert_all_ok(h: &Hey, n: u64, what: &str, logs: impl FnOnce() -> String) {
+    if h.ok == n && h.errors == 0 && h.other_status == 0 {
+        return;
+    }
+    panic!("{what}: {h:?}\n{}\n{}", h.raw, logs());
+}

@@ -9,6 +9,7 @@
 
 pub mod browser;
 pub mod discovery_peers;
+pub mod dnsmasq;
 pub mod doctor_peers;
 pub mod etcd;
 pub mod faults;

@@ -230,32 +230,10 @@ impl NsDns {
         let dir = temp_dir("nsdns", true);
         let hosts_path = dir.path().join("hosts");
         write_file(&hosts_path, hosts, 0o644);
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "-k",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "-C",
-            "/dev/null",
-            "--port=53",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--user=root",
-            "--local=/test/",
-        ])
-        .arg(format!("--addn-hosts={}", hosts_path.display()))
-        .arg(format!(
-            "--pid-file={}",
-            dir.path().join("dnsmasq.pid").display()
-        ));
-        let mut child = Child::spawn("dnsmasq", cmd, dir.path());
-        // dnsmasq also listens on TCP on the same port: wait for that.
-        wait_started(
-            &mut child,
-            SocketAddr::from(([127, 0, 0, 1], 53)),
-            "dnsmasq",
-        );
+        let child = dnsmasq::Builder::new(53, dir.path())
+            .local_test()
+            .addn_hosts(&hosts_path)
+            .spawn();
         NsDns {
             child,
             hosts: hosts_path,

@@ -26,6 +26,39 @@ pub fn wait_started(child: &mut Child, addr: SocketAddr, what: &str) {
     }
 }
 
+/// squid in the foreground (`-N`) with the configuration `conf` (written to
+/// `d/squid.conf`; its cache log `d/cache.log` joins the child's log), once
+/// it accepts on `127.0.0.1:port`.
+pub fn spawn_squid(d: &Path, conf: &str, port: u16) -> (Child, SocketAddr) {
+    let conf_path = d.join("squid.conf");
+    write_file(&conf_path, conf, 0o644);
+    let mut cmd = Command::new("squid");
+    cmd.arg("-N").arg("-f").arg(&conf_path);
+    let mut child = Child::spawn("squid", cmd, d);
+    child.add_log(d.join("cache.log"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_started(&mut child, addr, "squid");
+    (child, addr)
+}
+
+/// nginx with prefix `d` and the configuration `conf` (written to
+/// `d/nginx.conf`; `d/error.log` joins the child's log). `conf` must keep it
+/// in the foreground; the caller waits for its ports.
+pub fn spawn_nginx(name: &str, d: &Path, conf: &str) -> Child {
+    let conf_path = d.join("nginx.conf");
+    write_file(&conf_path, conf, 0o644);
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p")
+        .arg(d)
+        .arg("-e")
+        .arg(d.join("error.log"))
+        .arg("-c")
+        .arg(&conf_path);
+    let mut child = Child::spawn(name, cmd, d);
+    child.add_log(d.join("error.log"));
+    child
+}
+
 pub fn userinfo(auth: Option<(&str, &str)>) -> String {
     match auth {
         Some((u, p)) => format!("{u}:{p}@"),
@@ -177,14 +210,7 @@ impl Squid {
         } else {
             conf += "http_access allow localhost\nhttp_access deny all\n";
         }
-        let conf_path = d.join("squid.conf");
-        write_file(&conf_path, conf, 0o644);
-        let mut cmd = Command::new("squid");
-        cmd.arg("-N").arg("-f").arg(&conf_path);
-        let mut child = Child::spawn("squid", cmd, d);
-        child.add_log(d.join("cache.log"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_started(&mut child, addr, "squid");
+        let (child, addr) = spawn_squid(d, &conf, port);
         Squid {
             child,
             addr,
@@ -479,17 +505,7 @@ impl Nginx {
             key = ca.key_path().display(),
             www = www.display(),
         );
-        let conf_path = d.join("nginx.conf");
-        write_file(&conf_path, conf, 0o644);
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(d)
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path);
-        let mut child = Child::spawn("nginx", cmd, d);
-        child.add_log(d.join("error.log"));
+        let mut child = spawn_nginx("nginx", d, &conf);
         let http = SocketAddr::from(([127, 0, 0, 1], hp));
         let https = SocketAddr::from(([127, 0, 0, 1], sp));
         wait_started(&mut child, http, "nginx");

@@ -152,3 +152,20 @@ pub fn admin_reload(admin: SocketAddr, token: &str) -> CurlOut {
         &format!("http://{admin}/reload"),
     ])
 }
+
+/// `GET /status` on the admin listener at `admin`; panics with the answer
+/// when it is not JSON.
+pub fn admin_status(admin: SocketAddr) -> serde_json::Value {
+    let r = curl(&["-s", &format!("http://{admin}/status")]);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("status JSON ({e}): {r:?}"))
+}
+
+/// Upstream `name`'s entry in `/status` at `admin`; panics with the status
+/// when it lists no such upstream.
+pub fn admin_upstream(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let v = admin_status(admin);
+    v["upstreams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no upstream {name} in {v}"))
+}

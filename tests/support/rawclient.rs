@@ -18,7 +18,7 @@ pub fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
 }
 
 /// Reads a response head (up to the blank line); "" on EOF or timeout.
-pub fn read_head(s: &mut TcpStream) -> String {
+pub fn read_head<S: Read>(s: &mut S) -> String {
     let mut got = Vec::new();
     let mut b = [0u8; 1];
     while !got.ends_with(b"\r\n\r\n") && got.len() < 16384 {

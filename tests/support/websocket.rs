@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{free_port, run_cmd, temp_dir, wait_started, write_file, Child, CmdOut};
+use super::{free_port, run_cmd, spawn_squid, temp_dir, wait_started, write_file, Child, CmdOut};
 
 /// The system interpreter: python3-websockets is a Debian package.
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -131,15 +131,7 @@ pub fn upgrade_on<S: Read + Write>(s: &mut S, origin: SocketAddr, path: &str) ->
          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n"
     );
     s.write_all(head.as_bytes()).unwrap();
-    let mut got = Vec::new();
-    let mut b = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") && got.len() < 16384 {
-        match s.read(&mut b) {
-            Ok(1) => got.push(b[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
+    super::rawclient::read_head(s)
 }
 
 /// Writes one final frame, masked as a client must.
@@ -210,14 +202,7 @@ impl SquidUpgrades {
              http_access allow localhost\nhttp_access deny all\n",
             d = d.display()
         );
-        let conf_path = d.join("squid.conf");
-        write_file(&conf_path, conf, 0o644);
-        let mut cmd = Command::new("squid");
-        cmd.arg("-N").arg("-f").arg(&conf_path);
-        let mut child = Child::spawn("squid", cmd, d);
-        child.add_log(d.join("cache.log"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_started(&mut child, addr, "squid");
+        let (child, addr) = spawn_squid(d, &conf, port);
         SquidUpgrades {
             child,
             addr,
