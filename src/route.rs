@@ -292,27 +292,31 @@ impl Router {
         traffic: Traffic,
     ) -> Result<(Established, NextHop), ConnectError> {
         let ctx = &self.ctx;
-        let (est, m) = attempt::connect(&self.pool, cands, self.pool.budget(), |m: Arc<Member>| {
-            use tracing::Instrument;
-            let span = tracing::debug_span!("attempt", upstream = m.name(), target = %target);
-            async move {
-                let mut obs = NoopObserver;
-                match traffic {
-                    Traffic::Tunnel => m
-                        .spec()
-                        .connect_tunnel(target, ctx, &mut obs)
-                        .await
-                        .map(Established::Tunnel),
-                    Traffic::Plain => m
-                        .spec()
-                        .connect_for_http(target, ctx, &mut obs)
-                        .await
-                        .map(Established::Http),
+        let budget = self.pool.budget();
+        // Following the pool: a member a discovery round or reload added
+        // while this connection was being made is tried too.
+        let (est, m) =
+            attempt::connect_following(&self.pool, cands, traffic, budget, |m: Arc<Member>| {
+                use tracing::Instrument;
+                let span = tracing::debug_span!("attempt", upstream = m.name(), target = %target);
+                async move {
+                    let mut obs = NoopObserver;
+                    match traffic {
+                        Traffic::Tunnel => m
+                            .spec()
+                            .connect_tunnel(target, ctx, &mut obs)
+                            .await
+                            .map(Established::Tunnel),
+                        Traffic::Plain => m
+                            .spec()
+                            .connect_for_http(target, ctx, &mut obs)
+                            .await
+                            .map(Established::Http),
+                    }
                 }
-            }
-            .instrument(span)
-        })
-        .await?;
+                .instrument(span)
+            })
+            .await?;
         Ok((est, NextHop::Upstream(m)))
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
-use super::{Member, Outcome, Pool};
+use super::{Member, Outcome, Pool, Traffic};
 use crate::upstream::{ConnectError, FaultClass, Phase};
 
 /// How hard to try, resolved for this one connection.
@@ -50,7 +50,10 @@ type Attempt<'a, T> =
 
 struct Run<'a, T, F> {
     pool: &'a Pool,
-    cands: &'a [Arc<Member>],
+    /// The plan's candidates, then any the pool gained since (`follow`).
+    cands: Vec<Arc<Member>>,
+    /// Follow the pool (for this traffic): see [`connect_following`].
+    follow: Option<Traffic>,
     budget: Budget,
     connect: F,
     deadline: Instant,
@@ -125,8 +128,36 @@ where
         false
     }
 
-    /// A new round after a backoff, once every candidate was tried.
+    /// Appends the eligible members the pool gained since the plan; true
+    /// when there were any (`next` then points at the first of them).
+    fn adopt_new_members(&mut self) -> bool {
+        let Some(traffic) = self.follow else {
+            return false;
+        };
+        let fresh: Vec<Arc<Member>> = self
+            .pool
+            .members()
+            .iter()
+            .filter(|m| traffic.applies(m.entry.applies) && m.health.eligible())
+            .filter(|m| !self.cands.iter().any(|c| Arc::ptr_eq(c, m)))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return false;
+        }
+        tracing::debug!(added = fresh.len(), "pool changed during this connection");
+        self.next = self.cands.len();
+        self.cands.extend(fresh);
+        true
+    }
+
+    /// The next attempt after an upstream fault: a member the pool gained
+    /// meanwhile at once, else a new round after a backoff once every
+    /// candidate was tried.
     async fn relaunch(&mut self) -> bool {
+        if self.next >= self.cands.len() && self.adopt_new_members() {
+            return self.launch(false);
+        }
         let n = self.cands.len();
         if self.next > 0 && self.next % n == 0 {
             let pause = super::backoff::full_jitter(
@@ -283,12 +314,48 @@ where
     F: Fn(Arc<Member>) -> Fut,
     Fut: Future<Output = Result<T, ConnectError>> + Send + 'a,
 {
+    run(pool, cands, None, budget, connect).await
+}
+
+/// Like [`connect`] for a plan of the pool itself: once every planned
+/// candidate failed, eligible members the pool gained since (a discovery
+/// round or reload replaced the set meanwhile) are tried before the failed
+/// ones again, so a request planned on a member just removed (and stopped)
+/// is served by its successor.
+pub async fn connect_following<'a, T, F, Fut>(
+    pool: &'a Pool,
+    cands: &'a [Arc<Member>],
+    traffic: Traffic,
+    budget: Budget,
+    connect: F,
+) -> Result<(T, Arc<Member>), ConnectError>
+where
+    T: Send + 'a,
+    F: Fn(Arc<Member>) -> Fut,
+    Fut: Future<Output = Result<T, ConnectError>> + Send + 'a,
+{
+    run(pool, cands, Some(traffic), budget, connect).await
+}
+
+async fn run<'a, T, F, Fut>(
+    pool: &'a Pool,
+    cands: &'a [Arc<Member>],
+    follow: Option<Traffic>,
+    budget: Budget,
+    connect: F,
+) -> Result<(T, Arc<Member>), ConnectError>
+where
+    T: Send + 'a,
+    F: Fn(Arc<Member>) -> Fut,
+    Fut: Future<Output = Result<T, ConnectError>> + Send + 'a,
+{
     if cands.is_empty() {
         return Err(ConnectError::NoRoute("no upstream to try".into()));
     }
     let run = Run {
         pool,
-        cands,
+        cands: cands.to_vec(),
+        follow,
         budget,
         connect,
         deadline: Instant::now() + budget.deadline,

@@ -8,6 +8,8 @@ pub mod backoff;
 pub mod body_suspects;
 pub mod checker;
 pub mod fleet;
+#[cfg(test)]
+mod follow_tests;
 pub mod health;
 pub mod idle_cut;
 pub mod outcome;
