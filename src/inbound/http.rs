@@ -263,15 +263,17 @@ async fn handle(
         return Ok(r);
     }
     if req.method() != Method::CONNECT {
-        return Ok(forward_plain(req, ctx, state, log).await);
+        // Boxed too: hyper allocates and moves the service future with
+        // every connection and request, so it must stay small; the
+        // forwarding future is several KiB.
+        return Ok(Box::pin(forward_plain(req, ctx, state, log)).await);
     }
     let dest = match connect_target(&req, &ctx, &mut log) {
         Ok(x) => x,
         Err(refused) => return Ok(*refused),
     };
     // Boxed: hyper keeps (and moves) the service future with every
-    // connection, and the tunnel's future is large; only CONNECTs pay for
-    // the allocation.
+    // connection, and the tunnel's future is large.
     let upgrade = hyper::upgrade::on(&mut req);
     Ok(Box::pin(connect(upgrade, dest, ctx, state, log)).await)
 }

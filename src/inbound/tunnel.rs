@@ -148,7 +148,10 @@ where
     tokio::spawn(async move {
         let _slot = ctx.slot.clone();
         match client_side.await {
-            Ok(client) => then(client).await,
+            // Boxed: the relay's future (buffers, watch state) is large,
+            // and the task's future is moved into its cell by spawn and
+            // rewritten when it ends; this way it is copied once.
+            Ok(client) => Box::pin(then(client)).await,
             Err(e) => {
                 tracing::debug!(client = %ctx.peer, error = %e, "the client's side of the tunnel did not open")
             }
