@@ -295,8 +295,12 @@ impl Router {
         let budget = self.pool.budget();
         // Following the pool: a member a discovery round or reload added
         // while this connection was being made is tried too.
-        let (est, m) =
-            attempt::connect_following(&self.pool, cands, traffic, budget, |m: Arc<Member>| {
+        let (est, m) = attempt::connect(
+            &self.pool,
+            cands,
+            Some(traffic),
+            budget,
+            |m: Arc<Member>| {
                 use tracing::Instrument;
                 let span = tracing::debug_span!("attempt", upstream = m.name(), target = %target);
                 async move {
@@ -315,8 +319,9 @@ impl Router {
                     }
                 }
                 .instrument(span)
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok((est, NextHop::Upstream(m)))
     }
 }

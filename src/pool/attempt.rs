@@ -52,7 +52,7 @@ struct Run<'a, T, F> {
     pool: &'a Pool,
     /// The plan's candidates, then any the pool gained since (`follow`).
     cands: Vec<Arc<Member>>,
-    /// Follow the pool (for this traffic): see [`connect_following`].
+    /// Follow the pool (for this traffic): see [`connect`].
     follow: Option<Traffic>,
     budget: Budget,
     connect: F,
@@ -303,41 +303,14 @@ where
 }
 
 /// Connects through one of `cands` (strategy order) with `connect`.
+///
+/// With `follow` (a plan of the pool itself, for this traffic): once every
+/// planned candidate failed, eligible members the pool gained since (a
+/// discovery round or reload replaced the set meanwhile) are tried before
+/// the failed ones again, so a request planned on a member just removed
+/// (and stopped) is served by its successor. Without it (a reverse route's
+/// fixed backends), only `cands` are tried.
 pub async fn connect<'a, T, F, Fut>(
-    pool: &'a Pool,
-    cands: &'a [Arc<Member>],
-    budget: Budget,
-    connect: F,
-) -> Result<(T, Arc<Member>), ConnectError>
-where
-    T: Send + 'a,
-    F: Fn(Arc<Member>) -> Fut,
-    Fut: Future<Output = Result<T, ConnectError>> + Send + 'a,
-{
-    run(pool, cands, None, budget, connect).await
-}
-
-/// Like [`connect`] for a plan of the pool itself: once every planned
-/// candidate failed, eligible members the pool gained since (a discovery
-/// round or reload replaced the set meanwhile) are tried before the failed
-/// ones again, so a request planned on a member just removed (and stopped)
-/// is served by its successor.
-pub async fn connect_following<'a, T, F, Fut>(
-    pool: &'a Pool,
-    cands: &'a [Arc<Member>],
-    traffic: Traffic,
-    budget: Budget,
-    connect: F,
-) -> Result<(T, Arc<Member>), ConnectError>
-where
-    T: Send + 'a,
-    F: Fn(Arc<Member>) -> Fut,
-    Fut: Future<Output = Result<T, ConnectError>> + Send + 'a,
-{
-    run(pool, cands, Some(traffic), budget, connect).await
-}
-
-async fn run<'a, T, F, Fut>(
     pool: &'a Pool,
     cands: &'a [Arc<Member>],
     follow: Option<Traffic>,
@@ -429,7 +402,7 @@ mod tests {
             .collect();
         let dialled = std::sync::Mutex::new(Vec::new());
         let start = Instant::now();
-        let r = connect(p, &cands, b, |m: Arc<Member>| {
+        let r = connect(p, &cands, None, b, |m: Arc<Member>| {
             dialled.lock().unwrap().push(m.name().to_string());
             let act = acts.get(m.name()).cloned().unwrap_or(Act::Hang);
             async move {

@@ -1,11 +1,11 @@
-//! The attempt engine following the pool (`attempt::connect_following`):
+//! The attempt engine following the pool (`attempt::connect` with `follow`):
 //! a discovery round that replaces the member a connection was planned on
 //! while it is being made (paused time, a stub connector, no network).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::attempt::{connect, connect_following, Budget};
+use super::attempt::{connect, Budget};
 use super::{test_pool, Member, Traffic};
 use crate::config::schema::BreakerConfig;
 use crate::config::UpstreamEntry;
@@ -53,12 +53,12 @@ async fn a_member_replaced_during_the_run_is_followed_by_its_successor() {
             Ok(name)
         }
     };
-    let r = connect_following(&p, &planned, Traffic::Plain, budget(), &attempt).await;
+    let r = connect(&p, &planned, Some(Traffic::Plain), budget(), &attempt).await;
     assert_eq!(r.map(|(v, _)| v).unwrap(), "etcd:b");
     assert_eq!(*dialled.lock().unwrap(), ["etcd:a", "etcd:b"]);
     // Fixed candidates: a alone, tried again (until ejected), refused.
     dialled.lock().unwrap().clear();
-    let r = connect(&p, &planned, budget(), &attempt).await;
+    let r = connect(&p, &planned, None, budget(), &attempt).await;
     assert!(matches!(r, Err(ConnectError::Refused { .. })), "{r:?}");
     let d = dialled.lock().unwrap().clone();
     assert!(!d.is_empty() && d.iter().all(|n| n == "etcd:a"), "{d:?}");

@@ -173,7 +173,7 @@ impl ReverseRoute {
                 r.map_err(as_backend_fault)
             }
         };
-        match attempt::connect(&self.pool, &cands, budget, connect).await {
+        match attempt::connect(&self.pool, &cands, None, budget, connect).await {
             Ok((tx, m)) => Some(BackendConn {
                 tx,
                 reused: false,
