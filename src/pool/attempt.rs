@@ -23,6 +23,7 @@
 //! Used by forward (tunnels and plain-HTTP connections, through `route.rs`)
 //! and by reverse routes (backend connections, candidates in zone order).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -51,7 +52,9 @@ type Attempt<'a, T> =
 struct Run<'a, T, F> {
     pool: &'a Pool,
     /// The plan's candidates, then any the pool gained since (`follow`).
-    cands: Vec<Arc<Member>>,
+    /// Borrowed from the plan; copied only when the pool is followed and
+    /// has gained members.
+    cands: Cow<'a, [Arc<Member>]>,
     /// Follow the pool (for this traffic): see [`connect`].
     follow: Option<Traffic>,
     budget: Budget,
@@ -147,7 +150,7 @@ where
         }
         tracing::debug!(added = fresh.len(), "pool changed during this connection");
         self.next = self.cands.len();
-        self.cands.extend(fresh);
+        self.cands.to_mut().extend(fresh);
         true
     }
 
@@ -327,7 +330,7 @@ where
     }
     let run = Run {
         pool,
-        cands: cands.to_vec(),
+        cands: Cow::Borrowed(cands),
         follow,
         budget,
         connect,
