@@ -4,8 +4,10 @@
 //! Each direction starts with a 1 KiB buffer, so an idle tunnel costs almost
 //! nothing. Once a read fills that buffer the direction is treated as bulk:
 //! on Linux it switches to `splice(2)` through a pipe (bytes never enter user
-//! space); elsewhere it grows the buffer. The two directions run on
-//! `TcpStream::split` halves (borrowed, no locking).
+//! space); elsewhere it grows the buffer. While the tunnel's messages are
+//! followed (`Watch::body_idle`, see `framing`) the bytes must be seen, so
+//! bulk goes through a 256 KiB buffer until the follower gives up. The two
+//! directions run on `TcpStream::split` halves (borrowed, no locking).
 
 use std::io;
 use std::net::Shutdown;
