@@ -91,6 +91,63 @@ fn go_every_4s_through_a_silent_3s_cut_fails_direct_and_never_via_proxyguard() {
     );
 }
 
+/// The only upstream, behind a path that silently forgets connections idle
+/// for 1 s, with `upstream_idle` well above the cut (nobody measured it):
+/// every reuse after a pause writes into a forgotten connection. With no
+/// second upstream to hedge on, the GET is hedged on a new connection to
+/// the same upstream after `hedge_after`, instead of waiting out
+/// `response_head` (30 s, far past the client's 6 s), and the cut is learnt
+/// as from a reset on reuse.
+#[test]
+fn a_silently_forgotten_connection_to_the_only_upstream_is_hedged_on_a_new_one() {
+    let origin = EchoServer::start();
+    let squid = Squid::start(None);
+    let path = FaultRelay::start(
+        squid.addr(),
+        Fault::IdleCut {
+            after: Duration::from_secs(1),
+            reset: false,
+        },
+    );
+    let (pg, listen, admin) = gateway(
+        &path.url("http"),
+        "[pool]\nupstream_idle = \"60s\"\nhedge_after = \"200ms\"\n",
+    );
+    let r = GoClient::run(
+        &GoOpts::new(&format!("{}/forgotten", origin.url()))
+            .n(3)
+            .interval(Duration::from_secs(2))
+            // Only a request left waiting for `response_head` takes this long.
+            .timeout(Duration::from_secs(6))
+            .proxy_all(&format!("http://{listen}")),
+    );
+    row("silent 1s cut, only upstream, Go via proxyguard", &r);
+    assert!(
+        path.cuts() >= 1,
+        "no request met a forgotten connection, so this test proves nothing\n{}",
+        pg.logs()
+    );
+    assert_eq!((r.ok, r.failed), (3, 0), "{r:?}\n{}", pg.logs());
+    let metrics = curl(&["-s", &format!("http://{admin}/metrics")]).body;
+    let won = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("proxyguard_hedges_won_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(
+        won.is_some_and(|n| n >= path.cuts() as f64),
+        "every forgotten connection must be saved by a hedge: won {won:?}, cuts {}",
+        path.cuts()
+    );
+    // The silent reuse taught the gateway the cut: later idle connections
+    // are retired before it, so only the first reuse met it.
+    assert_eq!(path.cuts(), 1, "{}", pg.logs());
+    assert!(
+        pg.logs().contains("was cut on the path"),
+        "the cut was not learnt:\n{}",
+        pg.logs()
+    );
+}
+
 /// A path that forgets idle connections and resets the next bytes (what
 /// most SLBs and NATs do) behind an upstream with the default
 /// `upstream_idle` (10 s): the first reuse after 3 s of idleness meets the

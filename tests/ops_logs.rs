@@ -194,3 +194,41 @@ fn upstreams_from_env_sends_traffic_through_the_environment_proxy() {
         pg.logs()
     );
 }
+
+/// A client that gives up while its request waits (here on an upstream
+/// that accepts and never answers) still gets an access line: status 499,
+/// `outcome="client_closed"`, so an abandoned request is never invisible.
+#[test]
+fn a_request_the_client_abandons_still_gets_an_access_line() {
+    // Accepted by the kernel, never read: a half-dead upstream.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free_addr();
+    let cfg = format!(
+        "{}\n[[upstream]]\nname = \"hung\"\nurl = \"http://{}\"\n\n[health]\nenabled = false\n\n\
+         [timeouts]\nresponse_head = \"60s\"\n",
+        gateway_config(listen),
+        silent.local_addr().unwrap()
+    );
+    let pg = Proxyguard::start(&cfg);
+    let url = "http://127.0.0.1:9/abandoned?x=1";
+    let r = curl(&["--max-time", "1", "-x", &format!("http://{listen}"), url]);
+    assert_ne!(r.status, 200, "the upstream never answers: {r:?}");
+    let line = |pg: &Proxyguard| {
+        pg.json_logs()
+            .into_iter()
+            .find(|l| l["logger"] == "access" && l["target"] == url)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || line(&pg).is_some()),
+        "no access line for the abandoned request:\n{}",
+        pg.logs()
+    );
+    let l = line(&pg).unwrap();
+    assert_eq!(
+        (&l["outcome"], &l["status"], &l["method"]),
+        (&"client_closed".into(), &499.into(), &"GET".into()),
+        "{l}"
+    );
+    assert!(l["duration_ms"].as_u64().is_some_and(|ms| ms >= 900), "{l}");
+    drop(silent);
+}

@@ -1,6 +1,6 @@
 //! One exchange with an upstream (idle connection or a new one through the
 //! attempt engine, under the `response_head` deadline), and hedging a safe
-//! request on a second upstream.
+//! request on a second upstream, or on a new connection to the only one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use hyper::Request;
 use tokio::time::Instant;
 
 use super::headers::build;
-use super::{key_for, member, Forwarder, OutBody, PoolKey};
+use super::{key_for, learn_idle_cut, member, Forwarder, OutBody, PoolKey};
 use crate::pool::Member;
 use crate::route::{NextHop, PlainPlan, Router};
 use crate::upstream::{ConnectError, Target};
@@ -54,10 +54,31 @@ pub(super) enum Exchange {
     },
 }
 
+/// An idle connection taken from the pool for one exchange.
+pub(super) struct Pooled {
+    tx: SendRequest<OutBody>,
+    key: PoolKey,
+    route: NextHop,
+    /// How long it had been idle.
+    idle: Duration,
+}
+
+/// Where a hedge goes.
+enum HedgeTo {
+    /// Another upstream than the lead's.
+    Other,
+    /// The lead's own upstream, on a new connection: the plan has no other,
+    /// and the lead went out on a reused one, idle for `idle` (which a path
+    /// may have forgotten without a word, or a proxy may hold unanswered).
+    SameFresh { idle: Duration },
+}
+
 impl Forwarder {
-    /// A safe request: the exchange, plus a second one on another upstream
-    /// if the first has not answered after `hedge_after`. The first answer
-    /// wins; the other is dropped (its connection closes).
+    /// A safe request: the exchange, plus a second one if the first has not
+    /// answered after `hedge_after` — on another upstream, or, when the
+    /// plan has no other and the first went out on a reused connection, on
+    /// a new connection to the same one. The first answer wins; the other
+    /// is dropped (its connection closes).
     pub(super) async fn hedged(
         &self,
         router: &Router,
@@ -68,29 +89,54 @@ impl Forwarder {
     ) -> Exchange {
         let empty = || Either::Right(Empty::new());
         let plan = router.plain_plan(target).excluding(excluded);
-        let routes = plan.routes();
-        // A hedge needs a second upstream besides the one the plan leads with.
-        let lead = routes.first().and_then(|r| member(r).cloned());
-        let hedge_to = routes.iter().skip(1).filter_map(member).next().is_some();
-        let delay = match (&lead, hedge_to) {
-            (Some(_), true) => self.hedge_after(router),
-            _ => None,
+        let pooled = if fresh {
+            None
+        } else {
+            self.checkout(router, target, &plan)
         };
-        let first = self.once(router, target, parts, empty(), plan, fresh);
-        let (Some(lead), Some(delay)) = (lead, delay) else {
+        let routes = plan.routes();
+        let lead = match &pooled {
+            Some(p) => member(&p.route).cloned(),
+            None => routes.first().and_then(|r| member(r).cloned()),
+        };
+        let hedge_to = lead.as_ref().and_then(|lead| {
+            let other = routes
+                .iter()
+                .filter_map(member)
+                .any(|m| !Arc::ptr_eq(m, lead));
+            match (other, &pooled) {
+                (true, _) => Some(HedgeTo::Other),
+                (false, Some(p)) => Some(HedgeTo::SameFresh { idle: p.idle }),
+                (false, None) => None,
+            }
+        });
+        let delay = hedge_to.as_ref().and_then(|_| self.hedge_after(router));
+        let first = self.exchange(router, target, parts, empty(), pooled, plan);
+        let (Some(lead), Some(hedge_to), Some(delay)) = (lead, hedge_to, delay) else {
             return first.await;
         };
-        let mut others: Vec<Arc<Member>> = excluded.to_vec();
-        others.push(lead);
         tokio::pin!(first);
         tokio::select! {
             o = &mut first => return o,
             _ = tokio::time::sleep(delay) => {}
         }
         metrics::counter!("proxyguard_hedges_total").increment(1);
-        tracing::debug!(target = %target, after_ms = delay.as_millis() as u64, "hedging on another upstream");
-        let second_plan = router.plain_plan(target).excluding(&others);
-        let second = self.once(router, target, parts, empty(), second_plan, true);
+        let (second_plan, reused) = match hedge_to {
+            HedgeTo::Other => {
+                tracing::debug!(target = %target, after_ms = delay.as_millis() as u64, "hedging on another upstream");
+                let mut others: Vec<Arc<Member>> = excluded.to_vec();
+                others.push(lead);
+                (router.plain_plan(target).excluding(&others), None)
+            }
+            HedgeTo::SameFresh { idle } => {
+                tracing::debug!(target = %target, upstream = lead.name(), after_ms = delay.as_millis() as u64, "hedging on a new connection to the same upstream");
+                (
+                    router.plain_plan(target).excluding(excluded),
+                    Some((lead, idle)),
+                )
+            }
+        };
+        let second = self.exchange(router, target, parts, empty(), None, second_plan);
         tokio::pin!(second);
         tokio::select! {
             o = &mut first => match o {
@@ -100,6 +146,13 @@ impl Forwarder {
             o = &mut second => match o {
                 o @ Exchange::Answered(_) => {
                     metrics::counter!("proxyguard_hedges_won_total").increment(1);
+                    // A new connection to the same upstream answered while
+                    // the reused one stayed silent: most likely a path that
+                    // forgot it while idle (or a slow answer: then the
+                    // lifetime is only shortened needlessly).
+                    if let Some((m, idle)) = reused {
+                        learn_idle_cut(router, &m, idle);
+                    }
                     o
                 }
                 _ => first.await,
@@ -108,7 +161,7 @@ impl Forwarder {
     }
 
     /// One exchange: an idle connection on a route the plan allows (most
-    /// preferred first), else a new one through the attempt engine.
+    /// preferred first) unless `fresh`, else a new one.
     pub(super) async fn once(
         &self,
         router: &Router,
@@ -118,19 +171,49 @@ impl Forwarder {
         plan: PlainPlan,
         fresh: bool,
     ) -> Exchange {
-        let reused = if fresh {
+        let pooled = if fresh {
             None
         } else {
-            plan.routes().into_iter().find_map(|route| {
-                let key = key_for(&route, target);
-                let limit = self.idle_limit(router, &route);
-                self.idle
-                    .checkout_within(&key, limit)
-                    .map(|(tx, idle)| (tx, key, route, idle))
-            })
+            self.checkout(router, target, &plan)
         };
-        let (mut tx, key, route, absolute, auth, reused_after) = match reused {
-            Some((tx, key, route, idle)) => {
+        self.exchange(router, target, parts, body, pooled, plan)
+            .await
+    }
+
+    /// An idle connection on a route the plan allows, most preferred first.
+    fn checkout(&self, router: &Router, target: &Target, plan: &PlainPlan) -> Option<Pooled> {
+        plan.routes().into_iter().find_map(|route| {
+            let key = key_for(&route, target);
+            let limit = self.idle_limit(router, &route);
+            self.idle
+                .checkout_within(&key, limit)
+                .map(|(tx, idle)| Pooled {
+                    tx,
+                    key,
+                    route,
+                    idle,
+                })
+        })
+    }
+
+    /// One exchange on `pooled`, or on a new connection through the attempt
+    /// engine, under the `response_head` deadline.
+    async fn exchange(
+        &self,
+        router: &Router,
+        target: &Target,
+        parts: &http::request::Parts,
+        body: OutBody,
+        pooled: Option<Pooled>,
+        plan: PlainPlan,
+    ) -> Exchange {
+        let (mut tx, key, route, absolute, auth, reused_after) = match pooled {
+            Some(Pooled {
+                tx,
+                key,
+                route,
+                idle,
+            }) => {
                 let auth = member(&route).and_then(|m| {
                     m.spec()
                         .credentials

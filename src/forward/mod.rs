@@ -3,7 +3,8 @@
 //! One request: plan (the same decision picks an idle connection and, on a
 //! miss, dials) → send with a `response_head` deadline → classify the answer.
 //! A safe request (idempotent, no body) may be hedged on a second upstream
-//! after `hedge_after` (first answer wins, the other is cancelled) and is
+//! (or a new connection to the only one) after `hedge_after` (first answer
+//! wins, the other is cancelled) and is
 //! retried on another upstream after a 407, a proxy's own gateway error, a
 //! broken fresh connection or a response-head timeout. An unsafe one is sent
 //! once, on a fresh connection (a pooled one may be closed under it); a

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -107,17 +108,37 @@ pub fn error_response(err: &ConnectError, upstream: Option<&str>) -> Response<Re
 }
 
 /// One request's access-log line: who asked, how, for what, since when.
+/// A request dropped before its line was written (the client closed or
+/// reset while it waited) still gets one, with `outcome="client_closed"`.
 pub(super) struct Access {
     pub peer: SocketAddr,
     pub method: Method,
     /// The target as the line names it (redacted when written).
     pub target: String,
     pub started: Instant,
+    /// The line is written (or a tunnel writes its own).
+    written: AtomicBool,
 }
 
 impl Access {
+    pub fn new(peer: SocketAddr, method: Method) -> Self {
+        Access {
+            peer,
+            method,
+            target: "-".into(),
+            started: Instant::now(),
+            written: AtomicBool::new(false),
+        }
+    }
+
+    /// A tunnel took the request over and writes its own line.
+    pub fn handed_to_tunnel(&self) {
+        self.written.store(true, Ordering::Relaxed);
+    }
+
     /// Counts the request and writes its line.
     pub fn log(&self, upstream: &str, status: u16, outcome: &str) {
+        self.written.store(true, Ordering::Relaxed);
         let method = &self.method;
         metrics::counter!(
             "proxyguard_requests_total",
@@ -144,6 +165,15 @@ impl Access {
     fn reject(&self, status: StatusCode, outcome: &str, msg: &str) -> Response<RespBody> {
         self.log("-", status.as_u16(), outcome);
         text(status, msg)
+    }
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        if !*self.written.get_mut() {
+            // 499: nginx's code for a client that closed before the answer.
+            self.log("-", 499, "client_closed");
+        }
     }
 }
 
@@ -229,12 +259,7 @@ async fn handle(
     state: Arc<Gateway>,
 ) -> Result<Response<RespBody>, Infallible> {
     ctx.slot.active();
-    let mut log = Access {
-        peer: ctx.peer,
-        method: req.method().clone(),
-        target: "-".into(),
-        started: Instant::now(),
-    };
+    let mut log = Access::new(ctx.peer, req.method().clone());
     // hyper's buffer limit is soft when a whole head arrives in one read;
     // enforce the configured limit on the parsed head as well.
     let head_bytes: usize = req
@@ -330,7 +355,13 @@ fn plain_target(uri: &http::Uri, log: &Access) -> Result<Target, Box<Response<Re
             )));
         }
     };
-    target.ok_or_else(|| Box::new(text(StatusCode::BAD_REQUEST, "proxyguard: bad host in URL")))
+    target.ok_or_else(|| {
+        Box::new(log.reject(
+            StatusCode::BAD_REQUEST,
+            "bad_target",
+            "proxyguard: bad host in URL",
+        ))
+    })
 }
 
 /// An absolute-form request: checked, then forwarded.
@@ -436,6 +467,7 @@ async fn connect(
     };
     let st = state.clone();
     super::tunnel::spawn(ctx, &state, upgrade, move |upgraded| async move {
+        log.handed_to_tunnel();
         let tunnel = Tunnel {
             kind: "connect",
             peer: log.peer,
