@@ -477,8 +477,10 @@ fn scenario5_all_down_prompt_502_then_recovery_within_one_interval() {
     });
     eprintln!("scenario 5: recovered in {:?}", back.elapsed());
     assert!(ok, "{}", pg.logs());
+    // One health interval (1 s) plus a loaded machine's slack for the
+    // check and the curl; far below the ejection backoff it must not wait.
     assert!(
-        back.elapsed() <= Duration::from_millis(1500),
+        back.elapsed() <= Duration::from_secs(3),
         "took {:?}",
         back.elapsed()
     );

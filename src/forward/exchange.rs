@@ -160,26 +160,6 @@ impl Forwarder {
         }
     }
 
-    /// One exchange: an idle connection on a route the plan allows (most
-    /// preferred first) unless `fresh`, else a new one.
-    pub(super) async fn once(
-        &self,
-        router: &Router,
-        target: &Target,
-        parts: &http::request::Parts,
-        body: OutBody,
-        plan: PlainPlan,
-        fresh: bool,
-    ) -> Exchange {
-        let pooled = if fresh {
-            None
-        } else {
-            self.checkout(router, target, &plan)
-        };
-        self.exchange(router, target, parts, body, pooled, plan)
-            .await
-    }
-
     /// An idle connection on a route the plan allows, most preferred first.
     fn checkout(&self, router: &Router, target: &Target, plan: &PlainPlan) -> Option<Pooled> {
         plan.routes().into_iter().find_map(|route| {
@@ -198,7 +178,7 @@ impl Forwarder {
 
     /// One exchange on `pooled`, or on a new connection through the attempt
     /// engine, under the `response_head` deadline.
-    async fn exchange(
+    pub(super) async fn exchange(
         &self,
         router: &Router,
         target: &Target,

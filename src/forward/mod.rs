@@ -320,8 +320,8 @@ impl Forwarder {
             // may close an idle one (tinyproxy closes after every response
             // without saying so) just as the request is written, and then it
             // cannot be retried. A fresh connection costs one handshake.
-            let fresh = tries.stale > 0 || !safe;
             let exchange = if safe {
+                let fresh = tries.stale > 0;
                 self.hedged(router, target, &parts, &tries.excluded, fresh)
                     .await
             } else {
@@ -330,7 +330,7 @@ impl Forwarder {
                     .take()
                     .unwrap_or_else(|| Either::Right(Empty::new()));
                 let plan = router.plain_plan(target).excluding(&tries.excluded);
-                self.once(router, target, &parts, b, plan, fresh).await
+                self.exchange(router, target, &parts, b, None, plan).await
             };
             match self.judge(router, target, exchange, &mut tries)? {
                 Some((resp, route, conn)) => {
