@@ -162,6 +162,35 @@ impl Framing {
         self.settle(outcome);
     }
 
+    /// Far-side bytes coming next that are only counted, never looked at
+    /// (the rest of a TLS record, of a body's data or chunk): the relay may
+    /// pass up to this many without showing them (splice), then report them
+    /// with [`Framing::far_skipped`].
+    pub fn far_opaque(&self) -> u64 {
+        match &self.state {
+            State::Tls(records) => records.opaque(),
+            State::Http(exchange) => exchange.far_opaque(),
+            State::Start { .. } | State::Unknown => 0,
+        }
+    }
+
+    /// `n` far-side bytes went by unseen: the same as showing them when
+    /// `n <= far_opaque()`; more than that cannot be followed (Unknown).
+    pub fn far_skipped(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if n > self.far_opaque() {
+            self.state = State::Unknown;
+            return;
+        }
+        match &mut self.state {
+            State::Tls(records) => records.skip(n, &mut self.messages),
+            State::Http(exchange) => exchange.far_skipped(n, &mut self.messages),
+            State::Start { .. } | State::Unknown => {}
+        }
+    }
+
     pub fn position(&self) -> Position {
         let inside = match &self.state {
             State::Start { .. } => false,

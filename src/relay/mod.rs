@@ -154,6 +154,23 @@ impl Shared {
         self.framing().is_some_and(|f| f.following())
     }
 
+    /// Far-side bytes the framing only counts: they may be spliced.
+    #[cfg(target_os = "linux")]
+    fn far_opaque(&self) -> u64 {
+        self.framing().map_or(0, |f| f.far_opaque())
+    }
+
+    /// `n` far-side bytes went down unseen (within [`Shared::far_opaque`]).
+    #[cfg(target_os = "linux")]
+    fn far_skipped(&self, n: u64) {
+        self.seen(Dir::Down, &[]);
+        if let Some(mut f) = self.framing() {
+            f.far_skipped(n);
+            let inside = f.position() == Position::Inside;
+            self.inside.store(inside, Ordering::Relaxed);
+        }
+    }
+
     /// `bytes` moved `dir`.
     fn seen(&self, dir: Dir, bytes: &[u8]) {
         let now = self.start.elapsed().as_millis() as u64;

@@ -6,8 +6,11 @@
 //! on Linux it switches to `splice(2)` through a pipe (bytes never enter user
 //! space); elsewhere it grows the buffer. While the tunnel's messages are
 //! followed (`Watch::body_idle`, see `framing`) the bytes must be seen, so
-//! bulk goes through a 256 KiB buffer until the follower gives up. The two
-//! directions run on `TcpStream::split` halves (borrowed, no locking).
+//! bulk goes through a 256 KiB buffer until the follower gives up — except
+//! the far side's long opaque spans (the rest of a large HTTP body or
+//! chunk, which the follower only counts): those are spliced on Linux too,
+//! and reported to the follower by length. The two directions run on
+//! `TcpStream::split` halves (borrowed, no locking).
 
 use std::io;
 use std::net::Shutdown;
@@ -76,7 +79,16 @@ enum Until {
     Full,
     /// The framing no longer needs to see the bytes.
     Unfollowed,
+    /// Like `Unfollowed`, or the far side's next [`SPLICE_SPAN`] bytes or
+    /// more are opaque to the framing (time to splice them).
+    #[cfg(target_os = "linux")]
+    UnfollowedOrSpan,
 }
+
+/// Opaque far-side spans at least this long are spliced while following
+/// (shorter ones, such as TLS records, are not worth the extra syscalls).
+#[cfg(target_os = "linux")]
+const SPLICE_SPAN: u64 = 64 * 1024;
 
 /// One direction, `r` → `w`: a 1 KiB buffer while traffic is small; once a
 /// read fills it, a 256 KiB buffer while the framing follows the tunnel
@@ -95,17 +107,41 @@ async fn pump(
         return Ok(());
     }
     let mut large = Vec::new();
+    #[cfg(target_os = "linux")]
+    let mut pipe = None;
     if side.0.following() {
         large = vec![0u8; LARGE];
-        if copy(r, w, &mut large, Until::Unfollowed, side, ended, count).await? {
-            return Ok(());
+        #[cfg(target_os = "linux")]
+        if side.1 == Dir::Down {
+            pipe = splice::Pipe::new().ok();
+        }
+        loop {
+            #[cfg(target_os = "linux")]
+            let until = match pipe {
+                Some(_) => Until::UnfollowedOrSpan,
+                None => Until::Unfollowed,
+            };
+            #[cfg(not(target_os = "linux"))]
+            let until = Until::Unfollowed;
+            if copy(r, w, &mut large, until, side, ended, count).await? {
+                return Ok(());
+            }
+            if !side.0.following() {
+                break;
+            }
+            #[cfg(target_os = "linux")]
+            if let Some(pipe) = &pipe {
+                if splice::span(pipe, r.as_ref(), w.as_ref(), side.0, ended, count).await? {
+                    return Ok(());
+                }
+            }
         }
     }
     if side.1 == Dir::Up {
         side.0.client_unseen();
     }
     #[cfg(target_os = "linux")]
-    if let Ok(pipe) = splice::Pipe::new() {
+    if let Some(pipe) = pipe.or_else(|| splice::Pipe::new().ok()) {
         return splice::pump(&pipe, r.as_ref(), w.as_ref(), side, ended, count).await;
     }
     large.resize(LARGE, 0);
@@ -157,6 +193,12 @@ async fn copy(
         match until {
             Until::Full if n == buf.len() => return Ok(false),
             Until::Unfollowed if !shared.following() => return Ok(false),
+            #[cfg(target_os = "linux")]
+            Until::UnfollowedOrSpan
+                if !shared.following() || shared.far_opaque() >= SPLICE_SPAN =>
+            {
+                return Ok(false)
+            }
             _ => {}
         }
     }
@@ -244,22 +286,79 @@ mod splice {
             }
             *count += n as u64;
             shared.seen(dir, &[]);
-            let mut left = n;
-            while left > 0 {
-                match when_ready(
-                    w,
-                    Interest::WRITABLE,
-                    pipe.r.as_raw_fd(),
-                    w.as_raw_fd(),
-                    left,
-                )
-                .await?
-                {
-                    0 => return Err(io::ErrorKind::WriteZero.into()),
-                    m => left -= m,
+            drain(pipe, w, n).await?;
+        }
+    }
+
+    /// The far side's opaque span (bytes the framing only counts), spliced
+    /// and reported to the framing by length, until less than
+    /// [`SPLICE_SPAN`] of it is left (`Ok(false)`: back to showing bytes).
+    /// The far side ending inside it is a cut; `Ok(true)` is an EOF the
+    /// framing no longer calls one (it cannot be, while a span is owed).
+    pub async fn span(
+        pipe: &Pipe,
+        r: &TcpStream,
+        w: &TcpStream,
+        shared: &Shared,
+        ended: &AtomicBool,
+        count: &mut u64,
+    ) -> io::Result<bool> {
+        loop {
+            let opaque = shared.far_opaque();
+            if opaque < SPLICE_SPAN {
+                return Ok(false);
+            }
+            let len = usize::try_from(opaque).map_or(CHUNK, |o| o.min(CHUNK));
+            shared.waiting_far.store(true, Ordering::Relaxed);
+            let filled = when_ready(
+                r,
+                Interest::READABLE,
+                r.as_raw_fd(),
+                pipe.w.as_raw_fd(),
+                len,
+            )
+            .await;
+            shared.waiting_far.store(false, Ordering::Relaxed);
+            let n = match filled {
+                Ok(n) => n,
+                Err(e) => {
+                    shared.far_ended();
+                    return Err(e);
                 }
+            };
+            if n == 0 {
+                finish(w, ended);
+                if shared.far_ended() {
+                    return Err(cut_error());
+                }
+                return Ok(true);
+            }
+            *count += n as u64;
+            shared.far_skipped(n as u64);
+            #[cfg(test)]
+            tests::SPLICED.with(|s| s.set(s.get() + n as u64));
+            drain(pipe, w, n).await?;
+        }
+    }
+
+    /// Writes the `n` bytes in the pipe to `w`.
+    async fn drain(pipe: &Pipe, w: &TcpStream, n: usize) -> io::Result<()> {
+        let mut left = n;
+        while left > 0 {
+            match when_ready(
+                w,
+                Interest::WRITABLE,
+                pipe.r.as_raw_fd(),
+                w.as_raw_fd(),
+                left,
+            )
+            .await?
+            {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                m => left -= m,
             }
         }
+        Ok(())
     }
 
     /// Splices `from` → `to` once `s` is ready for `interest`, retrying
@@ -286,6 +385,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::net::TcpListener;
+
+    thread_local! {
+        /// Far bytes spliced as opaque spans on this thread's relays.
+        pub static SPLICED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -398,6 +502,93 @@ mod tests {
                 RelayEnd::Cut
             };
             assert_eq!(stats.end, want, "whole: {whole}");
+        }
+    }
+
+    /// Reads one request head from `s`.
+    async fn read_head(s: &mut TcpStream) {
+        let mut got = Vec::new();
+        let mut b = [0u8; 256];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed before a whole head");
+            got.extend_from_slice(&b[..n]);
+        }
+    }
+
+    /// A long body inside a followed tunnel goes through splice (the
+    /// follower only counts it) and every byte still arrives in order; the
+    /// follower stays in step across it: the next response on the same
+    /// connection, cut halfway through its body, is a cut, and whole it is
+    /// not.
+    #[tokio::test]
+    async fn long_bodies_are_spliced_and_still_followed() {
+        for whole in [false, true] {
+            SPLICED.with(|s| s.set(0));
+            let (mut client, mut client_srv) = pair().await;
+            let (mut upstream_cli, mut origin) = pair().await;
+            let watch = Watch {
+                body_idle: Some(Duration::from_secs(30)),
+                ..Watch::idle(Duration::from_secs(30))
+            };
+            let relay = tokio::spawn(async move {
+                relay_tcp(
+                    &mut client_srv,
+                    &mut upstream_cli,
+                    watch,
+                    &[],
+                    std::future::pending(),
+                )
+                .await
+            });
+            let first: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+            let second: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
+            let head = |n: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+            let mut want = head(first.len()).into_bytes();
+            want.extend_from_slice(&first);
+            let sent_second = if whole {
+                second.len()
+            } else {
+                second.len() / 2
+            };
+            let mut want2 = head(second.len()).into_bytes();
+            want2.extend_from_slice(&second[..sent_second]);
+
+            let req = b"GET / HTTP/1.1\r\nHost: o\r\n\r\n";
+            client.write_all(req).await.unwrap();
+            read_head(&mut origin).await;
+            let (w1, w2) = (want.clone(), want2.clone());
+            let serve = async move {
+                origin.write_all(&w1).await.unwrap();
+                read_head(&mut origin).await;
+                origin.write_all(&w2).await.unwrap();
+                drop(origin);
+            };
+            let fetch = async {
+                let mut got = vec![0u8; want.len()];
+                client.read_exact(&mut got).await.unwrap();
+                client.write_all(req).await.unwrap();
+                let mut rest = Vec::new();
+                let _ = client.read_to_end(&mut rest).await;
+                let _ = client.shutdown().await;
+                (got, rest)
+            };
+            let (_, (got, rest)) = tokio::join!(serve, fetch);
+            assert!(got == want, "the first response differs");
+            assert!(rest == want2, "the second response differs");
+            let stats = relay.await.unwrap();
+            assert_eq!(stats.down, (want.len() + want2.len()) as u64);
+            let end = if whole {
+                RelayEnd::Closed
+            } else {
+                RelayEnd::Cut
+            };
+            assert_eq!(stats.end, end, "whole: {whole}");
+            let spliced = SPLICED.with(|s| s.get());
+            assert!(
+                spliced >= 2_000_000,
+                "only {spliced} bytes went through splice"
+            );
         }
     }
 }

@@ -77,6 +77,23 @@ impl Chunked {
         Ok((i, self.step == Step::Done))
     }
 
+    /// Chunk data bytes still owed (only counted).
+    pub(super) fn opaque(&self) -> u64 {
+        if self.step == Step::Data {
+            self.owed
+        } else {
+            0
+        }
+    }
+
+    /// `n <= opaque()` chunk data bytes went by unseen.
+    pub(super) fn skip(&mut self, n: u64) {
+        self.owed -= n;
+        if self.owed == 0 {
+            self.step = Step::DataCr;
+        }
+    }
+
     /// One byte outside chunk data.
     fn byte(&mut self, b: u8) -> Result<(), Lost> {
         self.step = match (self.step, b) {

@@ -56,6 +56,29 @@ impl Body {
         }
     }
 
+    /// Body bytes coming next that are only counted.
+    fn opaque(&self) -> u64 {
+        match self {
+            Body::Length(owed) => *owed,
+            Body::Chunked(chunked) => chunked.opaque(),
+        }
+    }
+
+    /// `n <= opaque()` bytes went by unseen; whether the body is complete.
+    fn skip(&mut self, n: u64) -> bool {
+        match self {
+            Body::Length(owed) => {
+                *owed -= n;
+                *owed == 0
+            }
+            // Chunk data is never a chunked body's last byte.
+            Body::Chunked(chunked) => {
+                chunked.skip(n);
+                false
+            }
+        }
+    }
+
     /// Takes the body's next bytes: how many were part of it, and whether
     /// it is now complete.
     fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), Lost> {
@@ -132,6 +155,21 @@ impl Exchange {
     /// A response head partly read or body bytes owed.
     pub(super) fn inside(&self) -> bool {
         self.responses.inside()
+    }
+
+    /// Response body bytes coming next that are only counted.
+    pub(super) fn far_opaque(&self) -> u64 {
+        self.responses.body.as_ref().map_or(0, Body::opaque)
+    }
+
+    /// `n <= far_opaque()` response body bytes went by unseen.
+    pub(super) fn far_skipped(&mut self, n: u64, messages: &mut u64) {
+        if let Some(body) = &mut self.responses.body {
+            if body.skip(n) {
+                self.responses.body = None;
+                *messages += 1;
+            }
+        }
     }
 
     /// The client's next bytes: request heads and bodies.

@@ -54,6 +54,32 @@ fn feed(f: &mut Framing, side: Side, bytes: &[u8]) {
     }
 }
 
+/// Bytes [`feed_skipping`] passed unseen (only its test uses it).
+static SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Like [`feed`], but far bytes the tracker only counts go by unseen
+/// (reported with `far_skipped`), as the relay's splice path passes them.
+fn feed_skipping(f: &mut Framing, side: Side, mut bytes: &[u8]) {
+    if side != Side::Far {
+        return feed(f, side, bytes);
+    }
+    while !bytes.is_empty() {
+        let opaque = usize::try_from(f.far_opaque()).unwrap_or(usize::MAX);
+        let n = if opaque > 0 {
+            let n = opaque.min(bytes.len());
+            f.far_skipped(n as u64);
+            SKIPPED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            n
+        } else {
+            // Show one byte at a time outside opaque spans, so that every
+            // span is met at its very start.
+            f.far(&bytes[..1]);
+            1
+        };
+        bytes = &bytes[n..];
+    }
+}
+
 /// The snapshot after each step, each step fed whole.
 fn reference(steps: &[Step]) -> Vec<Snapshot> {
     let mut f = Framing::new();
@@ -101,6 +127,8 @@ struct Sample<'a> {
     steps: &'a [Step],
     groups: Vec<Group>,
     want: Vec<Snapshot>,
+    /// Far bytes the tracker only counts go by unseen.
+    skip_opaque: bool,
 }
 
 impl<'a> Sample<'a> {
@@ -110,6 +138,7 @@ impl<'a> Sample<'a> {
             steps,
             groups: groups(steps),
             want: reference(steps),
+            skip_opaque: false,
         }
     }
 
@@ -125,7 +154,11 @@ impl<'a> Sample<'a> {
             points.push(group.bytes.len());
             let mut from = 0;
             for to in points {
-                feed(&mut f, group.side, &group.bytes[from..to]);
+                if self.skip_opaque {
+                    feed_skipping(&mut f, group.side, &group.bytes[from..to]);
+                } else {
+                    feed(&mut f, group.side, &group.bytes[from..to]);
+                }
                 from = to;
                 let k = group.ends.partition_point(|&e| e < to);
                 let i = group.first + k;
@@ -305,6 +338,45 @@ fn random_splits_land_where_whole_feeding_does() {
     for (seed, (name, steps)) in samples().into_iter().enumerate() {
         Sample::new(name, &steps).random_splits(seed as u64);
     }
+}
+
+/// The relay may splice what the tracker only counts: passing those bytes
+/// unseen (`far_skipped`) lands exactly where showing them does, whatever
+/// the splits, in TLS (synthetic and real) and HTTP streams.
+#[test]
+fn skipping_opaque_spans_lands_where_showing_them_does() {
+    let mut all = samples();
+    all.push(("rustls 1.3", tls_real(&rustls::version::TLS13)));
+    for (seed, (name, steps)) in all.into_iter().enumerate() {
+        let mut sample = Sample::new(name, &steps);
+        sample.skip_opaque = true;
+        sample.every_two_way_split();
+        sample.random_splits(100 + seed as u64);
+    }
+    let skipped = SKIPPED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        skipped > 10_000,
+        "hardly anything was skipped: {skipped} bytes"
+    );
+}
+
+#[test]
+fn more_than_the_opaque_span_unseen_cannot_be_followed() {
+    let mut f = Framing::new();
+    f.client(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    f.far(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+    assert_eq!(f.far_opaque(), 10);
+    f.far_skipped(4);
+    assert_eq!((f.far_opaque(), f.position()), (6, Position::Inside));
+    f.far_skipped(6);
+    assert_eq!(
+        (f.far_opaque(), f.position(), f.messages()),
+        (0, Position::Between, 1)
+    );
+    f.client(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    f.far(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+    f.far_skipped(11);
+    assert_eq!(f.position(), Position::Unknown);
 }
 
 #[test]

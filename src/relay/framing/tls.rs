@@ -72,6 +72,20 @@ impl Records {
         Ok(())
     }
 
+    /// Record bytes still owed (only counted).
+    pub(super) fn opaque(&self) -> u64 {
+        u64::from(self.owed)
+    }
+
+    /// `n <= opaque()` record bytes went by unseen.
+    pub(super) fn skip(&mut self, n: u64, messages: &mut u64) {
+        // n <= owed, which is a u16.
+        self.owed -= n as u16;
+        if self.owed == 0 {
+            *messages += 1;
+        }
+    }
+
     /// A header partly read or record bytes still owed.
     pub(super) fn inside(&self) -> bool {
         self.have > 0 || self.owed > 0
