@@ -129,3 +129,57 @@ fn a_small_chunked_body_is_held_and_retried_a_large_one_never() {
         println!("MATRIX|reverse chunked PUT 512 B|{name}|2|0|-|retried with its body");
     }
 }
+
+/// A plain-HTTP backend that accepts and never answers (a hung process):
+/// TCP connects, so racing cannot help, and the route's `timeout` (60 s) is
+/// far past the client's patience. A GET still unanswered after
+/// `hedge_after` goes to the next backend too, and the client gets its
+/// answer from there; a POST is never hedged.
+#[test]
+fn a_get_to_a_backend_that_never_answers_is_hedged_on_the_next() {
+    let good = EchoServer::start();
+    let silent = FaultRelay::start(good.addr(), Fault::Silent);
+    let (listen, admin) = (free_addr(), free_addr());
+    let cfg = format!(
+        "[[listen]]\naddr = \"{fwd}\"\n\n[admin]\naddr = \"{admin}\"\n\n[health]\nenabled = false\n\n\
+         [pool]\nhedge_after = \"200ms\"\n\n\
+         [[route]]\nlisten = \"{listen}\"\nlocal_zone = \"zone-a\"\ntimeout = \"60s\"\n\n\
+         [[route.backend]]\nurl = \"http://{silent}\"\nzone = \"zone-a\"\n\n\
+         [[route.backend]]\nurl = \"http://{good}\"\nzone = \"zone-b\"\n",
+        fwd = free_addr(),
+        silent = silent.addr,
+        good = good.addr(),
+    );
+    let mut pg = Proxyguard::start(&cfg);
+    pg.wait_listening(listen);
+    for i in 0..3 {
+        // The cap is a hang guard: unhedged, each GET waits 60 s.
+        let r = curl(&["-s", "-m", "20", &format!("http://{listen}/hedged/{i}")]);
+        assert_eq!(r.status, 200, "{r:?}\n{}", pg.logs());
+        assert!(
+            r.body.starts_with(&format!("GET /hedged/{i}")),
+            "{}",
+            r.body
+        );
+    }
+    assert!(silent.accepted() >= 1, "the local backend was never tried");
+    let metrics = curl(&["-s", &format!("http://{admin}/metrics")]).body;
+    let won = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("proxyguard_hedges_won_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(won, Some(3.0), "{metrics}");
+    // A POST is not hedged: it waits on the silent backend (curl gives up
+    // first), and the good backend never sees it.
+    let before = good.requests();
+    let r = curl(&[
+        "-s",
+        "-m",
+        "2",
+        "-d",
+        "x=1",
+        &format!("http://{listen}/post"),
+    ]);
+    assert_ne!(r.status, 200, "{r:?}");
+    assert_eq!(good.requests(), before, "a POST was sent twice");
+}

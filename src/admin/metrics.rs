@@ -137,12 +137,12 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "proxyguard_hedges_total",
         Kind::Counter,
-        "Safe plain-HTTP requests also sent to a second upstream after hedge_after.",
+        "Safe requests also sent a second time (another upstream or backend, or a new connection to the only upstream) after hedge_after.",
     ),
     (
         "proxyguard_hedges_won_total",
         Kind::Counter,
-        "Hedged requests answered first by the second upstream.",
+        "Hedged requests answered first by the second send.",
     ),
     (
         "proxyguard_responses_cut_total",

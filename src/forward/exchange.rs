@@ -241,7 +241,7 @@ impl Forwarder {
                 after: limit,
             },
             Ok(Ok(resp)) => {
-                self.record_head_latency(started.elapsed());
+                self.heads.record(started.elapsed());
                 Exchange::Answered(Answer {
                     resp,
                     route,

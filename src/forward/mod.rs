@@ -15,9 +15,8 @@
 //! nobody; a pooled connection closed by the server is blamed on nobody;
 //! the rest counts against the upstream that failed.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,7 +40,7 @@ use expect::{expects_continue, ContinueGate, Gated};
 use headers::{idempotent, proxy_auth_error, proxy_gateway_error};
 
 use crate::body::{ClientBody, IdleBody};
-use crate::config::adaptive::from_samples;
+use crate::config::adaptive::HedgeWindow;
 use crate::http_client::IdlePool;
 use crate::pool::{Member, Outcome};
 use crate::route::{NextHop, Router};
@@ -79,9 +78,6 @@ enum PoolKey {
 
 /// Upper bound on idle connections across all keys.
 const IDLE_MAX_TOTAL: usize = 8192;
-/// Response-head latencies kept for the adaptive `hedge_after`.
-const HEAD_SAMPLES: usize = 128;
-
 pub struct Forwarder {
     idle: checkin::Idle,
     /// Idle lifetime of pooled connections to origins (`[pool] idle_timeout`).
@@ -89,14 +85,9 @@ pub struct Forwarder {
     via: bool,
     /// `[timeouts] expect_continue`.
     expect_wait: Duration,
-    head_latency: Mutex<VecDeque<Duration>>,
-    head_samples_seen: AtomicU64,
-    /// The adaptive hedge delay in µs (0: not enough samples yet).
-    hedge_auto_us: AtomicU64,
+    /// Recent response-head latencies, for `hedge_after = "auto"`.
+    heads: HedgeWindow,
 }
-
-/// `hedge_after = "auto"` before five response-head samples exist.
-const HEDGE_DEFAULT: Duration = Duration::from_millis(500);
 
 /// Watches a response body through upstream `m` for `target`. A stall or
 /// break-off truncates the answer (nothing can be retried once bytes went
@@ -220,44 +211,13 @@ impl Forwarder {
             direct_idle: idle_timeout,
             via,
             expect_wait,
-            head_latency: Mutex::new(VecDeque::with_capacity(HEAD_SAMPLES)),
-            head_samples_seen: AtomicU64::new(0),
-            hedge_auto_us: AtomicU64::new(0),
+            heads: HedgeWindow::default(),
         }
     }
 
-    /// Keeps a response-head latency; every 64th sample refreshes the
-    /// adaptive hedge delay (so no request sorts samples on its path).
-    fn record_head_latency(&self, d: Duration) {
-        let mut g = self.head_latency.lock().unwrap_or_else(|e| e.into_inner());
-        if g.len() == HEAD_SAMPLES {
-            g.pop_front();
-        }
-        g.push_back(d);
-        let n = self.head_samples_seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % 64 == 0 || n == 5 {
-            let auto = from_samples(
-                g.iter().copied().collect(),
-                0.95,
-                2,
-                Duration::from_millis(50),
-                Duration::from_secs(5),
-                HEDGE_DEFAULT,
-            );
-            self.hedge_auto_us
-                .store(auto.as_micros() as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// `hedge_after` now: configured, or 2 × p95 of recent response-head
-    /// latency clamped to [50 ms, 5 s] (500 ms until there are samples).
+    /// `hedge_after` now (see [`HedgeWindow`]).
     fn hedge_after(&self, router: &Router) -> Option<Duration> {
-        router.pool.settings().hedge_after.resolve(|| {
-            match self.hedge_auto_us.load(Ordering::Relaxed) {
-                0 => HEDGE_DEFAULT,
-                us => Duration::from_micros(us),
-            }
-        })
+        self.heads.delay(router.pool.settings().hedge_after)
     }
 
     /// `Via: 1.1 proxyguard` on a forwarded request or response, with

@@ -204,6 +204,7 @@ impl ReverseRoute {
             Ok(r) => r?,
             Err(_) => return Err(AttemptError::TimedOut(left)),
         };
+        self.heads.record(t0.elapsed());
         if c.reused {
             self.pool.report(&m, Outcome::Served(t0.elapsed()));
         }

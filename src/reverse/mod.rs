@@ -108,6 +108,8 @@ pub struct ReverseRoute {
     /// Fallback for a member whose name is not in `backends` (none today).
     unknown: BackendState,
     cache: cache::Cache,
+    /// Recent response-head latencies, for `hedge_after = "auto"`.
+    heads: crate::config::adaptive::HedgeWindow,
     secret: Option<String>,
     admission: crate::inbound::Admission,
     idle_timeout: Duration,
@@ -213,6 +215,7 @@ impl ReverseRoute {
                 cut: watch::RecentCut::new(Duration::ZERO),
             },
             cache: cache::Cache::new(cfg.fallback.as_ref().map(|f| f.max_entries).unwrap_or(0)),
+            heads: Default::default(),
             secret,
             admission: crate::inbound::Admission::new(&all.admission),
             idle_timeout: all.idle_timeout,

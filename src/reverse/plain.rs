@@ -10,10 +10,15 @@
 //! would run a different request); a 502–504 only for an idempotent
 //! request with its body held (the backend may have acted on a POST before
 //! answering 502).
+//!
+//! A safe request (GET, HEAD or OPTIONS without a body) still unanswered
+//! after `[pool] hedge_after` is also sent to the next backend in zone
+//! order; the first good answer wins and the other exchange is dropped (not
+//! blamed: its backend may only be slow).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -23,7 +28,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
 use super::answer::text;
-use super::attempt::{BackendPlan, Dial};
+use super::attempt::{BackendConn, BackendPlan, Dial};
 use super::backend::AttemptError;
 use super::prefix::{self, Prefix};
 use super::{cache, full_body, incoming_body, watch, ReqBody, RespBody, ReverseRoute};
@@ -71,6 +76,16 @@ struct Outgoing {
     body: ReqSource,
     /// A 502–504 may go to another backend.
     retry_5xx: bool,
+}
+
+/// One exchange's result, and the backend it was with.
+type Sent = (Arc<Member>, Result<Response<Incoming>, AttemptError>);
+
+/// An answer a hedge may win with: not a gateway error another backend
+/// might do better than.
+fn good(sent: &Result<Response<Incoming>, AttemptError>) -> bool {
+    sent.as_ref()
+        .is_ok_and(|r| !matches!(r.status().as_u16(), 502..=504))
 }
 
 /// What one attempt on one backend came to.
@@ -159,6 +174,7 @@ impl ReverseRoute {
     ) -> Result<(Response<Incoming>, Arc<Member>), String> {
         let plan = self.plan();
         let timeout = self.cfg.timeout.0;
+        let hedge = self.hedge_after(out);
         let mut last_err: Option<String> = None;
         loop {
             // The route's `timeout` covers one attempt, connecting included.
@@ -167,12 +183,23 @@ impl ReverseRoute {
             let Some(c) = next.await else {
                 break;
             };
-            let m = c.m.clone();
             let left = until.saturating_duration_since(Instant::now());
-            let mut make = || out.body.next();
-            let sent = self
-                .exchange_within(c, &out.parts, out.client_host.as_ref(), &mut make, left)
-                .await;
+            let (m, sent) = match hedge {
+                Some(delay) => {
+                    let host = out.client_host.as_ref();
+                    self.hedged(c, &out.parts, host, &plan, (left, delay)).await
+                }
+                None => {
+                    let m = c.m.clone();
+                    let mut make = || out.body.next();
+                    let host = out.client_host.as_ref();
+                    (
+                        m,
+                        self.exchange_within(c, &out.parts, host, &mut make, left)
+                            .await,
+                    )
+                }
+            };
             match self.judge(&m, sent, out, &plan) {
                 Tried::Answered(resp) => return Ok((resp, m)),
                 Tried::Next(e) => last_err = Some(e),
@@ -183,6 +210,107 @@ impl ReverseRoute {
             }
         }
         Err(last_err.unwrap_or_else(|| "no backend available".into()))
+    }
+
+    /// The hedge delay for `out`, if it is a safe request (no body) and
+    /// `hedge_after` is not off.
+    fn hedge_after(&self, out: &Outgoing) -> Option<Duration> {
+        let safe = matches!(
+            out.parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS
+        ) && matches!(&out.body, ReqSource::Held(b, None) if b.is_empty());
+        if !safe {
+            return None;
+        }
+        self.heads.delay(self.pool.settings().hedge_after)
+    }
+
+    /// The exchange on `c`; after `delay` without an answer, the request
+    /// also goes to the next untried backend. The first good answer wins
+    /// (the other exchange is dropped); a failure is reported and the other
+    /// awaited; with neither good, the lead's result is judged.
+    async fn hedged(
+        &self,
+        c: BackendConn,
+        parts: &http::request::Parts,
+        host: Option<&HeaderValue>,
+        plan: &BackendPlan,
+        (left, delay): (Duration, Duration),
+    ) -> Sent {
+        let started = Instant::now();
+        let lead = c.m.clone();
+        let mut empty = || Some(full_body(Bytes::new()));
+        let first = self.exchange_within(c, parts, host, &mut empty, left);
+        tokio::pin!(first);
+        tokio::select! {
+            r = &mut first => return (lead, r),
+            _ = tokio::time::sleep(delay.min(left)) => {}
+        }
+        if !plan.another_left() {
+            return (lead, first.await);
+        }
+        metrics::counter!("proxyguard_hedges_total").increment(1);
+        tracing::debug!(
+            backend = lead.name(),
+            after_ms = delay.as_millis() as u64,
+            "hedging on the next backend"
+        );
+        let rest = left.saturating_sub(started.elapsed());
+        let second = async {
+            let mut why = None;
+            let c = self
+                .connect_next(plan, rest, Dial::Request, &mut why)
+                .await?;
+            let m = c.m.clone();
+            let mut empty = || Some(full_body(Bytes::new()));
+            Some((
+                m,
+                self.exchange_within(c, parts, host, &mut empty, rest).await,
+            ))
+        };
+        tokio::pin!(second);
+        tokio::select! {
+            r = &mut first => {
+                if good(&r) {
+                    return (lead, r);
+                }
+                match second.await {
+                    Some((m, r2)) if good(&r2) => {
+                        self.lost(&lead, &r);
+                        metrics::counter!("proxyguard_hedges_won_total").increment(1);
+                        (m, r2)
+                    }
+                    Some((m, r2)) => {
+                        self.lost(&m, &r2);
+                        (lead, r)
+                    }
+                    None => (lead, r),
+                }
+            }
+            r2 = &mut second => match r2 {
+                Some((m, r2)) if good(&r2) => {
+                    metrics::counter!("proxyguard_hedges_won_total").increment(1);
+                    (m, r2)
+                }
+                Some((m, r2)) => {
+                    self.lost(&m, &r2);
+                    (lead, first.await)
+                }
+                None => (lead, first.await),
+            },
+        }
+    }
+
+    /// Reports an exchange that is not judged (the other side of a hedge
+    /// is): a failure or a gateway error counts against its backend.
+    fn lost(&self, m: &Member, r: &Result<Response<Incoming>, AttemptError>) {
+        match r {
+            Err(e) => {
+                self.failed(m, e);
+            }
+            Ok(resp) if !good(r) => self.refused_answer(m, resp.status().as_u16(), "backend"),
+            Ok(_) => {}
+        }
     }
 
     /// What one exchange means under the retry rule (its outcome reported).
