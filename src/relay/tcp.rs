@@ -458,29 +458,35 @@ mod tests {
         assert_eq!(stats.up + stats.down, 0);
     }
 
+    /// A client, an origin, and a followed relay between them (on a task).
+    async fn followed() -> (TcpStream, TcpStream, tokio::task::JoinHandle<RelayStats>) {
+        let (client, mut client_srv) = pair().await;
+        let (mut upstream_cli, origin) = pair().await;
+        let watch = Watch {
+            body_idle: Some(Duration::from_secs(30)),
+            ..Watch::idle(Duration::from_secs(30))
+        };
+        let relay = tokio::spawn(async move {
+            relay_tcp(
+                &mut client_srv,
+                &mut upstream_cli,
+                watch,
+                &[],
+                std::future::pending(),
+            )
+            .await
+        });
+        (client, origin, relay)
+    }
+
     /// The bulk path keeps following while the far side's messages can be
     /// followed: a far side that closes 100 KB into a 200 KB HTTP body
     /// (past the small buffer) is a cut; a whole body is not.
     #[tokio::test]
     async fn a_cut_past_the_small_buffer_is_seen_on_real_sockets() {
         for whole in [false, true] {
-            let (mut client, mut client_srv) = pair().await;
-            let (mut upstream_cli, mut origin) = pair().await;
+            let (mut client, mut origin, relay) = followed().await;
             let head = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n".to_vec();
-            let watch = Watch {
-                body_idle: Some(Duration::from_secs(30)),
-                ..Watch::idle(Duration::from_secs(30))
-            };
-            let relay = tokio::spawn(async move {
-                relay_tcp(
-                    &mut client_srv,
-                    &mut upstream_cli,
-                    watch,
-                    &[],
-                    std::future::pending(),
-                )
-                .await
-            });
             client
                 .write_all(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")
                 .await
@@ -525,22 +531,7 @@ mod tests {
     async fn long_bodies_are_spliced_and_still_followed() {
         for whole in [false, true] {
             SPLICED.with(|s| s.set(0));
-            let (mut client, mut client_srv) = pair().await;
-            let (mut upstream_cli, mut origin) = pair().await;
-            let watch = Watch {
-                body_idle: Some(Duration::from_secs(30)),
-                ..Watch::idle(Duration::from_secs(30))
-            };
-            let relay = tokio::spawn(async move {
-                relay_tcp(
-                    &mut client_srv,
-                    &mut upstream_cli,
-                    watch,
-                    &[],
-                    std::future::pending(),
-                )
-                .await
-            });
+            let (mut client, mut origin, relay) = followed().await;
             let first: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
             let second: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
             let head = |n: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
