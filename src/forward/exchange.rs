@@ -89,12 +89,12 @@ impl Forwarder {
     ) -> Exchange {
         let empty = || Either::Right(Empty::new());
         let plan = router.plain_plan(target).excluding(excluded);
+        let routes = plan.routes();
         let pooled = if fresh {
             None
         } else {
-            self.checkout(router, target, &plan)
+            self.checkout(router, target, &routes)
         };
-        let routes = plan.routes();
         let lead = match &pooled {
             Some(p) => member(&p.route).cloned(),
             None => routes.first().and_then(|r| member(r).cloned()),
@@ -160,17 +160,17 @@ impl Forwarder {
         }
     }
 
-    /// An idle connection on a route the plan allows, most preferred first.
-    fn checkout(&self, router: &Router, target: &Target, plan: &PlainPlan) -> Option<Pooled> {
-        plan.routes().into_iter().find_map(|route| {
-            let key = key_for(&route, target);
-            let limit = self.idle_limit(router, &route);
+    /// An idle connection on one of the plan's `routes`, most preferred first.
+    fn checkout(&self, router: &Router, target: &Target, routes: &[NextHop]) -> Option<Pooled> {
+        routes.iter().find_map(|route| {
+            let key = key_for(route, target);
+            let limit = self.idle_limit(router, route);
             self.idle
                 .checkout_within(&key, limit)
                 .map(|(tx, idle)| Pooled {
                     tx,
                     key,
-                    route,
+                    route: route.clone(),
                     idle,
                 })
         })
